@@ -1,0 +1,459 @@
+"""The one YAML config of a polyfuse run, as dataclasses with a docstring under every field.
+
+Every field has a default that serves the demo. ``load_config`` reads the YAML, applies
+``key=value`` overrides, rejects unknown keys and wrong types (naming the key and the file),
+and checks ranges before any model is touched.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import dacite
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad config value; the message names the key, the value and the fix."""
+
+
+def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key} {rule}, got {value!r}: {fix}")
+
+
+@dataclass
+class CorpusSource:
+    """One input of the corpus: a file (or folder) of documents, all of one domain."""
+
+    path: str
+    """JSONL file, plain-text file or folder of text files, Parquet file, or a folder written by
+    ``datasets.Dataset.save_to_disk``. Relative paths are relative to the working directory."""
+    domain: str
+    """Domain label of every document of this source (e.g. prose, code, math)."""
+    format: Literal["auto", "jsonl", "text", "parquet", "hf_disk"] = "auto"
+    """How to read ``path``; ``auto`` decides by suffix (folder with dataset_info.json: hf_disk)."""
+    text_field: str = "text"
+    """Column / JSON key holding the document text (jsonl, parquet, hf_disk)."""
+    id_field: str | None = "id"
+    """Column / JSON key holding a document id; when absent the document's index is used."""
+
+
+@dataclass
+class CorpusConfig:
+    """How corpus files become corpus shards (``polyfuse prepare``)."""
+
+    sources: list[CorpusSource] = field(default_factory=list)
+    """The corpus files, each with its domain. Domains must be unique across sources."""
+    max_chars: int = 2000
+    """Longest chunk in characters; documents are cut at paragraph, line or word boundaries."""
+    heldout_fraction: float = 0.1
+    """Fraction of each domain's documents (never chunks) kept out of training for evaluation."""
+    samples_per_shard: int = 256
+    """Samples per corpus shard; a teacher shard mirrors one corpus shard (the unit of work)."""
+    seed: int = 0
+    """Seed of the held-out split."""
+
+    def check(self) -> None:
+        _require(
+            self.max_chars >= 64,
+            "corpus.max_chars",
+            self.max_chars,
+            "must be at least 64",
+            "raise corpus.max_chars",
+        )
+        _require(
+            0.0 <= self.heldout_fraction < 1.0,
+            "corpus.heldout_fraction",
+            self.heldout_fraction,
+            "must be in [0, 1)",
+            "use e.g. 0.1",
+        )
+        _require(
+            self.samples_per_shard >= 1,
+            "corpus.samples_per_shard",
+            self.samples_per_shard,
+            "must be at least 1",
+            "use e.g. 256",
+        )
+        domains = [s.domain for s in self.sources]
+        dupes = sorted({d for d in domains if domains.count(d) > 1})
+        _require(
+            not dupes,
+            "corpus.sources[].domain",
+            dupes,
+            "must be unique across sources",
+            "give each source its own domain or merge the files into one source",
+        )
+        for i, src in enumerate(self.sources):
+            _require(
+                bool(src.domain.strip()),
+                f"corpus.sources.{i}.domain",
+                src.domain,
+                "must not be empty",
+                "name the domain",
+            )
+
+
+@dataclass
+class StudentConfig:
+    """The target model trained by distill."""
+
+    path: str = "models/smollm2-135m-instruct"
+    """Local HF model folder (config, weights, tokenizer). Never a hub id: there is no network."""
+    add_special_tokens: bool | None = None
+    """Whether the student's tokenizer adds its special tokens (BOS); None: the tokenizer's own."""
+
+
+@dataclass
+class TeacherConfig:
+    """One source LLM."""
+
+    name: str
+    """Short unique name used in logs, strategies (``single:NAME``) and reports."""
+    path: str
+    """Local HF model folder of the teacher."""
+    add_special_tokens: bool | None = None
+    """Whether to add the tokenizer's special tokens (BOS); None: the tokenizer's own default."""
+    max_shards: int | None = None
+    """Extract only the first N corpus shards (a heavy teacher may see a smaller slice; distill
+    treats the teacher as absent on the other samples). None: every shard."""
+    backend: Literal["auto", "vllm", "transformers", "fake"] | None = None
+    """Per-teacher override of ``extract.backend``."""
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    """Per-teacher override of ``extract.dtype``."""
+
+
+@dataclass
+class ExtractConfig:
+    """Stage one: how teachers are run over the corpus."""
+
+    backend: Literal["auto", "vllm", "transformers", "fake"] = "auto"
+    """``auto``: vLLM when it imports and a GPU is present, else transformers. ``fake``:
+    deterministic values for tests."""
+    top_k: int = 10
+    """Logprobs kept per position (sorted descending)."""
+    max_tokens: int = 1024
+    """Longest teacher sequence; longer samples are truncated and flagged, never dropped."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Teacher compute dtype; part of the cache key (a bf16 teacher is a different teacher)."""
+    batch_tokens: int = 4096
+    """Token budget per forward batch (transformers backend)."""
+    vllm_max_logprobs: int = 20
+    """vLLM's ``max_logprobs``; ``top_k`` may not exceed it."""
+    vllm_enforce_eager: bool = True
+    """vLLM ``enforce_eager`` (skips CUDA-graph capture; faster start for one-pass extraction)."""
+    vllm_tensor_parallel_size: int = 1
+    """vLLM ``tensor_parallel_size``."""
+    vllm_gpu_memory_utilization: float = 0.85
+    """vLLM ``gpu_memory_utilization``."""
+
+    def check(self) -> None:
+        _require(
+            self.top_k >= 1, "extract.top_k", self.top_k, "must be at least 1", "set extract.top_k to e.g. 10"
+        )
+        _require(
+            self.top_k <= self.vllm_max_logprobs,
+            "extract.top_k",
+            self.top_k,
+            f"must not exceed extract.vllm_max_logprobs ({self.vllm_max_logprobs})",
+            "raise extract.vllm_max_logprobs or lower extract.top_k",
+        )
+        _require(
+            self.max_tokens >= 2, "extract.max_tokens", self.max_tokens, "must be at least 2", "use e.g. 1024"
+        )
+        _require(
+            self.batch_tokens >= self.max_tokens,
+            "extract.batch_tokens",
+            self.batch_tokens,
+            f"must be at least extract.max_tokens ({self.max_tokens})",
+            "raise extract.batch_tokens",
+        )
+        _require(
+            self.vllm_tensor_parallel_size >= 1,
+            "extract.vllm_tensor_parallel_size",
+            self.vllm_tensor_parallel_size,
+            "must be at least 1",
+            "use 1 per GPU",
+        )
+        _require(
+            0.0 < self.vllm_gpu_memory_utilization <= 1.0,
+            "extract.vllm_gpu_memory_utilization",
+            self.vllm_gpu_memory_utilization,
+            "must be in (0, 1]",
+            "use e.g. 0.85",
+        )
+
+
+@dataclass
+class DistillConfig:
+    """Stage two: fusion strategy, losses and the DeepSpeed training loop."""
+
+    strategy: str = "adaptive"
+    """adaptive, min_ce, avg_ce, uniform, single:NAME, authors or none (CLM only)."""
+    lam: float = 0.9
+    """λ: weight of the CLM loss; the fusion loss gets 1 − λ."""
+    beta: float = 0.5
+    """β: weight of the feedback (load-balancing) loss."""
+    tau: float = 0.15
+    """τ: selection threshold on the gate probabilities (the argmax is always kept)."""
+    gate_features: Literal["exp_neg_ce", "bits_per_byte", "all"] = "exp_neg_ce"
+    """Per-sample teacher features fed to the gate."""
+    fusion_trains_gate: bool = True
+    """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
+    vocab_map: Literal["prefix", "edit_distance"] = "prefix"
+    """How teacher ids map to student ids."""
+    aligner: Literal["offsets", "dtw"] = "offsets"
+    """How teacher positions map to student positions."""
+    lr: float = 2e-5
+    """Peak learning rate of the student (AdamW, cosine schedule with warmup)."""
+    gate_lr: float = 1e-3
+    """Learning rate of the gate (its own parameter group)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the student."""
+    warmup_steps: int = 10
+    """Linear warm-up optimizer steps."""
+    max_steps: int = 100
+    """Optimizer steps to train."""
+    micro_batch_size: int = 2
+    """Samples per micro-batch per rank."""
+    grad_accum_steps: int = 4
+    """Micro-batches per optimizer step."""
+    max_seq_tokens: int = 1024
+    """Student sequence length cap (longer samples are truncated)."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0–3)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Training dtype of the student (the gate and the rewards stay fp32)."""
+    loader_workers: int = 2
+    """DataLoader worker processes that read and align shards."""
+    checkpoint_every: int = 50
+    """Optimizer steps between checkpoints."""
+    log_every: int = 5
+    """Optimizer steps between log lines."""
+    deepspeed_config: str | None = None
+    """Path to a user's DeepSpeed JSON used instead of the one built from these fields."""
+
+    def check(self) -> None:
+        _require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
+        _require(self.beta >= 0.0, "distill.beta", self.beta, "must be ≥ 0", "use 0.5")
+        _require(0.0 <= self.tau < 1.0, "distill.tau", self.tau, "must be in [0, 1)", "use 0.15")
+        _require(
+            self.zero_stage in (0, 1, 2, 3),
+            "distill.zero_stage",
+            self.zero_stage,
+            "must be 0, 1, 2 or 3",
+            "use 2",
+        )
+        for name in (
+            "max_steps",
+            "micro_batch_size",
+            "grad_accum_steps",
+            "max_seq_tokens",
+            "checkpoint_every",
+            "log_every",
+        ):
+            value = getattr(self, name)
+            _require(value >= 1, f"distill.{name}", value, "must be at least 1", "use a positive integer")
+        _require(
+            self.lr > 0 and self.gate_lr > 0,
+            "distill.lr/gate_lr",
+            (self.lr, self.gate_lr),
+            "must be positive",
+            "use e.g. 2e-5 and 1e-3",
+        )
+
+
+@dataclass
+class Config:
+    """A polyfuse run: corpus, teachers, student, and the settings of both stages."""
+
+    name: str = "demo"
+    """Run name: outputs go to ``runs_dir/name``."""
+    cache_dir: str = "cache"
+    """Root of the content-addressed caches (corpus and teacher shards, vocab maps)."""
+    runs_dir: str = "runs"
+    """Root of training runs (checkpoints, exports, logs, reports)."""
+    seed: int = 0
+    """Global seed."""
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    teachers: list[TeacherConfig] = field(default_factory=list)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def check(self) -> None:
+        self.corpus.check()
+        self.extract.check()
+        self.distill.check()
+        names = [t.name for t in self.teachers]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        _require(not dupes, "teachers[].name", dupes, "must be unique", "rename the teachers")
+        for i, teacher in enumerate(self.teachers):
+            _require(
+                bool(teacher.name) and ":" not in teacher.name,
+                f"teachers.{i}.name",
+                teacher.name,
+                "must be non-empty without ':'",
+                "rename the teacher",
+            )
+            _require(
+                teacher.max_shards is None or teacher.max_shards >= 1,
+                f"teachers.{i}.max_shards",
+                teacher.max_shards,
+                "must be at least 1 or null",
+                "remove it to extract every shard",
+            )
+
+    def teacher(self, name: str) -> TeacherConfig:
+        for teacher in self.teachers:
+            if teacher.name == name:
+                return teacher
+        raise ConfigError(
+            f"teacher {name!r} is not in the config: choose one of {[t.name for t in self.teachers]}"
+        )
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one ``dotted.key=value`` override (value parsed as YAML) to a raw config dict.
+
+    List items are addressed by index or, for lists of named items (teachers), by name:
+    ``teachers.gemma.max_shards=2``.
+    """
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {override!r} is not key=value: write e.g. extract.top_k=10")
+    value = yaml.safe_load(raw) if raw else None
+    parts = key.split(".")
+    node: Any = data
+    for depth, part in enumerate(parts):
+        last = depth == len(parts) - 1
+        where = ".".join(parts[: depth + 1])
+        if isinstance(node, list):
+            index = _list_index(node, part, where)
+            if last:
+                node[index] = value
+            else:
+                node = node[index]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override {override!r}: {where} is not a section or list")
+
+
+def _list_index(items: list[Any], part: str, where: str) -> int:
+    if part.isdigit() and int(part) < len(items):
+        return int(part)
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("name") == part:
+            return i
+    raise ConfigError(f"override key {where}: no list item {part!r} (use an index or a name)")
+
+
+def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
+    """Build and check a ``Config``; errors name ``source`` and the offending key."""
+    unknown = _unknown_keys(Config, data, "")
+    if unknown:
+        raise ConfigError(
+            f"{source}: unknown key(s) {', '.join(unknown)}: remove or fix the "
+            "spelling (`polyfuse config-help` lists every key)"
+        )
+    try:
+        config = dacite.from_dict(Config, data, config=dacite.Config(strict=True))
+    except dacite.WrongTypeError as e:
+        raise ConfigError(
+            f"{source}: {e.field_path} must be of type {_type_name(e.field_type)}, "
+            f"got {e.value!r}: fix the value"
+        ) from e
+    except dacite.MissingValueError as e:
+        raise ConfigError(f"{source}: required key {e.field_path} is missing: add it") from e
+    except dacite.DaciteError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    try:
+        config.check()
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from e
+    return config
+
+
+def _unknown_keys(cls: type, data: Any, prefix: str) -> list[str]:
+    """Dotted names of keys in ``data`` that ``cls`` (a config dataclass) has no field for."""
+    if not isinstance(data, dict):
+        return []
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = []
+    for key, value in data.items():
+        if key not in fields:
+            unknown.append(f"{prefix}{key}")
+            continue
+        hint = hints[key]
+        inner = typing.get_args(hint)[0] if typing.get_origin(hint) is list else hint
+        if dataclasses.is_dataclass(inner):
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                where = f"{prefix}{key}.{i}." if isinstance(value, list) else f"{prefix}{key}."
+                unknown.extend(_unknown_keys(inner, item, where))
+    return unknown
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read the YAML config at ``path``, apply ``key=value`` overrides, check everything."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError as e:
+        raise ConfigError(f"config file {path} does not exist: pass --config PATH") from e
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path} is not valid YAML ({e}): fix the syntax") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    for override in overrides or []:
+        apply_override(data, override)
+    return config_from_dict(data, str(path))
+
+
+def describe_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, str, str]]:
+    """(key, default, doc) for every field, nested sections flattened with dots; docs are read
+    from the attribute docstrings in this file so they live in one place."""
+    docs = _field_docs(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        key = f"{prefix}{f.name}"
+        default = f.default if f.default is not dataclasses.MISSING else None
+        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            rows.extend(describe_fields(type(default), f"{key}."))
+        else:
+            rows.append((key, repr(default), docs.get(f.name, "")))
+    return rows
+
+
+def _field_docs(cls: type) -> dict[str, str]:
+    import ast
+    import inspect
+    import textwrap
+
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, nxt in itertools.pairwise(body):
+        is_doc = isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant)
+        if isinstance(node, ast.AnnAssign) and is_doc and isinstance(nxt.value.value, str):
+            docs[node.target.id] = " ".join(nxt.value.value.split())  # type: ignore[union-attr]
+    return docs

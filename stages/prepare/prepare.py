@@ -1,0 +1,198 @@
+"""``polyfuse prepare``: corpus files → corpus shards under ``cache/corpus/<corpus_key>/``.
+
+The directory is built under a temporary name and renamed into place when every shard and the
+manifest (marked complete) are written, so an interrupted run leaves no partial corpus, and a
+rerun with the same inputs finds the directory and writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pyarrow as pa
+
+from data_schemas.atomic import fsync_dir
+from data_schemas.corpus_shard import CORPUS_SCHEMA, CORPUS_SCHEMA_VERSION, SPLITS, shard_name
+from data_schemas.keys import content_key
+from data_schemas.manifest import Manifest, read_manifest, write_manifest
+from data_schemas.parquet_io import write_shard
+from stages.prepare.chunking import chunk_document
+from stages.prepare.documents import read_documents, resolve_format, source_hash
+
+logger = logging.getLogger(__name__)
+
+CHUNKER_VERSION = 1  # bump when chunking or sample order changes: it changes the corpus key
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    path: Path
+    domain: str
+    format: str = "auto"
+    text_field: str = "text"
+    id_field: str | None = "id"
+
+
+@dataclass(frozen=True)
+class PreparedCorpus:
+    key: str
+    directory: Path
+    manifest: Manifest
+    created: bool
+    """False when the corpus already existed and nothing was written."""
+
+
+def describe_sources(sources: list[SourceSpec]) -> list[dict]:
+    """What of the sources enters the corpus key: domain, reading settings and content hash."""
+    described = []
+    for src in sources:
+        fmt = resolve_format(src.path, src.format)
+        described.append(
+            {
+                "path": str(src.path),
+                "domain": src.domain,
+                "format": fmt,
+                "text_field": src.text_field,
+                "id_field": src.id_field,
+                "sha256": source_hash(src.path, fmt),
+            }
+        )
+    return described
+
+
+def compute_corpus_key(described: list[dict], settings: dict) -> str:
+    """Hash of the sources' content and the chunking settings (paths are not part of it)."""
+    content = [{k: v for k, v in d.items() if k != "path"} for d in described]
+    return content_key({"sources": content, "settings": settings})
+
+
+def _rank(seed: int, *parts: str) -> str:
+    """A stable pseudo-random sort key (independent of Python's hash seed)."""
+    return hashlib.sha256("\x00".join((str(seed), *parts)).encode()).hexdigest()
+
+
+def _heldout_doc_ids(doc_ids: list[str], domain: str, fraction: float, seed: int) -> set[str]:
+    if fraction <= 0 or len(doc_ids) < 2:
+        return set()
+    n = min(len(doc_ids) - 1, max(1, round(fraction * len(doc_ids))))
+    return set(sorted(doc_ids, key=lambda d: _rank(seed, domain, d))[:n])
+
+
+def build_rows(
+    sources: list[SourceSpec], max_chars: int, heldout_fraction: float, seed: int
+) -> dict[str, list[dict]]:
+    """Rows of every split: documents chunked, held-out documents set apart, samples ordered by
+    a seeded hash so that every shard mixes domains."""
+    rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
+    for src in sources:
+        docs = [d for d in read_documents(src.path, src.format, src.text_field, src.id_field)]
+        ids = [d.doc_id for d in docs]
+        dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
+        if dupes:
+            raise ValueError(
+                f"{src.path}: document ids {dupes[:3]} repeat: make the id field unique "
+                "or set corpus.sources[].id_field to null"
+            )
+        heldout = _heldout_doc_ids(ids, src.domain, heldout_fraction, seed)
+        for index, doc in enumerate(docs):
+            if not doc.text.strip():
+                continue
+            split = "heldout" if doc.doc_id in heldout else "train"
+            for c, chunk in enumerate(chunk_document(doc.text, max_chars)):
+                rows[split].append(
+                    {
+                        "sample_id": f"{src.domain}:{index}:{c}",
+                        "domain": src.domain,
+                        "doc_id": doc.doc_id,
+                        "chunk_index": c,
+                        "text": chunk.text,
+                        "split_word": chunk.split_word,
+                    }
+                )
+    if not rows["train"]:
+        names = ", ".join(str(s.path) for s in sources) or "none"
+        raise ValueError(f"the corpus is empty (sources: {names}): point corpus.sources at files with text")
+    for split in SPLITS:
+        rows[split].sort(key=lambda r: _rank(seed, r["sample_id"]))
+    return rows
+
+
+def domain_stats(rows: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, int]]]:
+    """Documents, chunks and characters per split and domain."""
+    stats: dict[str, dict[str, dict[str, int]]] = {}
+    for split, split_rows in rows.items():
+        per: dict[str, dict] = {}
+        for r in split_rows:
+            s = per.setdefault(r["domain"], {"documents": set(), "chunks": 0, "chars": 0, "split_words": 0})
+            s["documents"].add(r["doc_id"])
+            s["chunks"] += 1
+            s["chars"] += len(r["text"])
+            s["split_words"] += int(r["split_word"])
+        stats[split] = {d: {**s, "documents": len(s["documents"])} for d, s in sorted(per.items())}
+    return stats
+
+
+def prepare_corpus(
+    sources: list[SourceSpec],
+    cache_root: Path,
+    *,
+    max_chars: int,
+    heldout_fraction: float,
+    samples_per_shard: int,
+    seed: int,
+) -> PreparedCorpus:
+    """Build (or find) the corpus shards of ``sources``; see the module docstring."""
+    if not sources:
+        raise ValueError("the corpus has no sources: add corpus.sources to the config")
+    described = describe_sources(sources)
+    settings = {
+        "max_chars": max_chars,
+        "heldout_fraction": heldout_fraction,
+        "samples_per_shard": samples_per_shard,
+        "seed": seed,
+        "chunker_version": CHUNKER_VERSION,
+    }
+    key = compute_corpus_key(described, settings)
+    directory = Path(cache_root) / "corpus" / key
+    if directory.exists():
+        manifest = read_manifest(directory)
+        if manifest.complete:
+            return PreparedCorpus(key, directory, manifest, created=False)
+        shutil.rmtree(directory)  # only a complete directory is ever renamed into place
+
+    rows = build_rows(sources, max_chars, heldout_fraction, seed)
+    tmp_dir = directory.with_name(f"{key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    try:
+        entries, planned = [], []
+        for split in SPLITS:
+            split_rows = rows[split]
+            for i, start in enumerate(range(0, len(split_rows), samples_per_shard)):
+                name = f"{split}/{shard_name(i)}"
+                table = pa.Table.from_pylist(split_rows[start : start + samples_per_shard], CORPUS_SCHEMA)
+                (tmp_dir / split).mkdir(parents=True, exist_ok=True)
+                entry = write_shard(table, tmp_dir / name, CORPUS_SCHEMA)
+                entries.append(replace(entry, name=name))
+                planned.append(name)
+        header = {"sources": described, "settings": settings, "stats": domain_stats(rows)}
+        manifest = Manifest("corpus", key, CORPUS_SCHEMA_VERSION, header, tuple(planned)).with_entries(
+            entries
+        )
+        write_manifest(tmp_dir, manifest)
+        os.replace(tmp_dir, directory)
+        fsync_dir(directory.parent)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    logger.info("corpus %s: %d train and %d held-out samples", key, len(rows["train"]), len(rows["heldout"]))
+    return PreparedCorpus(key, directory, manifest, created=True)
+
+
+def split_shards(corpus_dir: Path, split: str) -> list[Path]:
+    """Paths of the shards of one split of a prepared corpus, in order."""
+    manifest = read_manifest(corpus_dir)
+    return [corpus_dir / s.name for s in manifest.shards if s.name.startswith(f"{split}/")]

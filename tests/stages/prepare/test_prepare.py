@@ -1,0 +1,109 @@
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from data_schemas.manifest import read_manifest, verify_shards
+from stages.prepare.prepare import SourceSpec, prepare_corpus
+
+SETTINGS = {"max_chars": 200, "heldout_fraction": 0.25, "samples_per_shard": 8, "seed": 0}
+
+
+def _write_jsonl(path: Path, docs: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(docs)))
+    return path
+
+
+@pytest.fixture
+def sources(tmp_path: Path) -> list[SourceSpec]:
+    prose = _write_jsonl(tmp_path / "prose.jsonl", [f"Paragraph {i}. " * (5 + i) for i in range(12)])
+    code_dir = tmp_path / "code"
+    code_dir.mkdir()
+    for i in range(6):
+        (code_dir / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n\n" * (3 + i))
+    return [SourceSpec(prose, "prose"), SourceSpec(code_dir, "code")]
+
+
+def test_prepare_writes_shards_split_by_document(tmp_path: Path, sources: list[SourceSpec]) -> None:
+    out = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    assert out.created and out.manifest.complete
+    assert verify_shards(out.directory, out.manifest) == []
+    train = pl.read_parquet(sorted((out.directory / "train").glob("*.parquet")))
+    heldout = pl.read_parquet(sorted((out.directory / "heldout").glob("*.parquet")))
+    assert set(train["domain"]) == set(heldout["domain"]) == {"prose", "code"}
+    pairs = lambda df: set(zip(df["domain"], df["doc_id"]))  # noqa: E731
+    assert not pairs(train) & pairs(heldout), "a document appears in both splits"
+    all_rows = pl.concat([train, heldout])
+    assert all_rows["sample_id"].n_unique() == all_rows.height
+    # Every document comes back whole from its chunks.
+    doc = all_rows.filter(pl.col("domain") == "prose", pl.col("doc_id") == "d11").sort("chunk_index")
+    assert "".join(doc["text"]) == "Paragraph 11. " * 16
+    assert all_rows["text"].str.len_chars().max() <= SETTINGS["max_chars"]
+
+
+def test_rerun_writes_nothing_and_a_changed_file_changes_the_key(
+    tmp_path: Path, sources: list[SourceSpec]
+) -> None:
+    first = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    mtimes = {p: p.stat().st_mtime_ns for p in first.directory.rglob("*")}
+    again = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    assert not again.created and again.key == first.key
+    assert {p: p.stat().st_mtime_ns for p in first.directory.rglob("*")} == mtimes
+    ids_first = pl.read_parquet(sorted(first.directory.rglob("*.parquet")))["sample_id"].to_list()
+    (sources[1].path / "m0.py").write_text("changed = True\n")
+    changed = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    assert changed.created and changed.key != first.key
+    assert first.directory.exists(), "the old corpus must stay untouched"
+    assert read_manifest(first.directory).complete
+    ids_changed = pl.read_parquet(sorted(changed.directory.rglob("*.parquet")))["sample_id"].to_list()
+    assert [i for i in ids_first if i.startswith("prose")] == [
+        i for i in ids_changed if i.startswith("prose")
+    ]
+
+
+def test_sample_ids_are_stable_across_runs(tmp_path: Path, sources: list[SourceSpec]) -> None:
+    a = prepare_corpus(sources, tmp_path / "a", **SETTINGS)
+    b = prepare_corpus(sources, tmp_path / "b", **SETTINGS)
+    assert a.key == b.key
+    for shard in a.manifest.shards:
+        assert (a.directory / shard.name).read_bytes() == (b.directory / shard.name).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("content", "fmt", "message"),
+    [
+        (b"", "jsonl", "the corpus is empty"),
+        (b'{"id": 1, "body": "x"}\n', "jsonl", "has no text field 'text'"),
+        (b"caf\xe9 au lait", "text", "is not UTF-8"),
+        (b'{"text": "x"\n', "jsonl", "is not valid JSON"),
+    ],
+)
+def test_bad_input_is_a_value_error_and_leaves_nothing(
+    tmp_path: Path, content: bytes, fmt: str, message: str
+) -> None:
+    src = tmp_path / ("in.jsonl" if fmt == "jsonl" else "in.txt")
+    src.write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        prepare_corpus([SourceSpec(src, "prose", fmt)], tmp_path / "cache", **SETTINGS)
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.parquet"))
+
+
+def test_missing_source_names_the_path(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist: fix corpus.sources"):
+        prepare_corpus([SourceSpec(tmp_path / "nope.jsonl", "prose")], tmp_path / "cache", **SETTINGS)
+
+
+def test_parquet_and_saved_dataset_sources(tmp_path: Path) -> None:
+    import datasets
+
+    docs = [{"id": f"p{i}", "text": f"Document number {i}. " * 4} for i in range(5)]
+    pl.DataFrame(docs).write_parquet(tmp_path / "docs.parquet")
+    datasets.Dataset.from_list(docs).save_to_disk(str(tmp_path / "ds"))
+    out = prepare_corpus(
+        [SourceSpec(tmp_path / "docs.parquet", "a"), SourceSpec(tmp_path / "ds", "b")],
+        tmp_path / "cache",
+        **SETTINGS,
+    )
+    rows = pl.read_parquet(sorted(out.directory.rglob("*.parquet")))
+    assert rows.group_by("domain").len().sort("domain")["len"].to_list() == [5, 5]
