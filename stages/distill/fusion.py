@@ -1,0 +1,128 @@
+"""Sparse dynamic fusion of the teachers' top-k targets (DESIGN.md §6, "fusion").
+
+    w'_bjk  = w_bk a_bjk / Σ_k w_bk a_bjk                      (0 where the sum is 0)
+    L_fuse  = mean over fused (b, j) of Σ_k w'_bjk Σ_{v∈S_bjk} p_bjk(v) (lse(z_bj) − z_bj(v))
+
+Only the K·k support logits are gathered and one logsumexp over V is taken per position: no
+[B, T, V] teacher tensor, no union-of-supports tensor, no second full log-softmax. Indices
+follow losses.py: teacher row `[b, k, j]` is the distribution of the token at j+1, like
+student logits row j, and `loss_mask[b, j]` says that token is real.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from stages.distill.losses import loss_dtype, position_logsumexp
+
+
+@dataclass(frozen=True)
+class FusionResult:
+    """Fusion loss of a micro-batch and two cheap statistics for the training log."""
+
+    loss: torch.Tensor
+    """Scalar; 0 (still differentiable) when no position has a fused target."""
+    fused_positions: torch.Tensor
+    """int64 scalar: positions with loss_mask and at least one teacher of non-zero weight."""
+    target_entropy: torch.Tensor
+    """Scalar, detached: mean entropy (nats) of the fused target Σ_k w' p_k over fused positions,
+    duplicates across teachers merged."""
+
+
+def fuse_position_weights(sample_weights: torch.Tensor, available: torch.Tensor) -> torch.Tensor:
+    """Renormalise the per-sample weights over the teachers available at each position.
+
+    Args:
+        sample_weights: `[B, K]` w from the strategy. Detach it first to keep the fusion loss
+            from training the gate (`fusion_trains_gate=False`).
+        available: `[B, K, T]` bool, true where teacher k has an aligned row at position j.
+
+    Returns:
+        `[B, K, T]` w' in the dtype of the weights: sums to 1 over k where some available
+        teacher has non-zero weight, all zero elsewhere (such positions leave the fusion loss,
+        never a made-up target).
+    """
+    weighted = sample_weights.unsqueeze(-1) * available
+    mass = weighted.sum(dim=1, keepdim=True)
+    # Divide by 1 where mass is 0 (then weighted is 0 too): no 0/0, and a finite gradient.
+    return weighted / torch.where(mass > 0, mass, torch.ones_like(mass))
+
+
+def fusion_cross_entropy(
+    logits: torch.Tensor,
+    support_ids: torch.Tensor,
+    support_probs: torch.Tensor,
+    position_weights: torch.Tensor,
+    loss_mask: torch.Tensor,
+    lse: torch.Tensor | None = None,
+) -> FusionResult:
+    """Cross-entropy of the student against the w'-mixture of the teachers' sparse targets.
+
+    Args:
+        logits: `[B, T, V]` student logits, any float dtype (maths in at least fp32).
+        support_ids: `[B, K, T, k]` int64 student-vocab ids of each teacher's top-k (padding
+            entries: any valid id with probability 0).
+        support_probs: `[B, K, T, k]` renormalised top-k probabilities p.
+        position_weights: `[B, K, T]` w' from `fuse_position_weights`.
+        loss_mask: `[B, T]` bool, true where row j has a real next token.
+        lse: `[B, T]` from `position_logsumexp(logits)`, shared with the CLM loss; computed
+            here when None.
+
+    Returns:
+        `FusionResult` with the mean over fused positions.
+    """
+    batch, num_teachers, length, top_k = support_ids.shape
+    if (batch, length) != tuple(logits.shape[:2]) or support_probs.shape != support_ids.shape:
+        raise ValueError(
+            f"teacher rows must be [B, K, T, k] with the logits' B and T: logits "
+            f"{tuple(logits.shape)}, support_ids {tuple(support_ids.shape)}, support_probs "
+            f"{tuple(support_probs.shape)}; the loader must pad teachers to the student's length"
+        )
+    if lse is None:
+        lse = position_logsumexp(logits)
+    dtype = loss_dtype(logits.dtype)
+
+    # [B, K, T, k] -> [B, T, K·k]: one gather along the vocabulary for all teachers at once.
+    ids = support_ids.permute(0, 2, 1, 3).reshape(batch, length, num_teachers * top_k)
+    support_logits = logits.gather(-1, ids).to(dtype).view(batch, length, num_teachers, top_k)
+
+    # q = w'·p is the fused target's mass on each support entry, [B, T, K, k].
+    target = position_weights.to(dtype).unsqueeze(-1) * support_probs.to(dtype)
+    target = target.permute(0, 2, 1, 3)
+    # Σ q (lse − z) rather than lse − Σ q z: exact even if rounding leaves Σ p slightly off 1.
+    per_position = (target * (lse.to(dtype)[:, :, None, None] - support_logits)).sum(dim=(2, 3))
+
+    fused = loss_mask & (position_weights.sum(dim=1) > 0)
+    count = fused.sum()
+    # per_position is already 0 where w' is 0; the mask removes rows without a real target.
+    loss = (per_position * fused).sum() / count.clamp_min(1)
+    return FusionResult(
+        loss=loss,
+        fused_positions=count,
+        target_entropy=fused_target_entropy(ids, target.reshape(ids.shape), fused),
+    )
+
+
+@torch.no_grad()
+def fused_target_entropy(ids: torch.Tensor, target: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+    """Mean entropy of the fused target over fused positions, a logging statistic.
+
+    Args:
+        ids: `[B, T, S]` support ids, S = K·k, possibly repeated across teachers.
+        target: `[B, T, S]` mass of the fused target on each entry (sums to 1 per position).
+        fused: `[B, T]` bool, positions to average over.
+
+    Returns:
+        Scalar (nats); 0 when no position is fused.
+    """
+    # Merge repeated ids (teachers agreeing on a token) before -Σ q log q: sort the ids, number
+    # the runs of equal ids, and scatter-add each entry's mass into its run.
+    sorted_ids, order = ids.sort(dim=-1)
+    run_starts = torch.ones_like(sorted_ids, dtype=torch.bool)
+    run_starts[..., 1:] = sorted_ids[..., 1:] != sorted_ids[..., :-1]
+    run_index = run_starts.cumsum(dim=-1) - 1
+    merged = torch.zeros_like(target).scatter_add_(-1, run_index, target.gather(-1, order))
+    entropy = -torch.xlogy(merged, merged).sum(dim=-1)
+    return (entropy * fused).sum() / fused.sum().clamp_min(1)

@@ -1,0 +1,150 @@
+"""Fusion strategies: the one place that turns teacher scores into per-sample weights [B, K].
+
+| name          | weights w_b                                                    | source          |
+|---------------|----------------------------------------------------------------|-----------------|
+| `adaptive`    | select_teachers(gate(r_b), tau) with the persistent, trained gate | Kong et al.  |
+| `min_ce`      | one-hot on the best score among present teachers               | FuseLLM MinCE   |
+| `avg_ce`      | softmax(r_b) over present teachers                             | FuseLLM AvgCE, as coded |
+| `uniform`     | 1/n over the n present teachers                                | baseline        |
+| `single:NAME` | one-hot on teacher NAME where present                          | baseline        |
+| `authors`     | select_teachers(fresh random gate(r_b), tau), nothing trained  | released code   |
+| `none`        | no fusion (λ = 1): CLM-only continual training                 | baseline        |
+
+Scores are "higher is better" (default exp(−ce)). Absent teachers always get weight 0 and a
+sample with no teacher gets an all-zero row, which drops it from the fusion loss.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from stages.distill.gating import SelectionGate, masked_softmax, select_teachers
+
+STRATEGY_NAMES = ("adaptive", "min_ce", "avg_ce", "uniform", "single:NAME", "authors", "none")
+_SINGLE_PREFIX = "single:"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """A parsed strategy name; tells the training loop what to build and which loss terms."""
+
+    kind: str
+    """One of `STRATEGY_NAMES`, with `single:NAME` reduced to "single"."""
+    teacher: str | None = None
+    """The teacher name of `single:NAME`, else None."""
+    teacher_index: int | None = None
+    """Column of that teacher in the `[B, K]` tensors, else None."""
+
+    @property
+    def name(self) -> str:
+        """The spelling the user wrote (for logs and run names)."""
+        return f"{_SINGLE_PREFIX}{self.teacher}" if self.kind == "single" else self.kind
+
+    @property
+    def needs_gate(self) -> bool:
+        """Whether the run builds a persistent `SelectionGate` (in the optimizer, checkpointed)."""
+        return self.kind == "adaptive"
+
+    @property
+    def uses_fusion(self) -> bool:
+        """Whether the fusion loss is computed at all (`none` trains on CLM alone)."""
+        return self.kind != "none"
+
+    def clm_weight(self, lam: float) -> float:
+        """λ of the total loss: the configured value, or 1 when there is no fusion term."""
+        return lam if self.uses_fusion else 1.0
+
+
+def parse_strategy(spec: str, teacher_names: Sequence[str] = ()) -> Strategy:
+    """Validate a strategy name such as "adaptive" or "single:qwen".
+
+    Raises:
+        ValueError: unknown strategy (lists the valid ones), or `single:` naming a teacher that
+            is not in `teacher_names` (lists them).
+    """
+    if spec.startswith(_SINGLE_PREFIX):
+        teacher = spec[len(_SINGLE_PREFIX) :]
+        if teacher not in teacher_names:
+            raise ValueError(
+                f"strategy {spec!r} names teacher {teacher!r}, which is not a configured "
+                f"teacher; use one of: {', '.join(map(repr, teacher_names)) or '(none configured)'}"
+            )
+        return Strategy(kind="single", teacher=teacher, teacher_index=list(teacher_names).index(teacher))
+    if spec not in STRATEGY_NAMES:
+        raise ValueError(f"unknown fusion strategy {spec!r}; valid: {', '.join(STRATEGY_NAMES)}")
+    return Strategy(kind=spec)
+
+
+def sample_weights(
+    strategy: Strategy,
+    scores: torch.Tensor,
+    present: torch.Tensor,
+    *,
+    gate: SelectionGate | None = None,
+    tau: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per-sample teacher weights w of `strategy`.
+
+    Args:
+        strategy: from `parse_strategy`.
+        scores: `[B, K]` per-sample teacher scores, higher is better.
+        present: `[B, K]` bool, false where a teacher has no data for the sample.
+        gate: the persistent gate; required when `strategy.needs_gate`, ignored otherwise.
+        tau: selection threshold of `adaptive` and `authors`.
+        generator: CPU RNG for the fresh gate of `authors` (global RNG when None); keep it in
+            the checkpoint for an exact resume.
+
+    Returns:
+        `[B, K]` fp32 weights, rows summing to 1 (0 for samples with no present teacher).
+        Only `adaptive` returns weights with a grad path (to the gate); `none` returns zeros.
+    """
+    present = present.bool()
+    scores = scores.float()
+    match strategy.kind:
+        case "adaptive":
+            if gate is None:
+                raise ValueError("strategy 'adaptive' needs the run's SelectionGate; pass gate=")
+            return select_teachers(gate(scores, present), tau)
+        case "authors":
+            return _fresh_gate_weights(scores, present, tau, generator)
+        case "min_ce":
+            best = scores.masked_fill(~present, float("-inf")).argmax(dim=-1)
+            return _one_hot(best, present)
+        case "avg_ce":
+            return masked_softmax(scores, present)
+        case "uniform":
+            counts = present.sum(dim=-1, keepdim=True).clamp_min(1)
+            return present.float() / counts
+        case "single":
+            assert strategy.teacher_index is not None
+            index = torch.full_like(present[:, 0], strategy.teacher_index, dtype=torch.long)
+            return _one_hot(index, present)
+        case "none":
+            return torch.zeros_like(scores)
+    raise AssertionError(f"unhandled strategy kind {strategy.kind!r}")
+
+
+def _one_hot(index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """`[B]` teacher index -> `[B, K]` fp32 one-hot, zeroed where that teacher is absent."""
+    return F.one_hot(index, num_classes=present.shape[-1]).float() * present
+
+
+def _fresh_gate_weights(
+    scores: torch.Tensor, present: torch.Tensor, tau: float, generator: torch.Generator | None
+) -> torch.Tensor:
+    """The released code's gate: drawn anew (default init) on every call, never trained.
+
+    Built on CPU (where `generator` lives), used under no_grad and dropped, so no parameter
+    reaches the optimizer or the checkpoint. Kept in fp32: the reference's bf16 gate is a
+    separate mistake (DESIGN.md §9) that this strategy does not need to reproduce.
+    """
+    gate = SelectionGate(scores.shape[-1])
+    gate.reset_parameters(generator)
+    gate.requires_grad_(False).to(scores.device)
+    with torch.no_grad():
+        return select_teachers(gate(scores, present), tau)

@@ -1,0 +1,115 @@
+"""Analytic tests of the log-normaliser, the CLM loss, the feedback loss and the total."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from stages.distill.losses import (
+    clm_loss,
+    combine_losses,
+    feedback_loss,
+    importance,
+    position_logsumexp,
+)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 7 * 5, 1 << 24])
+def test_chunked_logsumexp_matches_torch_value_and_grad(chunk_elements: int) -> None:
+    logits = torch.randn(3, 7, 5, dtype=torch.float64, requires_grad=True)
+    upstream = torch.randn(3, 7, dtype=torch.float64)
+    got = position_logsumexp(logits, chunk_elements=chunk_elements)
+    (got_grad,) = torch.autograd.grad(got, logits, upstream)
+    expected = torch.logsumexp(logits, dim=-1)
+    (expected_grad,) = torch.autograd.grad(expected, logits, upstream)
+    torch.testing.assert_close(got, expected)
+    torch.testing.assert_close(got_grad, expected_grad)
+
+
+def test_logsumexp_of_bf16_is_fp32_and_grad_is_bf16() -> None:
+    logits = torch.randn(2, 4, 9).bfloat16().requires_grad_()
+    lse = position_logsumexp(logits)
+    lse.sum().backward()
+    assert lse.dtype == torch.float32 and logits.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(lse, torch.logsumexp(logits.detach().float(), dim=-1))
+
+
+def test_clm_loss_uses_row_j_to_predict_token_j_plus_one() -> None:
+    # Uniform logits except a bump: row 0 favours token 2, the real next token.
+    vocab = 4
+    logits = torch.zeros(1, 3, vocab)
+    logits[0, 0, 2] = math.log(3.0)  # softmax(row 0)[2] = 3 / (3 + 3) = 1/2
+    input_ids = torch.tensor([[1, 2, 3]])
+    loss_mask = torch.tensor([[True, False, False]])  # only row 0 has a counted target
+    torch.testing.assert_close(clm_loss(logits, input_ids, loss_mask), torch.tensor(math.log(2.0)))
+    # Row 1 predicts token 3 under uniform logits: log 4; the mean of the two rows.
+    loss_mask = torch.tensor([[True, True, False]])
+    expected = (math.log(2.0) + math.log(4.0)) / 2
+    torch.testing.assert_close(clm_loss(logits, input_ids, loss_mask), torch.tensor(expected))
+
+
+def test_clm_loss_matches_cross_entropy_and_ignores_last_column() -> None:
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 6, 11, generator=gen)
+    input_ids = torch.randint(0, 11, (2, 6), generator=gen)
+    loss_mask = torch.rand(2, 6, generator=gen) < 0.7
+    loss_mask[:, -1] = True  # no token j+1 exists there: must not count
+    expected = torch.nn.functional.cross_entropy(
+        logits[:, :-1][loss_mask[:, :-1]], input_ids[:, 1:][loss_mask[:, :-1]]
+    )
+    torch.testing.assert_close(clm_loss(logits, input_ids, loss_mask), expected)
+
+
+def test_clm_loss_with_no_target_is_zero_with_grad_path() -> None:
+    logits = torch.randn(1, 3, 5, requires_grad=True)
+    loss = clm_loss(logits, torch.zeros(1, 3, dtype=torch.long), torch.zeros(1, 3, dtype=torch.bool))
+    loss.backward()
+    assert loss.item() == 0.0 and (logits.grad == 0).all()
+
+
+def test_feedback_loss_is_zero_for_uniform_importance() -> None:
+    assert feedback_loss(torch.full((4,), 2.5)).item() == 0.0
+
+
+def test_feedback_loss_by_hand() -> None:
+    # I = (1, 2, 3): mean 2, unbiased variance ((1)² + 0 + (1)²) / 2 = 1 -> CV² = 1/4.
+    torch.testing.assert_close(
+        feedback_loss(torch.tensor([1.0, 2.0, 3.0])), torch.tensor(1.0 / (4.0 + 1e-10))
+    )
+
+
+def test_feedback_loss_uniform_is_the_minimum() -> None:
+    uniform = feedback_loss(torch.full((3,), 1.0))
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        assert feedback_loss(torch.rand(3, generator=gen) * 3) >= uniform
+
+
+def test_feedback_loss_single_teacher_is_zero_not_nan() -> None:
+    weights = torch.ones(4, 1, requires_grad=True)
+    loss = feedback_loss(importance(weights))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.isfinite(weights.grad).all()
+
+
+def test_feedback_loss_all_zero_importance_is_zero() -> None:
+    assert feedback_loss(torch.zeros(3)).item() == 0.0
+
+
+def test_importance_sums_weights_over_samples() -> None:
+    weights = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])
+    torch.testing.assert_close(importance(weights), torch.tensor([0.5, 0.75, 0.75]))
+
+
+def test_combine_losses_weights_terms() -> None:
+    terms = combine_losses(torch.tensor(2.0), torch.tensor(4.0), torch.tensor(1.0), lam=0.9, beta=0.5)
+    torch.testing.assert_close(terms.total, torch.tensor(0.9 * 2.0 + 0.1 * 4.0 + 0.5 * 1.0))
+    assert terms.detached() == pytest.approx({"clm": 2.0, "fusion": 4.0, "feedback": 1.0, "total": 2.7})
+
+
+@pytest.mark.parametrize(("lam", "beta"), [(-0.1, 0.5), (1.5, 0.5), (0.9, -1.0)])
+def test_combine_losses_rejects_bad_coefficients(lam: float, beta: float) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        combine_losses(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), lam=lam, beta=beta)

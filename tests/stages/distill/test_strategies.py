@@ -1,0 +1,143 @@
+"""Tests of the strategy table: parsing, hand-checked weights, and which weights train the gate."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stages.distill.fusion import fuse_position_weights, fusion_cross_entropy
+from stages.distill.gating import SelectionGate, select_teachers
+from stages.distill.losses import combine_losses, feedback_loss, importance
+from stages.distill.strategies import STRATEGY_NAMES, parse_strategy, sample_weights
+
+TEACHERS = ("llama", "qwen", "phi")
+# Sample 0: all present, phi best. Sample 1: phi absent (its high score must be ignored).
+SCORES = torch.tensor([[0.2, 0.5, 0.9], [0.3, 0.6, 0.99]])
+PRESENT = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+
+
+def test_parse_known_strategies() -> None:
+    for name in STRATEGY_NAMES:
+        if name != "single:NAME":
+            assert parse_strategy(name, TEACHERS).name == name
+    single = parse_strategy("single:qwen", TEACHERS)
+    assert (single.kind, single.teacher, single.teacher_index, single.name) == (
+        "single",
+        "qwen",
+        1,
+        "single:qwen",
+    )
+
+
+def test_unknown_strategy_names_the_value_and_the_valid_ones() -> None:
+    with pytest.raises(ValueError, match=r"'best'.*adaptive, min_ce, avg_ce"):
+        parse_strategy("best", TEACHERS)
+
+
+def test_single_with_unknown_teacher_lists_the_teachers() -> None:
+    with pytest.raises(ValueError, match=r"'gpt'.*'llama', 'qwen', 'phi'"):
+        parse_strategy("single:gpt", TEACHERS)
+
+
+def test_strategy_flags() -> None:
+    adaptive, none = parse_strategy("adaptive"), parse_strategy("none")
+    assert adaptive.needs_gate and adaptive.uses_fusion and adaptive.clm_weight(0.9) == 0.9
+    assert not none.needs_gate and not none.uses_fusion and none.clm_weight(0.9) == 1.0
+    assert not parse_strategy("authors").needs_gate
+
+
+def weights_of(spec: str, **kwargs) -> torch.Tensor:
+    return sample_weights(parse_strategy(spec, TEACHERS), SCORES, PRESENT, **kwargs)
+
+
+def test_min_ce_picks_the_best_present_teacher() -> None:
+    expected = torch.tensor([[0.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    torch.testing.assert_close(weights_of("min_ce"), expected)
+
+
+def test_avg_ce_is_softmax_of_scores_over_present() -> None:
+    row0 = torch.softmax(SCORES[0], dim=-1)
+    row1 = torch.cat([torch.softmax(SCORES[1, :2], dim=-1), torch.zeros(1)])
+    torch.testing.assert_close(weights_of("avg_ce"), torch.stack([row0, row1]))
+
+
+def test_uniform_and_single() -> None:
+    expected = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
+    torch.testing.assert_close(weights_of("uniform"), expected)
+    # phi is absent from sample 1: that sample gets no fusion target at all.
+    torch.testing.assert_close(weights_of("single:phi"), torch.tensor([[0.0, 0.0, 1.0], [0.0] * 3]))
+
+
+def test_none_gives_zero_weights() -> None:
+    assert (weights_of("none") == 0).all()
+
+
+@pytest.mark.parametrize("spec", ["adaptive", "authors", "min_ce", "avg_ce", "uniform"])
+def test_weights_sum_to_one_and_absent_get_zero(spec: str) -> None:
+    weights = weights_of(spec, gate=SelectionGate(3), generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    assert weights[1, 2] == 0 and (weights >= 0).all()
+
+
+def test_adaptive_without_gate_is_an_error() -> None:
+    with pytest.raises(ValueError, match="needs the run's SelectionGate"):
+        weights_of("adaptive")
+
+
+def test_authors_is_a_fresh_untrained_gate_with_threshold() -> None:
+    first = weights_of("authors", generator=torch.Generator().manual_seed(1))
+    again = weights_of("authors", generator=torch.Generator().manual_seed(1))
+    other = weights_of("authors", generator=torch.Generator().manual_seed(2))
+    assert not first.requires_grad and first.grad_fn is None
+    torch.testing.assert_close(first, again)
+    assert not torch.allclose(first, other)
+    # Exactly a default-initialised gate drawn from that generator, tau applied.
+    gate = SelectionGate(3)
+    gate.reset_parameters(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        expected = select_teachers(gate(SCORES, PRESENT), tau=0.15)
+    torch.testing.assert_close(first, expected)
+
+
+def gate_step_loss(gate: SelectionGate, fusion_trains_gate: bool, feedback_weight: float):
+    """One micro-batch of the adaptive strategy on a tiny student, as the training loop wires it."""
+    gen = torch.Generator().manual_seed(0)
+    batch, teachers, length, vocab, top_k = 2, 3, 5, 7, 2
+    logits = torch.randn(batch, length, vocab, generator=gen, requires_grad=True)
+    ids = torch.randint(0, vocab, (batch, teachers, length, top_k), generator=gen)
+    probs = torch.softmax(torch.randn(batch, teachers, length, top_k, generator=gen), dim=-1)
+    available = torch.ones(batch, teachers, length, dtype=torch.bool)
+    loss_mask = torch.ones(batch, length, dtype=torch.bool)
+
+    weights = sample_weights(parse_strategy("adaptive"), SCORES, PRESENT, gate=gate)
+    fused = fusion_cross_entropy(
+        logits,
+        ids,
+        probs,
+        fuse_position_weights(weights if fusion_trains_gate else weights.detach(), available),
+        loss_mask,
+    )
+    feedback = feedback_loss(importance(weights))
+    return combine_losses(torch.zeros(()), fused.loss, feedback, lam=0.9, beta=feedback_weight)
+
+
+@pytest.mark.parametrize("fusion_trains_gate", [True, False])
+def test_adaptive_gate_gets_gradient_and_moves(fusion_trains_gate: bool) -> None:
+    torch.manual_seed(0)
+    gate = SelectionGate(3)
+    before = [p.detach().clone() for p in gate.parameters()]
+    optimizer = torch.optim.SGD(gate.parameters(), lr=0.1)
+    gate_step_loss(gate, fusion_trains_gate, feedback_weight=0.5).total.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in gate.parameters())
+    optimizer.step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, gate.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("fusion_trains_gate", [True, False])
+def test_fusion_trains_gate_flag_routes_the_fusion_gradient(fusion_trains_gate: bool) -> None:
+    torch.manual_seed(0)
+    gate = SelectionGate(3)
+    gate_step_loss(gate, fusion_trains_gate, feedback_weight=0.0).total.backward()
+    grads = [p.grad for p in gate.parameters()]
+    has_grad = any(g is not None and g.abs().sum() > 0 for g in grads)
+    assert has_grad == fusion_trains_gate
