@@ -1,0 +1,1 @@
+"""Demo material set-up (models, tokenizers, corpus): ``python -m pipeline.material STEP``."""
