@@ -1,0 +1,79 @@
+"""Teacher backends behind one interface (``base.TeacherBackend``), opened by name.
+
+Each backend module imports its heavy library (torch + transformers, vLLM) only when it is
+opened, so resolving names, planning units and reading caches import neither.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from stages.extract.backends.base import TeacherBackend, TopkRows
+
+__all__ = ["BACKENDS", "TeacherBackend", "TopkRows", "open_backend", "resolve_backend"]
+
+BACKENDS = ("auto", "vllm", "transformers", "fake")
+
+
+def resolve_backend(name: str) -> str:
+    """The concrete backend for ``name``: ``auto`` is vLLM where it is installed and a GPU is
+    present, else transformers (on CPU transformers is the faster one; MATERIAL.md §1)."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}: fix extract.backend")
+    if name != "auto":
+        return name
+    if importlib.util.find_spec("vllm") is None:
+        return "transformers"
+    import torch
+
+    return "vllm" if torch.cuda.is_available() else "transformers"
+
+
+def open_backend(
+    name: str,
+    *,
+    teacher: str,
+    model_path: str | Path,
+    top_k: int,
+    max_tokens: int,
+    dtype: str,
+    batch_tokens: int,
+    vocab_size: int,
+    vllm_max_logprobs: int = 20,
+    vllm_enforce_eager: bool = True,
+    vllm_tensor_parallel_size: int = 1,
+    vllm_gpu_memory_utilization: float = 0.85,
+    vllm_kv_cache_gib: float | None = None,
+) -> TeacherBackend:
+    """Load the teacher under backend ``name`` (after ``resolve_backend``). ``vocab_size`` is the
+    tokenizer's, used by the fake backend only."""
+    if name == "fake":
+        from stages.extract.backends.fake_backend import FakeBackend
+
+        return FakeBackend(teacher, top_k=top_k, vocab_size=vocab_size)
+    if name == "transformers":
+        from stages.extract.backends.transformers_backend import TransformersBackend
+
+        return TransformersBackend(
+            model_path, top_k=top_k, dtype=dtype, batch_tokens=batch_tokens, max_tokens=max_tokens
+        )
+    if name == "vllm":
+        try:
+            from stages.extract.backends.vllm_backend import VllmBackend
+        except ImportError as e:
+            raise ValueError(
+                f"backend vllm cannot be imported ({e}): install the `cpu` or `gpu` extra"
+            ) from e
+        return VllmBackend(
+            model_path,
+            top_k=top_k,
+            max_tokens=max_tokens,
+            dtype=dtype,
+            max_logprobs=vllm_max_logprobs,
+            enforce_eager=vllm_enforce_eager,
+            tensor_parallel_size=vllm_tensor_parallel_size,
+            gpu_memory_utilization=vllm_gpu_memory_utilization,
+            kv_cache_gib=vllm_kv_cache_gib,
+        )
+    raise ValueError(f"backend must be one of {BACKENDS[1:]} once resolved, got {name!r}")

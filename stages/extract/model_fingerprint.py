@@ -1,0 +1,76 @@
+"""Local model folders: the check before loading, and a cheap fingerprint (DESIGN.md §3).
+
+The fingerprint must cost milliseconds, not a read of gigabytes of weights: the hub revision
+where the folder is a hub snapshot, else the config and tokenizer files in full plus, per weight
+file, its name, size and a hash of its first and last MiB. Editing a weight file in the middle
+without changing its size would go unnoticed; converting, re-quantising or fine-tuning a model
+changes its ends (safetensors headers, embedding and head tensors) and so its fingerprint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+from data_schemas.keys import sha256_ends, sha256_file
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
+_HASHED_IN_FULL = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+)
+_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
+
+
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder, in name order (index files excluded)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
+def check_model_folder(path: str | Path) -> Path:
+    """The folder as a ``Path``; ``ValueError`` naming the fix unless it holds a loadable model."""
+    folder = Path(path)
+    if not folder.is_dir():
+        raise ValueError(
+            f"model folder {folder} does not exist: run `make setup` for the demo models or fix "
+            "teachers[].path (a local Hugging Face folder; hub ids are not fetched)"
+        )
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"model folder {folder} has no config.json: point teachers[].path at a HF model folder"
+        )
+    if not weight_files(folder):
+        raise ValueError(
+            f"model folder {folder} has no weight files ({', '.join(WEIGHT_SUFFIXES)}): "
+            "finish the conversion (`make setup`) or fix teachers[].path"
+        )
+    return folder
+
+
+def hub_revision(folder: Path) -> str | None:
+    """The commit hash when ``folder`` is a Hugging Face hub cache snapshot, else None."""
+    match = _SNAPSHOT.search(folder.resolve().as_posix())
+    return match.group(1) if match else None
+
+
+def model_fingerprint(path: str | Path) -> str:
+    """sha256 hex identifying the model in ``path`` (see the module docstring)."""
+    folder = check_model_folder(path)
+    digest = hashlib.sha256(b"polyfuse-model-v1\0")
+    revision = hub_revision(folder)
+    if revision is not None:
+        digest.update(f"revision={revision}".encode())
+        return digest.hexdigest()
+    for name in _HASHED_IN_FULL:
+        if (folder / name).is_file():
+            digest.update(f"{name}={sha256_file(folder / name)}\n".encode())
+    for weights in weight_files(folder):
+        digest.update(f"{weights.name}:{sha256_ends(weights)}\n".encode())
+    return digest.hexdigest()

@@ -1,0 +1,123 @@
+"""The teacher-shard codec: both layouts round-trip within their stated rounding."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from data_schemas.parquet_io import SCHEMA_VERSION_KEY
+from data_schemas.teacher_shard import (
+    LOGPROB_STEP,
+    TeacherSample,
+    check_teacher_table,
+    decode_table,
+    encode_table,
+    read_teacher_shard,
+    rounding_bound,
+    write_teacher_shard,
+)
+
+K = 5
+
+
+def make_sample(rng: np.random.Generator, n: int, name: str) -> TeacherSample:
+    rows = max(n - 1, 0)
+    ids = rng.integers(0, 50_000, n).astype(np.int32)
+    # Top-k ids from another range than the token ids, so that placing a target never repeats an id.
+    topk_ids = np.array(
+        [rng.choice(50_000, K, replace=False) + 50_000 for _ in range(rows)], np.int32
+    ).reshape(rows, K)
+    # Gaps from tiny to > 255 steps (confident rows), so every code path of the layout is used.
+    gaps = rng.exponential(1.0, (rows, K)) * np.where(rng.random((rows, 1)) < 0.2, 12.0, 1.0)
+    topk_logprobs = (-np.cumsum(gaps, axis=1)).astype(np.float32)
+    target = (topk_logprobs[:, -1] - rng.exponential(3.0, rows)).astype(np.float32)
+    hit = rng.random(rows) < 0.6  # the actual next token is in the top-k on most rows
+    slot = rng.integers(0, K, rows)
+    topk_ids[hit, slot[hit]] = ids[1:][hit]
+    target[hit] = topk_logprobs[hit, slot[hit]]
+    return TeacherSample(
+        name,
+        ids,
+        np.cumsum(rng.integers(0, 5, n)).astype(np.int32),
+        topk_ids,
+        topk_logprobs,
+        target,
+        1.5,
+        0.8,
+        0.9,
+        1.1,
+        truncated=n == 40,
+    )
+
+
+@pytest.fixture(scope="module")
+def samples() -> list[TeacherSample]:
+    rng = np.random.default_rng(0)
+    return [make_sample(rng, n, f"s:{i}") for i, n in enumerate([40, 1, 0, 7, 2, 33])]
+
+
+@pytest.mark.parametrize("layout", ["quant", "fp16"])
+def test_round_trip_within_the_layout_bound(
+    tmp_path: Path, samples: list[TeacherSample], layout: str
+) -> None:
+    entry = write_teacher_shard(samples, tmp_path / "shard-00000.parquet", layout=layout, top_k=K)
+    assert entry.rows == len(samples) and entry.tokens == sum(s.n_tokens for s in samples)
+    back = decode_table(read_teacher_shard(tmp_path / "shard-00000.parquet"))
+    low = min(float(s.target_logprobs.min(initial=0)) for s in samples)
+    bound = rounding_bound(layout, low)
+    for s, b in zip(samples, back, strict=True):
+        assert b.sample_id == s.sample_id and b.truncated == s.truncated and b.ce == pytest.approx(s.ce)
+        for name in ("token_ids", "token_ends", "topk_ids"):
+            np.testing.assert_array_equal(getattr(b, name), getattr(s, name))
+        assert b.topk_logprobs.shape == s.topk_logprobs.shape and b.topk_logprobs.dtype == np.float32
+        assert np.abs(b.topk_logprobs - s.topk_logprobs).max(initial=0) <= bound + 1e-6
+        assert np.abs(b.target_logprobs - s.target_logprobs).max(initial=0) <= bound + 1e-6
+        assert (np.diff(b.topk_logprobs, axis=1) <= 0).all()
+    assert check_teacher_table(read_teacher_shard(tmp_path / "shard-00000.parquet")) == []
+    if layout == "quant":
+        assert bound == LOGPROB_STEP / 2 < 0.02
+
+
+def test_bad_values_are_refused_naming_the_sample(samples: list[TeacherSample]) -> None:
+    s = samples[0]
+    broken = s.topk_logprobs.copy()
+    broken[2, 1] = np.inf
+    with pytest.raises(ValueError, match="sample s:0: topk_logprobs has values outside"):
+        encode_table([TeacherSample(**{**s.__dict__, "topk_logprobs": broken})], top_k=K)
+    unsorted = s.topk_logprobs[:, ::-1].copy()
+    with pytest.raises(ValueError, match="sample s:0: topk_logprobs are not sorted"):
+        encode_table([TeacherSample(**{**s.__dict__, "topk_logprobs": unsorted})], top_k=K)
+    with pytest.raises(ValueError, match=r"need top-k arrays of shape \(39, 4\)"):
+        encode_table([s], top_k=4)
+
+
+def test_checker_finds_nan_and_unsorted_values(samples: list[TeacherSample]) -> None:
+    table = encode_table(samples, layout="fp16", top_k=K)
+    field = table.schema.field("topk_logprobs")
+    offsets = table.column("topk_logprobs").combine_chunks().offsets
+
+    def with_values(values: np.ndarray) -> pa.Table:
+        column = pa.ListArray.from_arrays(offsets, pa.array(values, pa.float16()), type=field.type)
+        return table.set_column(table.schema.get_field_index(field.name), field, column)
+
+    values = pc.list_flatten(table.column("topk_logprobs")).to_numpy()
+    nan = values.copy()
+    nan[3] = np.nan  # inside sample s:0
+    assert check_teacher_table(with_values(nan)) == ["sample s:0: NaN/inf logprobs"]
+    unsorted = values.copy()
+    start = 39 * K  # first row of sample s:3 (s:1 and s:2 have none)
+    unsorted[start : start + 2] = unsorted[start : start + 2][::-1]
+    assert check_teacher_table(with_values(unsorted)) == ["sample s:3: top-k logprobs not sorted descending"]
+
+
+def test_other_schema_version_is_refused(tmp_path: Path, samples: list[TeacherSample]) -> None:
+    table = encode_table(samples, top_k=K)
+    path = tmp_path / "old.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, SCHEMA_VERSION_KEY: b"0"}), path)
+    with pytest.raises(RuntimeError, match="schema_version is 0, expected 1"):
+        read_teacher_shard(path)

@@ -1,0 +1,74 @@
+"""The batched transformers backend against a naive one-sample-at-a-time reference."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from stages.extract.backends import transformers_backend
+from stages.extract.backends.transformers_backend import TransformersBackend, length_sorted_batches
+from tests.stages.extract.conftest import TOP_K
+
+
+def naive_rows(model: torch.nn.Module, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Full logits of one unpadded sequence → log-softmax → top-k and the target's logprob."""
+    with torch.inference_mode():
+        logits = model(input_ids=torch.from_numpy(ids.astype(np.int64))[None]).logits[0, :-1].float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    values, indices = torch.topk(logprobs, TOP_K, dim=-1)
+    target = logprobs.gather(-1, torch.from_numpy(ids[1:].astype(np.int64))[:, None])[:, 0]
+    return indices.numpy(), values.numpy(), target.numpy()
+
+
+def test_batched_rows_match_a_naive_reference(tiny_teacher: Path, transformers_backend, tokenized) -> None:
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval()
+    assert transformers_backend._split, "body + lm_head should reproduce the Llama forward"
+    rows = transformers_backend.topk_logprobs([t.ids for t in tokenized])
+    assert len(rows) == len(tokenized)
+    for tok, got in zip(tokenized, rows, strict=True):
+        assert got.n_rows == max(len(tok.ids) - 1, 0)
+        if got.n_rows == 0:
+            continue
+        ids, logprobs, target = naive_rows(model, tok.ids)
+        np.testing.assert_array_equal(got.topk_ids, ids)
+        np.testing.assert_allclose(got.topk_logprobs, logprobs, atol=1e-5, rtol=0)
+        np.testing.assert_allclose(got.target_logprobs, target, atol=1e-5, rtol=0)
+        assert got.topk_ids.dtype == np.int32 and got.topk_logprobs.dtype == np.float32
+
+
+def test_top_k_above_the_vocabulary_is_refused_before_loading(tiny_teacher: Path, monkeypatch) -> None:
+    def no_load(*args, **kwargs):
+        raise AssertionError("the model must not be loaded")
+
+    monkeypatch.setattr(transformers_backend.AutoModelForCausalLM, "from_pretrained", no_load)
+    with pytest.raises(
+        ValueError, match=r"top_k must be between 1 and the transformers backend's maximum \(49152\)"
+    ):
+        TransformersBackend(tiny_teacher, top_k=49153)
+    with pytest.raises(ValueError, match="top_k must be between 1"):
+        TransformersBackend(tiny_teacher, top_k=0)
+    with pytest.raises(ValueError, match=r"extract.max_tokens must be at most 1024 .* got 1025"):
+        TransformersBackend(tiny_teacher, top_k=TOP_K, max_tokens=1025)
+
+
+def test_missing_model_folder_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"model folder .*nope does not exist: run `make setup`"):
+        TransformersBackend(tmp_path / "nope", top_k=TOP_K)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="has no weight files"):
+        TransformersBackend(tmp_path / "empty", top_k=TOP_K)
+
+
+def test_batches_respect_the_padded_token_budget() -> None:
+    lengths = [5, 300, 40, 41, 299, 1000, 7]
+    batches = length_sorted_batches(lengths, 600)
+    assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+    for batch in batches:
+        longest = max(lengths[i] for i in batch)
+        assert len(batch) == 1 or len(batch) * longest <= 600
+    assert batches[0] == [5]  # longest first, alone above the budget
