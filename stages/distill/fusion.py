@@ -50,6 +50,13 @@ def fuse_position_weights(sample_weights: torch.Tensor, available: torch.Tensor)
     return weighted / torch.where(mass > 0, mass, torch.ones_like(mass))
 
 
+def flat_support_ids(support_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, K, T, k]` -> `[B, T, K·k]`: every teacher's support of a position side by side, the
+    layout of one gather along the vocabulary for all teachers at once."""
+    batch, num_teachers, length, top_k = support_ids.shape
+    return support_ids.permute(0, 2, 1, 3).reshape(batch, length, num_teachers * top_k)
+
+
 def fusion_cross_entropy(
     logits: torch.Tensor,
     support_ids: torch.Tensor,
@@ -57,6 +64,7 @@ def fusion_cross_entropy(
     position_weights: torch.Tensor,
     loss_mask: torch.Tensor,
     lse: torch.Tensor | None = None,
+    support_logits: torch.Tensor | None = None,
 ) -> FusionResult:
     """Cross-entropy of the student against the w'-mixture of the teachers' sparse targets.
 
@@ -69,6 +77,8 @@ def fusion_cross_entropy(
         loss_mask: `[B, T]` bool, true where row j has a real next token.
         lse: `[B, T]` from `position_logsumexp(logits)`, shared with the CLM loss; computed
             here when None.
+        support_logits: `[B, T, K·k]` logits at `flat_support_ids(support_ids)`, when the caller
+            gathered them together with the CLM targets (see `clm_loss`); gathered here when None.
 
     Returns:
         `FusionResult` with the mean over fused positions.
@@ -84,9 +94,10 @@ def fusion_cross_entropy(
         lse = position_logsumexp(logits)
     dtype = loss_dtype(logits.dtype)
 
-    # [B, K, T, k] -> [B, T, K·k]: one gather along the vocabulary for all teachers at once.
-    ids = support_ids.permute(0, 2, 1, 3).reshape(batch, length, num_teachers * top_k)
-    support_logits = logits.gather(-1, ids).to(dtype).view(batch, length, num_teachers, top_k)
+    ids = flat_support_ids(support_ids)
+    if support_logits is None:
+        support_logits = logits.gather(-1, ids)
+    support_logits = support_logits.to(dtype).view(batch, length, num_teachers, top_k)
 
     # q = w'·p is the fused target's mass on each support entry, [B, T, K, k].
     target = position_weights.to(dtype).unsqueeze(-1) * support_probs.to(dtype)

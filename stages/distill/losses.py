@@ -90,11 +90,17 @@ def position_logsumexp(logits: torch.Tensor, chunk_elements: int = LOGSUMEXP_CHU
     return _ChunkedLogSumExp.apply(logits, chunk_rows)
 
 
+def next_token_ids(input_ids: torch.Tensor) -> torch.Tensor:
+    """`[B, T]` id of the token row j predicts, `input_ids[:, j+1]` (0 in the last column)."""
+    return F.pad(input_ids[:, 1:], (0, 1))
+
+
 def clm_loss(
     logits: torch.Tensor,
     input_ids: torch.Tensor,
     loss_mask: torch.Tensor,
     lse: torch.Tensor | None = None,
+    target_logits: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Next-token cross-entropy, mean over positions with a real target.
 
@@ -104,6 +110,9 @@ def clm_loss(
         loss_mask: `[B, T]` bool, true where row j has a real next token. The last column is
             ignored: `input_ids` holds no token j+1 there.
         lse: `[B, T]` from `position_logsumexp(logits)`, computed here when None.
+        target_logits: `[B, T]` logits at `next_token_ids(input_ids)`, when the caller gathered
+            them together with the fusion supports (one gather: one sparse [B, T, V] gradient
+            buffer for both losses instead of one each); gathered here when None.
 
     Returns:
         Scalar fp32 (or fp64 for fp64 logits) loss; 0 with a grad path when no position counts.
@@ -112,9 +121,10 @@ def clm_loss(
         lse = position_logsumexp(logits)
     # Shift the targets, not the logits: gathering from a [:, :-1] slice would make autograd
     # allocate two [B, T, V] gradient buffers (gather's, then the slice's) instead of one.
-    targets = F.pad(input_ids[:, 1:], (0, 1))
     mask = F.pad(loss_mask[:, :-1], (0, 1))
-    target_logits = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1).to(lse.dtype)
+    if target_logits is None:
+        target_logits = logits.gather(-1, next_token_ids(input_ids).unsqueeze(-1)).squeeze(-1)
+    target_logits = target_logits.to(lse.dtype)
     per_position = (lse - target_logits) * mask
     return per_position.sum() / mask.sum().clamp_min(1)
 

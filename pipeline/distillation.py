@@ -1,0 +1,247 @@
+"""``polyfuse distill``: stage two from a ``Config``.
+
+    corpus (prepared by extract) → every teacher's cache found by the same plan extract used and
+    checked (complete, same corpus, checksums, rows, sample ids) → vocab maps (cached per
+    tokenizer pair) → the rank's FusionStream → the DeepSpeed recipe → runs/<name>/export
+
+Nothing here loads a model: the only model distill ever loads is the student, inside the recipe,
+after every check passed. Rank logic lives here: rank 0 prepares what is shared on disk (the
+corpus, vocab maps) while the others wait, then every rank builds its own stream over the shards
+`[rank::world_size]`. One process is a plain `polyfuse distill`; several come from the
+`deepspeed` launcher or `torchrun` (`make distill GPUS=N`), which set RANK/WORLD_SIZE.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pipeline.config import Config
+from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DistillRun:
+    """What `polyfuse distill` reports."""
+
+    strategy: str
+    teacher_names: tuple[str, ...]
+    steps: int
+    export_dir: Path | None
+    last_checkpoint: Path | None
+    final_metrics: dict[str, Any]
+    is_main: bool
+
+
+def distill_from_config(
+    config: Config,
+    *,
+    strategy: str | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    stop_after_steps: int | None = None,
+) -> DistillRun:
+    """Check the inputs, then train and export (see the module docstring)."""
+    from stages.distill import engine
+    from stages.distill.recipe import RecipeSettings, run_distill
+    from stages.distill.strategies import parse_strategy
+
+    # Workers fork after the parent used the Rust tokenizer (vocab maps): keep it single-threaded
+    # there instead of letting `tokenizers` warn and disable itself in every worker.
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    d = config.distill
+    spec = strategy or d.strategy
+    names = [t.name for t in config.teachers]
+    parsed = parse_strategy(spec, names)
+    if not names and parsed.uses_fusion:
+        raise ValueError(f"strategy {spec!r} needs teachers: add a `teachers:` list or use --strategy none")
+    env = engine.prepare_distributed_env()
+    if env.world_size > 1:
+        engine.init_distributed()
+    stream_inputs = _rank_zero_first(env, lambda: resolve_stream_inputs(config, checksums=env.is_main))
+    stream = build_stream(config, stream_inputs, rank=env.rank, world_size=env.world_size)
+    settings = RecipeSettings(
+        run_dir=Path(config.runs_dir) / config.name,
+        student_path=Path(config.student.path),
+        strategy=parsed.name,
+        lam=d.lam,
+        beta=d.beta,
+        tau=d.tau,
+        fusion_trains_gate=d.fusion_trains_gate,
+        gate_features=d.gate_features,
+        lr=d.lr,
+        gate_lr=d.gate_lr,
+        weight_decay=d.weight_decay,
+        adam_betas=(d.adam_beta1, d.adam_beta2),
+        warmup_steps=d.warmup_steps,
+        max_steps=d.max_steps,
+        micro_batch_size=d.micro_batch_size,
+        grad_accum_steps=d.grad_accum_steps,
+        grad_clip=d.grad_clip,
+        zero_stage=d.zero_stage,
+        dtype=d.dtype,
+        deepspeed_config=Path(d.deepspeed_config) if d.deepspeed_config else None,
+        loader_workers=d.loader_workers,
+        checkpoint_every=d.checkpoint_every,
+        keep_checkpoints=d.keep_checkpoints,
+        log_every=d.log_every,
+        seed=config.seed,
+        resume=resume,
+        stop_after_steps=stop_after_steps,
+        progress=progress,
+    )
+    result = run_distill(settings, stream)
+    return DistillRun(
+        strategy=parsed.name,
+        teacher_names=tuple(names),
+        steps=result.steps,
+        export_dir=result.export_dir,
+        last_checkpoint=result.last_checkpoint,
+        final_metrics=result.final_metrics,
+        is_main=env.is_main,
+    )
+
+
+@dataclass(frozen=True)
+class StreamInputs:
+    """Everything the loader needs that comes from disk, checked."""
+
+    corpus_key: str
+    corpus_shards: list[Any]
+    """`loader.CorpusShard`s of the train split, in order."""
+    teachers: list[Any]
+    """`loader.TeacherSource`s, in config order."""
+
+
+def resolve_stream_inputs(config: Config, *, checksums: bool = True) -> StreamInputs:
+    """Find and check the corpus and every teacher cache; build (or load) the vocab maps.
+
+    `checksums=False` skips re-hashing every shard (ranks after rank 0, which already did).
+
+    Raises:
+        ValueError: a student tokenizer without offsets, a missing teacher folder.
+        TeacherCacheError (RuntimeError): a teacher cache that is missing, incomplete, corrupt or
+            from another corpus — named, with `polyfuse extract --teacher NAME` as the fix.
+    """
+    from stages.align.vocab_map import load_or_build_vocab_map
+    from stages.distill.loader import CorpusShard, TeacherSource
+    from stages.distill.teacher_caches import check_teacher_cache
+    from stages.tokenization import load_tokenizer
+
+    corpus = prepare_shared_corpus(config)
+    shards = [
+        CorpusShard(entry.name, corpus.directory / entry.name, entry.rows)
+        for entry in corpus.manifest.shards
+        if entry.name.startswith(f"{TEACHER_SPLIT}/")
+    ]
+    try:
+        student_tokenizer = load_tokenizer(config.student.path)
+    except ValueError as e:
+        raise ValueError(f"student: {e}") from e
+    teachers = []
+    for teacher in config.teachers:
+        tokenizer = load_teacher_tokenizer(teacher, teacher.backend or config.extract.backend)
+        plan = plan_teacher(config, teacher, corpus, tokenizer)
+        checked = check_teacher_cache(
+            teacher.name,
+            plan.directory,
+            shards,
+            corpus.key,
+            max_shards=teacher.max_shards,
+            tokenizer_fingerprint=plan.header["tokenizer_fingerprint"],
+            checksums=checksums,
+        )
+        vocab_map = load_or_build_vocab_map(
+            tokenizer,
+            student_tokenizer,
+            cache_dir=Path(config.cache_dir) / "vocab_maps",
+            mode=config.distill.vocab_map,
+        )
+        teachers.append(TeacherSource(teacher.name, checked, vocab_map))
+        logger.info(
+            "teacher %s: %d of %d train shards cached in %s",
+            teacher.name,
+            len(checked),
+            len(shards),
+            plan.directory,
+        )
+    return StreamInputs(corpus.key, shards, teachers)
+
+
+def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size: int) -> Any:
+    """This rank's `FusionStream`."""
+    from stages.distill.loader import FusionStream
+
+    add_special = config.student.add_special_tokens
+    return FusionStream(
+        inputs.corpus_shards,
+        inputs.teachers,
+        student_tokenizer=config.student.path,
+        # None: the tokenizer's own default (BOS where the model was trained with one), as extract does.
+        add_special_tokens=True if add_special is None else add_special,
+        max_seq_tokens=config.distill.max_seq_tokens,
+        micro_batch_size=config.distill.micro_batch_size,
+        features=config.distill.gate_features,
+        rank=rank,
+        world_size=world_size,
+        seed=config.seed,
+    )
+
+
+def _rank_zero_first(env: Any, build: Callable[[], T]) -> T:
+    """Run `build` on rank 0 first (it may write shared caches), then on the others.
+
+    A failure on rank 0 is sent to every rank, so all of them stop with its message instead of
+    waiting forever on a barrier rank 0 never reaches.
+    """
+    if env.world_size == 1:
+        return build()
+    import torch.distributed as dist
+
+    status: list[str | None] = [None]
+    if env.rank == 0:
+        try:
+            result = build()
+        except (ValueError, RuntimeError) as e:
+            status[0] = f"{type(e).__name__}: {e}"
+            dist.broadcast_object_list(status, src=0)
+            raise
+        dist.broadcast_object_list(status, src=0)
+        return result
+    dist.broadcast_object_list(status, src=0)
+    if status[0] is not None:
+        raise RuntimeError(f"rank 0 stopped: {status[0]}")
+    return build()
+
+
+def summary_rows(run: DistillRun) -> list[dict[str, Any]]:
+    """One row per teacher at the run's end (last log window): weight, selection, alignment."""
+    m = run.final_metrics
+    return [
+        {
+            "teacher": name,
+            "mean_w": round(m.get(f"gate/mean_w/{name}", 0.0), 4),
+            "selected_rate": round(m.get(f"gate/selected_rate/{name}", 0.0), 4),
+            "present_rate": round(m.get(f"align/present_rate/{name}", 0.0), 4),
+            "aligned_rate": round(m.get(f"align/aligned_rate/{name}", 0.0), 4),
+            "mapped_mass_rate": round(m.get(f"align/mapped_mass_rate/{name}", 0.0), 4),
+        }
+        for name in run.teacher_names
+    ]
+
+
+def loss_line(run: DistillRun) -> str:
+    """The loss terms of the last log window, one line."""
+    m = run.final_metrics
+    terms = ", ".join(
+        f"{t} {m[f'loss/{t}']:.4f}" for t in ("total", "clm", "fusion", "feedback") if f"loss/{t}" in m
+    )
+    return f"losses (last window): {terms or 'none logged'}"

@@ -1,0 +1,133 @@
+"""One training sample as the loader's workers build it, and the micro-batch the model takes.
+
+Index convention (losses.py): row j predicts token j+1. A sample of n student tokens has n − 1
+rows; `AlignedTargets` arrays of the align stage are already `[n − 1, k]`, so collation only pads
+them to the batch's longest sample T (rows n − 1 … T − 1 stay unavailable).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
+
+import numpy as np
+import torch
+
+from stages.align.sample import AlignedTargets
+
+
+@dataclass(frozen=True)
+class AlignedSample:
+    """A corpus sample tokenised by the student with every teacher's targets at its rows."""
+
+    sample_id: str
+    input_ids: np.ndarray
+    """[n] int32 student token ids (n ≥ 1)."""
+    teachers: tuple[AlignedTargets | None, ...]
+    """Per teacher, its targets at the student's rows, or None where it has no data for this
+    sample (a teacher that covers only the first shards, or a non-finite score)."""
+    scores: np.ndarray
+    """[K] float32 per-teacher score, higher is better (default exp(−ce)); 0 where absent."""
+
+
+@dataclass(frozen=True)
+class FusionBatch:
+    """A padded micro-batch: exactly the tensors fusion.py and losses.py take.
+
+    B samples, T = the longest sample's token count, K teachers, k = the widest top-k.
+    """
+
+    sample_ids: tuple[str, ...]
+    input_ids: torch.Tensor
+    """[B, T] int64, right-padded with 0."""
+    attention_mask: torch.Tensor
+    """[B, T] int64, 1 on real tokens."""
+    loss_mask: torch.Tensor
+    """[B, T] bool, true where row j has a real next token (j < n_b − 1)."""
+    support_ids: torch.Tensor
+    """[B, K, T, k] int64 student-vocab ids of each teacher's top-k (padding: id 0)."""
+    support_probs: torch.Tensor
+    """[B, K, T, k] float32 renormalised top-k probabilities (padding: 0)."""
+    available: torch.Tensor
+    """[B, K, T] bool, teacher k has a target at row j of sample b."""
+    scores: torch.Tensor
+    """[B, K] float32 per-sample teacher scores (gate features)."""
+    present: torch.Tensor
+    """[B, K] bool, teacher k has data for sample b."""
+    aligned_rows: torch.Tensor
+    """[K] int64, student rows with a teacher row at the same character (log statistic)."""
+    student_rows: torch.Tensor
+    """int64 scalar, student rows of the batch, n_b − 1 summed (denominator of the rates)."""
+    mapped_mass: torch.Tensor
+    """[K] float64, Σ over aligned rows of the share of top-k mass mapped to student ids."""
+
+    @property
+    def num_tokens(self) -> int:
+        """Real (non-pad) student tokens in the batch."""
+        return int(self.attention_mask.sum())
+
+    def to(self, device: torch.device | str) -> FusionBatch:
+        """The batch with every tensor on `device` (statistics stay where they are)."""
+        moved = {
+            f.name: getattr(self, f.name).to(device, non_blocking=True)
+            for f in fields(self)
+            if f.name not in ("sample_ids", "aligned_rows", "student_rows", "mapped_mass")
+        }
+        return replace(self, **moved)
+
+
+def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> FusionBatch:
+    """Pad `samples` to their longest one and stack them into a `FusionBatch`."""
+    if not samples:
+        raise ValueError("cannot collate an empty micro-batch")
+    batch, length = len(samples), max(len(s.input_ids) for s in samples)
+    widths = [t.support_ids.shape[1] for s in samples for t in s.teachers if t is not None]
+    top_k = max(widths, default=1)
+
+    input_ids = np.zeros((batch, length), dtype=np.int64)
+    attention_mask = np.zeros((batch, length), dtype=np.int64)
+    loss_mask = np.zeros((batch, length), dtype=bool)
+    support_ids = np.zeros((batch, num_teachers, length, top_k), dtype=np.int64)
+    support_probs = np.zeros((batch, num_teachers, length, top_k), dtype=np.float32)
+    available = np.zeros((batch, num_teachers, length), dtype=bool)
+    scores = np.zeros((batch, num_teachers), dtype=np.float32)
+    present = np.zeros((batch, num_teachers), dtype=bool)
+    aligned_rows = np.zeros(num_teachers, dtype=np.int64)
+    mapped_mass = np.zeros(num_teachers, dtype=np.float64)
+    student_rows = 0
+    for b, sample in enumerate(samples):
+        if len(sample.teachers) != num_teachers:
+            raise ValueError(
+                f"sample {sample.sample_id} has {len(sample.teachers)} teachers, expected {num_teachers}"
+            )
+        n = len(sample.input_ids)
+        input_ids[b, :n] = sample.input_ids
+        attention_mask[b, :n] = 1
+        loss_mask[b, : n - 1] = True
+        student_rows += n - 1
+        for k, targets in enumerate(sample.teachers):
+            if targets is None:
+                continue
+            assert targets.n_rows == n - 1, "aligned targets must have one row per student row"
+            width = targets.support_ids.shape[1]
+            support_ids[b, k, : n - 1, :width] = targets.support_ids
+            support_probs[b, k, : n - 1, :width] = targets.support_probs
+            available[b, k, : n - 1] = targets.available
+            scores[b, k] = sample.scores[k]
+            present[b, k] = True
+            aligned_rows[k] += targets.n_aligned
+            mapped_mass[k] += targets.mapped_mass
+    return FusionBatch(
+        sample_ids=tuple(s.sample_id for s in samples),
+        input_ids=torch.from_numpy(input_ids),
+        attention_mask=torch.from_numpy(attention_mask),
+        loss_mask=torch.from_numpy(loss_mask),
+        support_ids=torch.from_numpy(support_ids),
+        support_probs=torch.from_numpy(support_probs),
+        available=torch.from_numpy(available),
+        scores=torch.from_numpy(scores),
+        present=torch.from_numpy(present),
+        aligned_rows=torch.from_numpy(aligned_rows),
+        student_rows=torch.tensor(student_rows, dtype=torch.int64),
+        mapped_mass=torch.from_numpy(mapped_mass),
+    )

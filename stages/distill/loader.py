@@ -1,0 +1,252 @@
+"""The streaming loader of distill: corpus train shards joined by `sample_id` with every teacher's
+shards, tokenised by the student and aligned to it, in padded micro-batches.
+
+**Order.** A rank owns the corpus shards `[rank::world_size]` and reads their samples as one
+endless stream: epoch 0 in shard order, later epochs with the shard order permuted (seeded by
+seed, epoch and rank). Micro-batch n is stream positions [n·B, (n+1)·B). Of the W DataLoader
+workers, worker w builds batches start + w, start + w + W, … and PyTorch takes one batch from each
+worker in turn, so the trainer receives
+batches 0, 1, 2, … whatever the number of workers. The loader's whole state is therefore one
+integer, the batches the trainer consumed (`state_dict`), with the settings that fix the order
+beside it for a check on resume.
+
+**Teachers.** A teacher's cache is checked before anything else (`check_teacher_cache`); a
+teacher extracted over only the first shards, or with a NaN score for a sample, is absent for
+those samples, never replaced by a made-up target.
+
+Workers build batches in numpy (alignment is vectorised, stages/align); the trainer never waits
+on them in practice (bench/distill_bench.py measures the margin).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from torch.utils.data import IterableDataset, get_worker_info
+
+from data_schemas.corpus_shard import CORPUS_SCHEMA
+from data_schemas.parquet_io import check_schema
+from data_schemas.teacher_shard import TeacherSample, decode_table, read_teacher_shard
+from stages.align.sample import align_sample
+from stages.distill.batch import AlignedSample, FusionBatch, collate_samples
+from stages.tokenization import load_tokenizer, tokenize_many_with_ends
+
+logger = logging.getLogger(__name__)
+
+FEATURES = ("exp_neg_ce", "bits_per_byte")
+
+
+@dataclass(frozen=True)
+class CorpusShard:
+    """One corpus train shard: its file, its name in the corpus manifest, its sample count."""
+
+    name: str
+    path: Path
+    rows: int
+
+
+@dataclass(frozen=True)
+class TeacherSource:
+    """A checked teacher cache, ready for the workers (`check_teacher_cache` builds it)."""
+
+    name: str
+    shards: dict[str, Path]
+    """Corpus shard name → teacher shard file; corpus shards the teacher does not cover are absent."""
+    vocab_map: np.ndarray
+    """[V_teacher] int32 teacher id → student id, −1 unmapped (stages/align/vocab_map.py)."""
+
+
+def teacher_score(sample: TeacherSample, features: str) -> float:
+    """The gate feature of one teacher on one sample, higher is better; NaN if not finite.
+
+    `exp_neg_ce`: exp(−ce), the mean per-token probability (FuseLLM's score, DESIGN.md §6).
+    `bits_per_byte`: 2^(−bits per byte), the mean per-byte probability — tokenizer-neutral.
+    """
+    if features == "exp_neg_ce":
+        value = math.exp(-sample.ce)
+    elif features == "bits_per_byte":
+        value = 2.0 ** (-sample.bits_per_byte)
+    else:
+        raise ValueError(f"gate features must be one of {FEATURES}, got {features!r}")
+    return value if math.isfinite(value) else math.nan
+
+
+class FusionStream(IterableDataset):
+    """Endless stream of `FusionBatch`es for one rank (see the module docstring for the order).
+
+    Args:
+        corpus_shards: every corpus train shard, in corpus order (the rank picks its own).
+        teachers: checked teacher caches, in the order of the `[B, K]` columns.
+        student_tokenizer: folder of the student's (fast) tokenizer.
+        add_special_tokens: whether the student's tokenisation adds BOS/EOS as in training.
+        max_seq_tokens: longest student sequence (longer texts are truncated).
+        micro_batch_size: samples per yielded batch.
+        features: gate feature, one of `FEATURES`.
+        rank, world_size: this process's place in the job.
+        seed: seeds the shard order of epochs ≥ 1.
+    """
+
+    def __init__(
+        self,
+        corpus_shards: Sequence[CorpusShard],
+        teachers: Sequence[TeacherSource],
+        *,
+        student_tokenizer: str | Path,
+        add_special_tokens: bool,
+        max_seq_tokens: int,
+        micro_batch_size: int,
+        features: str = "exp_neg_ce",
+        rank: int = 0,
+        world_size: int = 1,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if features not in FEATURES:
+            raise ValueError(
+                f"distill.gate_features must be one of {FEATURES}, got {features!r}: the gate takes one "
+                "score per teacher"
+            )
+        own = list(corpus_shards)[rank::world_size]
+        if not own:
+            raise ValueError(
+                f"the corpus has {len(corpus_shards)} train shards, fewer than the {world_size} ranks: "
+                "lower corpus.samples_per_shard or run fewer processes"
+            )
+        self.shards = own
+        self.teachers = tuple(teachers)
+        self.teacher_names = tuple(t.name for t in teachers)
+        self.student_tokenizer = str(student_tokenizer)
+        self.add_special_tokens = add_special_tokens
+        self.max_seq_tokens = max_seq_tokens
+        self.micro_batch_size = micro_batch_size
+        self.features = features
+        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.samples_per_epoch = sum(s.rows for s in own)
+        if self.samples_per_epoch == 0:
+            raise ValueError(f"rank {rank}'s corpus shards hold no samples: check the corpus")
+        self.start_batch = 0
+        self._epoch_index: tuple[int, np.ndarray, np.ndarray] = (-1, np.zeros(0), np.zeros(0))
+
+    # -- resumable state: a few integers -------------------------------------------------------
+    def state_dict(self, batches_consumed: int) -> dict[str, int]:
+        return {
+            "batches": batches_consumed,
+            "micro_batch_size": self.micro_batch_size,
+            "rank": self.rank,
+            "world_size": self.world_size,
+            "samples_per_epoch": self.samples_per_epoch,
+        }
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        for key in ("micro_batch_size", "world_size", "samples_per_epoch"):
+            if state[key] != getattr(self, key):
+                raise ValueError(
+                    f"--resume: the checkpoint's loader had {key}={state[key]}, this run has "
+                    f"{getattr(self, key)}: resume with the same corpus, batch size and number of processes"
+                )
+        self.start_batch = state["batches"]
+
+    # -- order -----------------------------------------------------------------------------------
+    def shard_order(self, epoch: int) -> list[int]:
+        """Indices into this rank's shards, in the order epoch `epoch` reads them."""
+        if epoch == 0:
+            return list(range(len(self.shards)))
+        rng = np.random.default_rng([self.seed, epoch, self.rank])
+        return rng.permutation(len(self.shards)).tolist()
+
+    def locate(self, position: int) -> tuple[int, int]:
+        """(shard index, row) of a position of this rank's stream."""
+        epoch, offset = divmod(position, self.samples_per_epoch)
+        if self._epoch_index[0] != epoch:  # one epoch's layout at a time: positions come in order
+            order = np.asarray(self.shard_order(epoch))
+            starts = np.cumsum([0] + [self.shards[i].rows for i in order])
+            self._epoch_index = (epoch, order, starts)
+        _, order, starts = self._epoch_index
+        slot = int(np.searchsorted(starts, offset, side="right")) - 1
+        return int(order[slot]), int(offset - starts[slot])
+
+    def batch_positions(self, batch_index: int) -> list[tuple[int, int]]:
+        start = batch_index * self.micro_batch_size
+        return [self.locate(p) for p in range(start, start + self.micro_batch_size)]
+
+    # -- building batches --------------------------------------------------------------------------
+    def __iter__(self) -> Iterator[FusionBatch]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        reader = _ShardReader(self)
+        # DataLoader asks worker 0 first, then 1, …: worker w builds start + w, start + w + W, …
+        batch_index = self.start_batch + worker
+        while True:
+            yield self.build_batch(reader, batch_index)
+            batch_index += workers
+
+    def build_batch(self, reader: _ShardReader, batch_index: int) -> FusionBatch:
+        positions = self.batch_positions(batch_index)
+        rows = [reader.row(shard, row) for shard, row in positions]
+        tokenized = tokenize_many_with_ends(
+            reader.tokenizer,
+            [text for _, text, _ in rows],
+            add_special_tokens=self.add_special_tokens,
+            max_tokens=self.max_seq_tokens,
+        )
+        samples = []
+        for (sample_id, _, teacher_rows), student in zip(rows, tokenized, strict=True):
+            targets, scores = [], np.zeros(len(self.teachers), np.float32)
+            for k, (source, teacher) in enumerate(zip(self.teachers, teacher_rows, strict=True)):
+                score = teacher_score(teacher, self.features) if teacher is not None else math.nan
+                if teacher is None or not math.isfinite(score) or len(student.ids) < 2:
+                    targets.append(None)
+                    continue
+                targets.append(
+                    align_sample(
+                        student.ends,
+                        teacher.token_ends,
+                        teacher.topk_ids,
+                        teacher.topk_logprobs,
+                        source.vocab_map,
+                    )
+                )
+                scores[k] = score
+            samples.append(AlignedSample(sample_id, student.ids, tuple(targets), scores))
+        return collate_samples(samples, len(self.teachers))
+
+
+class _ShardReader:
+    """A worker's view of the shards: the current corpus shard and its teacher shards, decoded once."""
+
+    def __init__(self, stream: FusionStream) -> None:
+        self.stream = stream
+        self.tokenizer = load_tokenizer(stream.student_tokenizer)
+        self._index: int | None = None
+
+    def row(self, shard: int, row: int) -> tuple[str, str, list[TeacherSample | None]]:
+        """(sample_id, text, per-teacher decoded row or None) of one corpus sample."""
+        if shard != self._index:
+            self._load(shard)
+        sample_id = self._ids[row]
+        teachers = [rows[row] if rows is not None else None for rows in self._teachers]
+        for teacher in teachers:
+            if teacher is not None and teacher.sample_id != sample_id:
+                raise RuntimeError(
+                    f"teacher row {teacher.sample_id!r} sits where corpus sample {sample_id!r} is: the "
+                    "teacher cache changed after it was checked; rerun distill"
+                )
+        return sample_id, self._texts[row], teachers
+
+    def _load(self, shard: int) -> None:
+        info = self.stream.shards[shard]
+        check_schema(info.path, CORPUS_SCHEMA)
+        table = pq.read_table(info.path, columns=["sample_id", "text"])
+        self._ids = table.column("sample_id").to_pylist()
+        self._texts = table.column("text").to_pylist()
+        self._teachers: list[list[TeacherSample] | None] = []
+        for source in self.stream.teachers:
+            path = source.shards.get(info.name)
+            self._teachers.append(decode_table(read_teacher_shard(path)) if path is not None else None)
+        self._index = shard

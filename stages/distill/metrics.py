@@ -1,0 +1,245 @@
+"""What a user sees of a distill run: a progress bar, `metrics.jsonl` and TensorBoard, from one
+small logger object, plus the accumulator that turns micro-batch outputs into those numbers.
+
+Every rank accumulates its own micro-batches; at a log step the sums are all-reduced (one small
+collective) so the numbers describe the whole job, and only rank 0 writes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stages.distill.batch import FusionBatch
+from stages.distill.model import FusionOutput
+
+
+class StepStats:
+    """Sums over the micro-batches since the last log line (reset by `summary`)."""
+
+    def __init__(self, teacher_names: Sequence[str]) -> None:
+        self.teacher_names = list(teacher_names)
+        self.reset()
+
+    def reset(self) -> None:
+        k = len(self.teacher_names)
+        # One flat float64 vector so that all ranks' sums travel in one all-reduce.
+        self._layout = {
+            "micro_batches": 1,
+            "clm": 1,
+            "fusion": 1,
+            "feedback": 1,
+            "total": 1,
+            "tokens": 1,
+            "samples": 1,
+            "student_rows": 1,
+            "fused_positions": 1,
+            "entropy_weighted": 1,
+            "weight_sum": k,
+            "selected": k,
+            "present": k,
+            "aligned_rows": k,
+            "mapped_mass": k,
+            "selected_hist": k + 1,
+        }
+        self._sums = torch.zeros(sum(self._layout.values()), dtype=torch.float64)
+        self._started = time.perf_counter()
+
+    def _slot(self, name: str) -> slice:
+        start = 0
+        for key, size in self._layout.items():
+            if key == name:
+                return slice(start, start + size)
+            start += size
+        raise KeyError(name)
+
+    def add(self, batch: FusionBatch, output: FusionOutput) -> None:
+        """Count one micro-batch (call after its forward)."""
+        terms = output.terms.detached()
+        weights = output.weights.detach().to("cpu", torch.float64)
+        fused = float(output.fused_positions)
+        values = {
+            "micro_batches": 1.0,
+            **terms,
+            "tokens": float(batch.num_tokens),
+            "samples": float(len(batch.sample_ids)),
+            "student_rows": float(batch.student_rows),
+            "fused_positions": fused,
+            "entropy_weighted": float(output.target_entropy) * fused,
+        }
+        for name, value in values.items():
+            self._sums[self._slot(name)] += value
+        self._sums[self._slot("weight_sum")] += weights.sum(dim=0)
+        self._sums[self._slot("present")] += batch.present.to("cpu", torch.float64).sum(dim=0)
+        self._sums[self._slot("aligned_rows")] += batch.aligned_rows.to(torch.float64)
+        self._sums[self._slot("mapped_mass")] += batch.mapped_mass.to(torch.float64)
+        self._sums[self._slot("selected")] += (weights > 0).to(torch.float64).sum(dim=0)
+        selected = (weights > 0).sum(dim=1)
+        self._sums[self._slot("selected_hist")] += torch.bincount(
+            selected, minlength=len(self.teacher_names) + 1
+        ).to(torch.float64)
+
+    def summary(
+        self, lrs: dict[str, float], world_size: int, device: torch.device | str = "cpu"
+    ) -> dict[str, Any]:
+        """Means over the window (all ranks), then reset. Call on every rank at the same step;
+        `device` is where the collective runs (the engine's device: NCCL needs CUDA tensors)."""
+        sums = self._sums.clone()
+        if world_size > 1 and torch.distributed.is_initialized():
+            reduced = sums.to(device)
+            torch.distributed.all_reduce(reduced)
+            sums = reduced.cpu()
+        elapsed = max(time.perf_counter() - self._started, 1e-9)
+        s = {name: sums[self._slot(name)] for name in self._layout}
+        micro = max(float(s["micro_batches"]), 1.0)
+        samples = max(float(s["samples"]), 1.0)
+        rows = max(float(s["student_rows"]), 1.0)
+        fused = float(s["fused_positions"])
+        out: dict[str, Any] = {
+            **{f"loss/{t}": float(s[t]) / micro for t in ("total", "clm", "fusion", "feedback")},
+            "gate/cv2": float(s["feedback"]) / micro,
+            **{f"lr/{group}": lr for group, lr in lrs.items()},
+            "throughput/tokens_per_s": float(s["tokens"]) / elapsed,
+            "throughput/samples_per_s": float(s["samples"]) / elapsed,
+            "fusion/fused_rate": fused / rows,
+            "fusion/target_entropy": float(s["entropy_weighted"]) / fused if fused else 0.0,
+            "gate/selected_hist": [int(v) for v in s["selected_hist"].tolist()],
+            "tokens": int(s["tokens"]),
+            "samples": int(s["samples"]),
+            "student_rows": int(s["student_rows"]),
+        }
+        for k, name in enumerate(self.teacher_names):
+            aligned = float(s["aligned_rows"][k])
+            out[f"gate/mean_w/{name}"] = float(s["weight_sum"][k]) / samples
+            out[f"gate/selected_rate/{name}"] = float(s["selected"][k]) / samples
+            out[f"align/present_rate/{name}"] = float(s["present"][k]) / samples
+            out[f"align/aligned_rate/{name}"] = aligned / rows
+            out[f"align/mapped_mass_rate/{name}"] = float(s["mapped_mass"][k]) / aligned if aligned else 0.0
+        self.reset()
+        return out
+
+
+class MetricsLogger:
+    """JSONL + TensorBoard + a tqdm progress bar; a no-op object on ranks other than 0.
+
+    Args:
+        log_dir: where `metrics.jsonl` and the TensorBoard event files go.
+        enabled: false on every rank but 0.
+        total_steps: optimizer steps of the run (for the bar's ETA).
+        start_step: steps already done (a resumed run); JSONL lines past it are dropped first, so a
+            run killed after its last checkpoint does not leave duplicate steps in the log.
+        progress: show the progress bar (off in tests and when stderr is not wanted).
+    """
+
+    def __init__(
+        self,
+        log_dir: str | Path,
+        *,
+        enabled: bool,
+        total_steps: int,
+        start_step: int = 0,
+        progress: bool = True,
+        tensorboard: bool = True,
+    ) -> None:
+        self.enabled = enabled
+        self.path = Path(log_dir) / "metrics.jsonl"
+        self._tb = None
+        self._bar = None
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_after(self.path, start_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(Path(log_dir) / "tensorboard"), purge_step=start_step + 1)
+        if progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc="distill", unit="step", dynamic_ncols=True
+            )
+
+    def progress(self, step: int, terms: dict[str, float], tokens_per_s: float | None = None) -> None:
+        """Advance the bar to `step` with the latest loss terms (every optimizer step)."""
+        if self._bar is None:
+            return
+        postfix = {name: f"{value:.4f}" for name, value in terms.items()}
+        if tokens_per_s is not None:
+            postfix["tok/s"] = f"{tokens_per_s:.0f}"
+        self._bar.set_postfix(postfix, refresh=False)
+        self._bar.update(step - self._bar.n)
+
+    def log(self, step: int, metrics: dict[str, Any]) -> None:
+        """One JSONL line and the TensorBoard scalars/histogram of `metrics` at `step`."""
+        if not self.enabled:
+            return
+        record = {"step": step, "time": time.time(), **metrics}
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record, allow_nan=True) + "\n")
+        if self._tb is None:
+            return
+        for name, value in metrics.items():
+            if isinstance(value, float | int) and math.isfinite(value):
+                self._tb.add_scalar(name, value, step)
+        hist = metrics.get("gate/selected_hist")
+        if hist and sum(hist):
+            counts = torch.repeat_interleave(torch.arange(len(hist)), torch.tensor(hist))
+            self._tb.add_histogram("gate/selected_count", counts, step, bins=len(hist))
+
+    def write(self, message: str) -> None:
+        """A line of text that does not break the progress bar (rank 0 only)."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.write(message)
+        else:
+            print(message, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+
+
+class SampleLog:
+    """Every rank's record of which samples it trained on: `samples-rank{R}.jsonl`, one line per
+    micro-batch (`{"step": s, "sample_ids": [...]}`, s = the optimizer step it counts toward).
+
+    Small (a few ids per line) and always on: it answers "what did this model see", names the
+    data around a loss spike, and is how the tests check the rank split of a real multi-process run.
+    """
+
+    def __init__(self, log_dir: str | Path, rank: int, start_step: int = 0) -> None:
+        self.path = Path(log_dir) / f"samples-rank{rank}.jsonl"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        _truncate_after(self.path, start_step)
+        self._file = open(self.path, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 (closed in close())
+
+    def add(self, step: int, sample_ids: Sequence[str]) -> None:
+        self._file.write(json.dumps({"step": step, "sample_ids": list(sample_ids)}) + "\n")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def _truncate_after(path: Path, step: int) -> None:
+    """Drop JSONL records with a step beyond `step` (left by a run killed after a checkpoint)."""
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    kept = [line for line in kept if json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+
+
+def read_metrics(path: str | Path) -> list[dict[str, Any]]:
+    """The records of a `metrics.jsonl` (for reports and tests)."""
+    lines = Path(path).read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]

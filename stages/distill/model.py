@@ -1,0 +1,145 @@
+"""The module DeepSpeed wraps: the student and the selection gate, and one micro-batch's losses.
+
+Keeping the gate inside this module is what puts it in the optimizer (its own LR group), in every
+ZeRO partition and in every checkpoint — the reference code re-created it each step instead
+(DESIGN.md §9). `micro_batch_losses` reads like the recipe of losses.py, top to bottom.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from stages.distill.batch import FusionBatch
+from stages.distill.fusion import flat_support_ids, fuse_position_weights, fusion_cross_entropy
+from stages.distill.gating import SelectionGate
+from stages.distill.losses import (
+    LossTerms,
+    clm_loss,
+    combine_losses,
+    feedback_loss,
+    importance,
+    next_token_ids,
+    position_logsumexp,
+)
+from stages.distill.strategies import Strategy, sample_weights
+
+
+@dataclass(frozen=True)
+class FusionOutput:
+    """What one micro-batch gives the training loop."""
+
+    terms: LossTerms
+    """clm, fusion, feedback and the weighted total (backpropagate `terms.total`)."""
+    weights: torch.Tensor
+    """[B, K] fp32 sample weights w, detached (for the log: selection counts, mean w)."""
+    fused_positions: torch.Tensor
+    """int64 scalar: positions with a fused target."""
+    target_entropy: torch.Tensor
+    """Scalar, detached: mean entropy of the fused target (nats)."""
+
+
+class FusionModule(nn.Module):
+    """Student + gate. Args are flat so the module can be built from any config.
+
+    Args:
+        student: a Hugging Face causal LM (any architecture with `.logits` in its output).
+        strategy: from `strategies.parse_strategy`.
+        num_teachers: K, the columns of the batch's `[B, K]` tensors.
+        lam, beta, tau: λ, β, τ of DESIGN.md §6.
+        fusion_trains_gate: whether L_fuse reaches the gate through w (L_feed always does).
+    """
+
+    def __init__(
+        self,
+        student: nn.Module,
+        strategy: Strategy,
+        num_teachers: int,
+        *,
+        lam: float,
+        beta: float,
+        tau: float,
+        fusion_trains_gate: bool,
+    ) -> None:
+        super().__init__()
+        self.student = student
+        self.strategy = strategy
+        self.num_teachers = num_teachers
+        self.lam, self.beta, self.tau = lam, beta, tau
+        self.fusion_trains_gate = fusion_trains_gate
+        # Only `adaptive` owns a gate; `authors` draws a throw-away one per step (strategies.py).
+        self.gate = SelectionGate(num_teachers) if strategy.needs_gate else None
+
+    def student_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.student.parameters() if p.requires_grad]
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [] if self.gate is None else list(self.gate.parameters())
+
+    def forward(self, batch: FusionBatch, generator: torch.Generator | None = None) -> FusionOutput:
+        """Losses of one micro-batch (shapes in `FusionBatch`); `generator` feeds `authors`."""
+        logits = self.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+        if not self.strategy.uses_fusion:
+            return micro_batch_losses(logits, batch, None, lam=1.0, beta=0.0)
+        weights = sample_weights(
+            self.strategy, batch.scores, batch.present, gate=self.gate, tau=self.tau, generator=generator
+        )
+        return micro_batch_losses(
+            logits,
+            batch,
+            weights if self.fusion_trains_gate else weights.detach(),
+            lam=self.strategy.clm_weight(self.lam),
+            # β weighs the feedback loss only where it can train something: with no trainable
+            # gate (min_ce, avg_ce, uniform, single, authors) CV² is logged but adds no constant.
+            beta=self.beta if self.gate is not None else 0.0,
+            feedback_weights=weights,
+        )
+
+
+def micro_batch_losses(
+    logits: torch.Tensor,
+    batch: FusionBatch,
+    weights: torch.Tensor | None,
+    *,
+    lam: float,
+    beta: float,
+    feedback_weights: torch.Tensor | None = None,
+) -> FusionOutput:
+    """λ·CLM + (1−λ)·fusion + β·feedback of one micro-batch from the student's logits.
+
+    Args:
+        logits: `[B, T, V]` student logits.
+        batch: the micro-batch (targets, supports, availability).
+        weights: `[B, K]` sample weights w for the fusion loss (detached by the caller to keep the
+            fusion loss from training the gate); None: CLM only (`none`).
+        feedback_weights: w with its grad path for the feedback loss (default: `weights`).
+    """
+    lse = position_logsumexp(logits)  # the step's single logsumexp over the vocabulary
+    if weights is None:
+        clm = clm_loss(logits, batch.input_ids, batch.loss_mask, lse=lse)
+        zero = clm.new_zeros(())
+        terms = combine_losses(clm, zero, zero, lam=1.0, beta=0.0)
+        no_weights = batch.scores.new_zeros(batch.scores.shape)
+        return FusionOutput(terms, no_weights, batch.loss_mask.new_zeros((), dtype=torch.int64), zero)
+    # One gather for the CLM targets and all K·k supports: autograd then builds a single sparse
+    # [B, T, V] gradient buffer for both losses instead of one each.
+    index = torch.cat(
+        [next_token_ids(batch.input_ids).unsqueeze(-1), flat_support_ids(batch.support_ids)], -1
+    )
+    gathered = logits.gather(-1, index)
+    clm = clm_loss(logits, batch.input_ids, batch.loss_mask, lse=lse, target_logits=gathered[..., 0])
+    fused = fusion_cross_entropy(
+        logits,
+        batch.support_ids,
+        batch.support_probs,
+        fuse_position_weights(weights, batch.available),
+        batch.loss_mask,
+        lse=lse,
+        support_logits=gathered[..., 1:],
+    )
+    feedback_weights = weights if feedback_weights is None else feedback_weights
+    feedback = feedback_loss(importance(feedback_weights))
+    terms = combine_losses(clm, fused.loss, feedback, lam=lam, beta=beta)
+    return FusionOutput(terms, feedback_weights.detach(), fused.fused_positions, fused.target_entropy)

@@ -1,0 +1,348 @@
+"""The distill training loop (DESIGN.md §6): setup → train → save_checkpoint → export → cleanup.
+
+One readable loop over DeepSpeed; the maths is in model.py / fusion.py / losses.py, the data in
+loader.py, DeepSpeed in engine.py. A run lives in one folder:
+
+    <run_dir>/checkpoints/step-000050/   engine.save_checkpoint, with client_state = step, loader
+                                         state, every rank's RNG states (torch, numpy, python and
+                                         the `authors` generator)
+    <run_dir>/logs/metrics.jsonl, logs/tensorboard/
+    <run_dir>/export/                    export.py
+
+`resume=True` loads the latest checkpoint and continues exactly where it stopped: on fp32 CPU, a
+run killed after step s and resumed ends with the same losses and weights as one that never
+stopped (tests/stages/distill/test_recipe.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch.utils.data import DataLoader
+
+from stages.distill import engine as ds
+from stages.distill.batch import FusionBatch
+from stages.distill.export import summarize_run, write_export
+from stages.distill.metrics import MetricsLogger, SampleLog, StepStats
+from stages.distill.model import FusionModule, FusionOutput
+from stages.distill.run_state import (
+    checkpoint_tag,
+    checkpoint_tags,
+    gather_from_ranks,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from stages.distill.strategies import parse_strategy
+
+logger = logging.getLogger(__name__)
+
+
+class BatchStream(Protocol):
+    """What the recipe needs of the loader (`loader.FusionStream`): an iterable dataset of
+    `FusionBatch`es whose position is one integer."""
+
+    teacher_names: tuple[str, ...]
+
+    def __iter__(self) -> Iterator[FusionBatch]: ...
+
+    def state_dict(self, batches_consumed: int) -> dict[str, int]: ...
+
+    def load_state_dict(self, state: dict[str, int]) -> None: ...
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    """Flat settings of one run (pipeline/distillation.py builds them from the YAML config)."""
+
+    run_dir: Path
+    student_path: Path
+    strategy: str
+    lam: float = 0.9
+    beta: float = 0.5
+    tau: float = 0.15
+    fusion_trains_gate: bool = True
+    gate_features: str = "exp_neg_ce"
+    lr: float = 2e-5
+    gate_lr: float = 1e-3
+    weight_decay: float = 0.0
+    adam_betas: tuple[float, float] = (0.9, 0.95)
+    adam_eps: float = 1e-8
+    warmup_steps: int = 10
+    max_steps: int = 100
+    micro_batch_size: int = 2
+    grad_accum_steps: int = 4
+    grad_clip: float = 1.0
+    zero_stage: int = 2
+    dtype: str = "float32"
+    deepspeed_config: Path | None = None
+    loader_workers: int = 2
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 5
+    seed: int = 0
+    resume: bool = False
+    stop_after_steps: int | None = None
+    """Checkpoint and stop (no export) once this many steps are done: a time-boxed run, and how
+    the tests kill a run at a known step."""
+    progress: bool = True
+    tensorboard: bool = True
+
+
+@dataclass(frozen=True)
+class DistillResult:
+    steps: int
+    export_dir: Path | None
+    last_checkpoint: Path | None
+    final_metrics: dict[str, Any]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN/inf; the message names the step, the samples and the last checkpoint."""
+
+
+class DistillRecipe:
+    def __init__(self, settings: RecipeSettings, stream: BatchStream) -> None:
+        self.cfg = settings
+        self.stream = stream
+        self.teacher_names: tuple[str, ...] = tuple(stream.teacher_names)
+        self.strategy = parse_strategy(settings.strategy, self.teacher_names)
+        self.checkpoint_dir = settings.run_dir / "checkpoints"
+        self.step = 0
+        self.batches_consumed = 0
+        self.last_checkpoint: Path | None = None
+        self.last_metrics: dict[str, Any] = {}
+
+    # ----------------------------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from transformers import AutoModelForCausalLM
+
+        cfg = self.cfg
+        self.dist = ds.prepare_distributed_env()
+        seed_everything(cfg.seed)  # same on every rank: the gate's init must agree
+        dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
+        student = AutoModelForCausalLM.from_pretrained(str(cfg.student_path), dtype=dtype)
+        module = FusionModule(
+            student,
+            self.strategy,
+            len(self.teacher_names),
+            lam=cfg.lam,
+            beta=cfg.beta,
+            tau=cfg.tau,
+            fusion_trains_gate=cfg.fusion_trains_gate,
+        )
+        optimizer = ds.build_optimizer(
+            module.student_parameters(),
+            module.gate_parameters(),
+            lr=cfg.lr,
+            gate_lr=cfg.gate_lr,
+            weight_decay=cfg.weight_decay,
+            betas=cfg.adam_betas,
+            eps=cfg.adam_eps,
+        )
+        scheduler = ds.cosine_with_warmup(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
+        if cfg.deepspeed_config is not None:
+            ds_config = ds.read_deepspeed_config(
+                cfg.deepspeed_config,
+                micro_batch_size=cfg.micro_batch_size,
+                grad_accum_steps=cfg.grad_accum_steps,
+            )
+        else:
+            ds_config = ds.build_deepspeed_config(
+                micro_batch_size=cfg.micro_batch_size,
+                grad_accum_steps=cfg.grad_accum_steps,
+                zero_stage=cfg.zero_stage,
+                dtype=cfg.dtype,
+                grad_clip=cfg.grad_clip,
+            )
+        self.engine = ds.initialize_engine(module, optimizer, scheduler, ds_config)
+        # The `authors` strategy's fresh gate per step draws from here, never from the global RNG.
+        self.authors_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1))
+        if cfg.resume:
+            self._load_checkpoint()
+        elif checkpoint_tags(self.checkpoint_dir):  # every rank checks: none may go on alone
+            raise ValueError(
+                f"{self.checkpoint_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another run name (name=...)"
+            )
+        self.metrics = MetricsLogger(
+            self.cfg.run_dir / "logs",
+            enabled=self.dist.is_main,
+            total_steps=cfg.max_steps,
+            start_step=self.step,
+            progress=cfg.progress,
+            tensorboard=cfg.tensorboard,
+        )
+        self.stats = StepStats(self.teacher_names)
+        self.sample_log = SampleLog(self.cfg.run_dir / "logs", self.dist.rank, start_step=self.step)
+        self.loader = DataLoader(
+            self.stream,  # type: ignore[arg-type]  (an IterableDataset)
+            batch_size=None,  # the stream yields collated micro-batches
+            num_workers=cfg.loader_workers,
+            persistent_workers=False,
+            prefetch_factor=4 if cfg.loader_workers else None,
+        )
+
+    # ----------------------------------------------------------------------------------- train
+    def train(self) -> None:
+        cfg = self.cfg
+        stop = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
+        batches = iter(self.loader)
+        window_started, window_tokens = time.perf_counter(), 0
+        while self.step < stop:
+            lrs = self._learning_rates()  # the LRs this step uses (the scheduler moves them after it)
+            for _ in range(cfg.grad_accum_steps):
+                batch: FusionBatch = next(batches)
+                output: FusionOutput = self.engine(batch.to(self.engine.device), generator=self.authors_rng)
+                self._check_finite(output, batch)
+                self.engine.backward(output.terms.total)
+                self.engine.step()
+                self.batches_consumed += 1
+                self.stats.add(batch, output)
+                self.sample_log.add(self.step + 1, batch.sample_ids)
+                window_tokens += batch.num_tokens
+            self.step += 1
+            assert self.engine.global_steps == self.step, (
+                "one optimizer step per grad_accum_steps micro-batches"
+            )
+            elapsed = time.perf_counter() - window_started
+            self.metrics.progress(
+                self.step, output.terms.detached(), window_tokens * self.dist.world_size / max(elapsed, 1e-9)
+            )
+            window_started, window_tokens = time.perf_counter(), 0
+            checkpoint_now = self.step % cfg.checkpoint_every == 0 or self.step == stop
+            # A log window always closes at a checkpoint, so a resumed run's log has no gap.
+            if self.step % cfg.log_every == 0 or checkpoint_now:
+                self.last_metrics = self.stats.summary(lrs, self.dist.world_size, self.engine.device)
+                self.metrics.log(self.step, self.last_metrics)
+            if checkpoint_now:
+                self.save_checkpoint()
+
+    def _learning_rates(self) -> dict[str, float]:
+        return {
+            group.get("name", str(i)): group["lr"]
+            for i, group in enumerate(self.engine.optimizer.param_groups)
+        }
+
+    def _check_finite(self, output: FusionOutput, batch: FusionBatch) -> None:
+        bad = (~torch.isfinite(output.terms.total.detach())).to(torch.float32).reshape(1)
+        if self.dist.world_size > 1:
+            torch.distributed.all_reduce(bad)  # every rank stops together, none hangs in backward
+        if bad.item() == 0:
+            return
+        terms = output.terms.detached()
+        where = (
+            f"the last good checkpoint is {self.last_checkpoint}; resume from it with `polyfuse distill "
+            "--resume` after lowering distill.lr"
+            if self.last_checkpoint
+            else "no checkpoint was written yet; lower distill.lr and start again"
+        )
+        raise NonFiniteLossError(
+            f"non-finite loss at optimizer step {self.step + 1} (micro-batch {self.batches_consumed + 1}, "
+            f"rank {self.dist.rank}): {terms} on samples {list(batch.sample_ids)}; {where}"
+        )
+
+    # ------------------------------------------------------------------------ save_checkpoint
+    def save_checkpoint(self) -> Path:
+        tag = checkpoint_tag(self.step)
+        client_state = {
+            "polyfuse_step": self.step,
+            "polyfuse_loader": self.stream.state_dict(self.batches_consumed),
+            "polyfuse_rng": gather_from_ranks(rng_state(self.authors_rng), self.dist.world_size),
+            "polyfuse_strategy": self.strategy.name,
+            "polyfuse_teachers": list(self.teacher_names),
+            "polyfuse_metrics": self.last_metrics,
+        }
+        self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state)
+        self.last_checkpoint = self.checkpoint_dir / tag
+        if self.dist.is_main:
+            for old in checkpoint_tags(self.checkpoint_dir)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(self.checkpoint_dir / old, ignore_errors=True)
+        logger.debug("checkpoint %s written", self.last_checkpoint)
+        return self.last_checkpoint
+
+    def _load_checkpoint(self) -> None:
+        if not (self.checkpoint_dir / "latest").is_file():
+            raise ValueError(
+                f"--resume: {self.checkpoint_dir} has no checkpoint to resume from: run without --resume"
+            )
+        path, state = self.engine.load_checkpoint(str(self.checkpoint_dir))
+        if path is None or not state:
+            raise RuntimeError(
+                f"cannot load the latest checkpoint of {self.checkpoint_dir}: delete it and rerun"
+            )
+        for key, want in (
+            ("polyfuse_strategy", self.strategy.name),
+            ("polyfuse_teachers", list(self.teacher_names)),
+        ):
+            if state[key] != want:
+                raise ValueError(
+                    f"--resume: the checkpoint was trained with {key.removeprefix('polyfuse_')} "
+                    f"{state[key]!r}, this run has {want!r}: resume with the same settings or use another run name"
+                )
+        self.step = state["polyfuse_step"]
+        self.stream.load_state_dict(state["polyfuse_loader"])
+        self.batches_consumed = state["polyfuse_loader"]["batches"]
+        rngs = state["polyfuse_rng"]
+        if len(rngs) != self.dist.world_size:
+            raise ValueError(
+                f"--resume: the checkpoint was written by {len(rngs)} ranks, this run has "
+                f"{self.dist.world_size}: resume with the same number of processes"
+            )
+        set_rng_state(rngs[self.dist.rank], self.authors_rng)
+        self.last_metrics = state.get("polyfuse_metrics", {})
+        self.last_checkpoint = Path(path).parent if Path(path).is_file() else Path(path)
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # ----------------------------------------------------------------------------------- export
+    def export(self) -> Path | None:
+        """Gather the weights (every rank) and write the export folder (rank 0)."""
+        module: FusionModule = self.engine.module
+        student_state = ds.gathered_state_dict(module.student)
+        gate_state = ds.gathered_state_dict(module.gate) if module.gate is not None else None
+        export_dir = self.cfg.run_dir / "export"
+        if self.dist.is_main:
+            info = {
+                "strategy": self.strategy.name,
+                "teachers": list(self.teacher_names),
+                "features": self.cfg.gate_features,
+                "tau": self.cfg.tau,
+            }
+            stats = summarize_run(
+                self.metrics.path,
+                self.teacher_names,
+                {**info, "steps": self.step, "student": str(self.cfg.student_path)},
+            )
+            write_export(
+                export_dir, module.student, student_state, self.cfg.student_path, gate_state, info, stats
+            )
+        if self.dist.world_size > 1:
+            torch.distributed.barrier()
+        return export_dir
+
+    # ---------------------------------------------------------------------------------- cleanup
+    def cleanup(self) -> None:
+        for log in (getattr(self, "metrics", None), getattr(self, "sample_log", None)):
+            if log is not None:
+                log.close()
+        self.loader = None  # shuts the worker processes down
+
+
+def run_distill(settings: RecipeSettings, stream: BatchStream) -> DistillResult:
+    """setup → train → export → cleanup; export is skipped when `stop_after_steps` stopped early."""
+    recipe = DistillRecipe(settings, stream)
+    try:
+        recipe.setup()
+        recipe.train()
+        finished = recipe.step >= settings.max_steps
+        export_dir = recipe.export() if finished else None
+    finally:
+        recipe.cleanup()
+    return DistillResult(recipe.step, export_dir, recipe.last_checkpoint, recipe.last_metrics)

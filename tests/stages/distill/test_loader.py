@@ -1,0 +1,247 @@
+"""The streaming loader on real fake-backend caches: order, rank split, resume state, the tensors
+it hands the losses, teacher absence, and the cache checks that run before any model loads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+from data_schemas.manifest import read_manifest, write_manifest
+from data_schemas.teacher_shard import decode_table, read_teacher_shard
+from pipeline.distillation import StreamInputs, build_stream
+from stages.distill.batch import FusionBatch
+from stages.distill.loader import FusionStream, teacher_score
+from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
+
+
+def stream_of(world, inputs: StreamInputs, **kwargs) -> FusionStream:
+    rank, world_size = kwargs.pop("rank", 0), kwargs.pop("world_size", 1)
+    config = world.config_for(Path("unused"), **kwargs)
+    return build_stream(config, inputs, rank=rank, world_size=world_size)
+
+
+def take(stream: FusionStream, n: int, workers: int = 0) -> list[FusionBatch]:
+    loader = DataLoader(stream, batch_size=None, num_workers=workers)
+    batches = []
+    for batch in loader:
+        batches.append(batch)
+        if len(batches) == n:
+            return batches
+    raise AssertionError("the stream ended")
+
+
+def all_train_ids(inputs: StreamInputs) -> list[str]:
+    return [
+        sid
+        for s in inputs.corpus_shards
+        for sid in pq.read_table(s.path, columns=["sample_id"])["sample_id"].to_pylist()
+    ]
+
+
+def test_order_does_not_depend_on_workers_and_resumes_from_one_integer(world, stream_inputs) -> None:
+    stream = stream_of(world, stream_inputs)
+    serial = [b.sample_ids for b in take(stream, 7)]
+    assert [b.sample_ids for b in take(stream, 7, workers=2)] == serial
+    state = stream.state_dict(batches_consumed=3)
+    assert state["batches"] == 3 and set(state) == {
+        "batches",
+        "micro_batch_size",
+        "rank",
+        "world_size",
+        "samples_per_epoch",
+    }
+    resumed = stream_of(world, stream_inputs)
+    resumed.load_state_dict(state)
+    assert [b.sample_ids for b in take(resumed, 4, workers=2)] == serial[3:]
+
+
+def test_resume_state_from_another_setup_is_refused(world, stream_inputs) -> None:
+    state = stream_of(world, stream_inputs).state_dict(5)
+    other = stream_of(world, stream_inputs, micro_batch_size=3)
+    with pytest.raises(ValueError, match="micro_batch_size=2.*same corpus, batch size"):
+        other.load_state_dict(state)
+
+
+def test_ranks_split_the_epoch_with_no_sample_twice_and_none_lost(world, stream_inputs) -> None:
+    ids = all_train_ids(stream_inputs)
+    seen = []
+    for rank in (0, 1):
+        stream = stream_of(world, stream_inputs, rank=rank, world_size=2, micro_batch_size=1)
+        seen.extend(batch.sample_ids[0] for batch in take(stream, stream.samples_per_epoch))
+    assert sorted(seen) == sorted(ids) and len(seen) == len(set(seen))
+
+
+def test_later_epochs_permute_shards_and_still_cover_every_sample(world, stream_inputs) -> None:
+    stream = stream_of(world, stream_inputs, micro_batch_size=1)
+    n = stream.samples_per_epoch
+    ids = [b.sample_ids[0] for b in take(stream, 2 * n)]
+    assert sorted(ids[:n]) == sorted(ids[n:]) and ids[:n] != ids[n:]
+
+
+def test_batch_holds_exactly_the_tensors_the_losses_take(world, stream_inputs) -> None:
+    batch = take(stream_of(world, stream_inputs), 1)[0]
+    b, t = batch.input_ids.shape
+    k_teachers, top_k = len(stream_inputs.teachers), world.config.extract.top_k
+    assert batch.support_ids.shape == (b, k_teachers, t, top_k) and batch.support_ids.dtype == torch.int64
+    assert (
+        batch.support_probs.shape == (b, k_teachers, t, top_k) and batch.support_probs.dtype == torch.float32
+    )
+    assert batch.available.shape == (b, k_teachers, t) and batch.available.dtype == torch.bool
+    assert batch.scores.shape == batch.present.shape == (b, k_teachers)
+    lengths = batch.attention_mask.sum(1)
+    for row, n in enumerate(lengths.tolist()):
+        # Row j predicts token j+1: the last real token and the padding have no target.
+        assert batch.loss_mask[row].tolist() == [True] * (n - 1) + [False] * (t - n + 1)
+        assert not batch.available[row, :, n - 1 :].any()
+    probs = batch.support_probs.sum(-1)
+    torch.testing.assert_close(probs[batch.available], torch.ones_like(probs[batch.available]))
+    assert (probs[~batch.available] == 0).all()
+    assert batch.support_ids.max() < 49152  # student vocabulary
+
+
+def test_same_tokenizer_teacher_aligns_everywhere_with_its_own_ids(world, stream_inputs) -> None:
+    """smol shares the student's tokenizer: every row aligned, ids mapped to themselves."""
+    stream = stream_of(world, stream_inputs, micro_batch_size=1)
+    batch = take(stream, 1)[0]
+    sample_id = batch.sample_ids[0]
+    shard = stream_inputs.teachers[0].shards[stream.shards[0].name]
+    row = next(r for r in decode_table(read_teacher_shard(shard)) if r.sample_id == sample_id)
+    n = int(batch.attention_mask.sum())
+    assert int(batch.aligned_rows[0]) == n - 1 == int(batch.student_rows)
+    # The student stops at max_seq_tokens, the teacher at extract.max_tokens: a common prefix.
+    assert batch.input_ids[0, :n].tolist() == row.token_ids[:n].tolist()
+    # The top-1 of the teacher row is the top-1 of the aligned target (duplicates merged only).
+    assert batch.support_ids[0, 0, : n - 1, 0].tolist() == row.topk_ids[: n - 1, 0].tolist()
+    assert batch.scores[0, 0].item() == pytest.approx(math.exp(-row.ce), rel=1e-6)
+
+
+def test_teacher_beyond_its_max_shards_is_absent_and_gemma_aligns_partly(world, stream_inputs) -> None:
+    stream = stream_of(world, stream_inputs, micro_batch_size=6)
+    batches = take(stream, 3)  # shards 0, 1, 2 (6 samples each)
+    assert batches[0].present[:, 1].all() and batches[1].present[:, 1].all()
+    assert not batches[2].present[:, 1].any() and not batches[2].available[:, 1].any()
+    assert batches[2].scores[:, 1].eq(0).all() and batches[2].present[:, 0].all()
+    rate = batches[0].aligned_rows[1].item() / batches[0].student_rows.item()
+    assert 0.3 < rate < 1.0  # different tokenizer: aligned where both cut at the same character
+
+
+def test_non_finite_score_makes_the_teacher_absent(world) -> None:
+    row = dataclasses.replace(_any_teacher_row(world), ce=float("nan"))
+    assert math.isnan(teacher_score(row, "exp_neg_ce"))
+    assert teacher_score(dataclasses.replace(row, ce=0.0), "exp_neg_ce") == 1.0
+    assert teacher_score(dataclasses.replace(row, bits_per_byte=1.0), "bits_per_byte") == 0.5
+    with pytest.raises(ValueError, match="gate features"):
+        teacher_score(row, "all")
+
+
+def _any_teacher_row(world):
+    from pipeline.distillation import resolve_stream_inputs  # noqa: F401  (world built)
+
+    shard = next((world.root / "cache" / "teachers").rglob("shard-00000.parquet"))
+    return decode_table(read_teacher_shard(shard))[0]
+
+
+def test_too_few_shards_for_the_ranks_is_refused(world, stream_inputs) -> None:
+    with pytest.raises(ValueError, match="fewer than the 8 ranks"):
+        stream_of(world, stream_inputs, rank=7, world_size=8)
+
+
+# -- cache checks ---------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gemma_cache(world, stream_inputs, tmp_path: Path) -> tuple[Path, list]:
+    """A private copy of gemma's cache to damage."""
+    source = stream_inputs.teachers[1].shards[stream_inputs.corpus_shards[0].name].parent
+    copy = tmp_path / "gemma"
+    shutil.copytree(source, copy)
+    return copy, stream_inputs.corpus_shards
+
+
+def check(cache: Path, shards: list, world, **kwargs):
+    corpus_key = kwargs.pop("corpus_key", None) or read_manifest(cache).header["corpus_key"]
+    return check_teacher_cache("gemma", cache, shards, corpus_key, max_shards=2, **kwargs)
+
+
+def test_sound_cache_passes(gemma_cache, world) -> None:
+    cache, shards = gemma_cache
+    assert list(check(cache, shards, world)) == [s.name for s in shards[:2]]
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("missing", r"no usable cache.*does not exist"),
+        ("incomplete", r"incomplete \(missing shard-00001.parquet\)"),
+        ("other_corpus", r"extracted over corpus .*this run trains on 'another'"),
+        ("flipped_byte", r"shard-00000.parquet: sha256 differs"),
+        ("truncated", r"shard-00001.parquet: \d+ bytes on disk"),
+        ("rows", r"shard-00000.parquet has 5 rows, corpus shard train/shard-00000.parquet has 6"),
+        ("sample_ids", r"does not mirror corpus shard train/shard-00001.parquet"),
+        ("tokenizer", r"tokenizer in its model folder differs"),
+    ],
+)
+def test_damaged_cache_is_refused_naming_teacher_shard_and_repair(
+    gemma_cache, world, damage: str, message: str
+) -> None:
+    cache, shards = gemma_cache
+    kwargs = {}
+    manifest = read_manifest(cache)
+    if damage == "missing":
+        shutil.rmtree(cache)
+        kwargs["corpus_key"] = "x"
+    elif damage == "incomplete":
+        write_manifest(cache, dataclasses.replace(manifest, shards=manifest.shards[:1], complete=False))
+    elif damage == "other_corpus":
+        kwargs["corpus_key"] = "another"
+    elif damage == "flipped_byte":
+        path = cache / "shard-00000.parquet"
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
+    elif damage == "truncated":
+        path = cache / "shard-00001.parquet"
+        path.write_bytes(path.read_bytes()[:-10])
+    elif damage == "rows":
+        entries = tuple(
+            dataclasses.replace(e, rows=5) if e.name == "shard-00000.parquet" else e for e in manifest.shards
+        )
+        write_manifest(cache, dataclasses.replace(manifest, shards=entries))
+    elif damage == "sample_ids":
+        # A shard of another corpus slice, with a manifest entry that matches its bytes.
+        from data_schemas.keys import sha256_file
+
+        shutil.copy2(cache / "shard-00000.parquet", cache / "shard-00001.parquet")
+        path = cache / "shard-00001.parquet"
+        entries = tuple(
+            dataclasses.replace(e, bytes=path.stat().st_size, sha256=sha256_file(path))
+            if e.name == path.name
+            else e
+            for e in manifest.shards
+        )
+        write_manifest(cache, dataclasses.replace(manifest, shards=entries))
+    elif damage == "tokenizer":
+        kwargs["tokenizer_fingerprint"] = "0" * 64
+    with pytest.raises(TeacherCacheError, match=message) as err:
+        check(cache, shards, world, **kwargs)
+    assert "teacher 'gemma'" in str(err.value) and "polyfuse extract --teacher gemma" in str(err.value)
+
+
+def test_vocab_map_of_same_tokenizer_is_identity(stream_inputs) -> None:
+    smol = stream_inputs.teachers[0].vocab_map
+    assert (smol == np.arange(len(smol))).mean() > 0.99
+
+
+def test_manifest_header_records_the_corpus(stream_inputs) -> None:
+    cache = stream_inputs.teachers[0].shards[stream_inputs.corpus_shards[0].name].parent
+    header = json.loads((cache / "manifest.json").read_text())["header"]
+    assert header["corpus_key"] == stream_inputs.corpus_key

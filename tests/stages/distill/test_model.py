@@ -1,0 +1,124 @@
+"""FusionModule: the single combined gather equals the losses computed one by one (values and
+gradients), `none` is CLM only, and the gate is a submodule (so DeepSpeed wraps and saves it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from stages.align.sample import AlignedTargets
+from stages.distill.batch import AlignedSample, collate_samples
+from stages.distill.fusion import fuse_position_weights, fusion_cross_entropy
+from stages.distill.losses import clm_loss, combine_losses, feedback_loss, importance, position_logsumexp
+from stages.distill.model import FusionModule
+from stages.distill.strategies import parse_strategy, sample_weights
+
+VOCAB = 50
+
+
+class TinyLM(nn.Module):
+    """Embedding + linear head: enough of a causal LM for the loss plumbing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(VOCAB, 8)
+        self.head = nn.Linear(8, VOCAB)
+
+    def forward(self, input_ids, attention_mask=None):
+        return type("Out", (), {"logits": self.head(self.embed(input_ids))})()
+
+
+def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None):
+    rng = np.random.default_rng(seed)
+    samples = []
+    for b, n in enumerate((7, 4)):
+        targets = []
+        for k in range(teachers):
+            if k == absent_teacher or (b == 1 and k == 0):
+                targets.append(None)  # teacher 0 has nothing for sample 1
+                continue
+            probs = rng.random((n - 1, 3)).astype(np.float32)
+            targets.append(
+                AlignedTargets(
+                    support_ids=rng.integers(0, VOCAB, (n - 1, 3)),
+                    support_probs=probs / probs.sum(1, keepdims=True),
+                    available=rng.random(n - 1) < 0.7,
+                    n_aligned=n - 1,
+                    mapped_mass=float(n - 1),
+                    n_candidates=3 * (n - 1),
+                    n_unmapped=0,
+                )
+            )
+        samples.append(
+            AlignedSample(
+                f"s{b}",
+                rng.integers(0, VOCAB, n).astype(np.int32),
+                tuple(targets),
+                rng.random(teachers).astype(np.float32),
+            )
+        )
+    return collate_samples(samples, teachers)
+
+
+def module_for(strategy: str, teachers: int = 2) -> FusionModule:
+    torch.manual_seed(0)
+    return FusionModule(
+        TinyLM(), parse_strategy(strategy), teachers, lam=0.9, beta=0.5, tau=0.15, fusion_trains_gate=True
+    )
+
+
+def test_one_gather_equals_the_losses_one_by_one_with_the_same_gradients() -> None:
+    batch = batch_of()
+    module = module_for("adaptive")
+    output = module(batch)
+    output.terms.total.backward()
+    got = {n: p.grad.clone() for n, p in module.named_parameters()}
+
+    module.zero_grad()
+    logits = module.student(batch.input_ids).logits
+    lse = position_logsumexp(logits)
+    clm = clm_loss(logits, batch.input_ids, batch.loss_mask, lse=lse)
+    weights = sample_weights(module.strategy, batch.scores, batch.present, gate=module.gate, tau=0.15)
+    fused = fusion_cross_entropy(
+        logits,
+        batch.support_ids,
+        batch.support_probs,
+        fuse_position_weights(weights, batch.available),
+        batch.loss_mask,
+        lse=lse,
+    )
+    reference = combine_losses(clm, fused.loss, feedback_loss(importance(weights)), lam=0.9, beta=0.5)
+    reference.total.backward()
+    torch.testing.assert_close(output.terms.total, reference.total)
+    for name, parameter in module.named_parameters():
+        torch.testing.assert_close(got[name], parameter.grad, msg=name)
+    assert any(p.grad.abs().sum() > 0 for p in module.gate.parameters())  # the gate learns
+
+
+def test_none_is_clm_only_and_has_no_gate() -> None:
+    batch = batch_of()
+    module = module_for("none")
+    output = module(batch)
+    logits = module.student(batch.input_ids).logits
+    torch.testing.assert_close(output.terms.total, clm_loss(logits, batch.input_ids, batch.loss_mask))
+    assert module.gate is None and module.gate_parameters() == [] and output.weights.eq(0).all()
+
+
+def test_gate_is_a_submodule_and_feedback_only_weighs_when_it_trains() -> None:
+    adaptive, uniform = module_for("adaptive"), module_for("uniform")
+    assert any(name.startswith("gate.") for name, _ in adaptive.named_parameters())
+    out = uniform(batch_of())
+    # uniform: CV² is logged but β adds nothing (no trainable gate).
+    expected = 0.9 * out.terms.clm + 0.1 * out.terms.fusion
+    torch.testing.assert_close(out.terms.total, expected)
+
+
+def test_fusion_trains_gate_flag_detaches_the_fusion_path() -> None:
+    batch = batch_of()
+    module = FusionModule(
+        TinyLM(), parse_strategy("adaptive"), 2, lam=0.9, beta=0.0, tau=0.15, fusion_trains_gate=False
+    )
+    module(batch).terms.total.backward()
+    # β = 0 and the fusion path detached: nothing reaches the gate.
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.gate.parameters())

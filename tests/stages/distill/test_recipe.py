@@ -1,0 +1,234 @@
+"""The training loop through real DeepSpeed (ZeRO-2, CPU, fp32) on real fake-backend shards:
+every strategy, an exact resume, the export, a NaN stop, one teacher, and no teacher anywhere."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.distillation import StreamInputs, build_stream
+from stages.distill.gating import SelectionGate
+from stages.distill.loader import TeacherSource
+from stages.distill.metrics import read_metrics
+from stages.distill.recipe import DistillRecipe, NonFiniteLossError, RecipeSettings, run_distill
+
+LOSS_TERMS = ("loss/total", "loss/clm", "loss/fusion", "loss/feedback")
+
+
+def settings_for(world, run_dir: Path, strategy: str, **overrides) -> RecipeSettings:
+    d = world.config.distill
+    base = RecipeSettings(
+        run_dir=run_dir,
+        student_path=world.student,
+        strategy=strategy,
+        lr=d.lr,
+        gate_lr=d.gate_lr,
+        warmup_steps=d.warmup_steps,
+        max_steps=d.max_steps,
+        micro_batch_size=d.micro_batch_size,
+        grad_accum_steps=d.grad_accum_steps,
+        zero_stage=2,
+        checkpoint_every=d.checkpoint_every,
+        log_every=1,
+        loader_workers=0,
+        progress=False,
+        tensorboard=False,
+    )
+    return dataclasses.replace(base, **overrides)
+
+
+def stream_for(world, inputs: StreamInputs, settings: RecipeSettings, teachers=None):
+    if teachers is not None:
+        inputs = dataclasses.replace(inputs, teachers=teachers)
+    config = world.config_for(settings.run_dir, micro_batch_size=settings.micro_batch_size)
+    return build_stream(config, inputs, rank=0, world_size=1)
+
+
+def trained(world, inputs, settings, teachers=None) -> DistillRecipe:
+    recipe = DistillRecipe(settings, stream_for(world, inputs, settings, teachers))
+    recipe.setup()
+    return recipe
+
+
+@pytest.mark.parametrize(
+    "strategy", ["adaptive", "min_ce", "avg_ce", "uniform", "single:gemma", "authors", "none"]
+)
+def test_each_strategy_trains_three_steps_through_deepspeed(
+    world, stream_inputs, tmp_path: Path, strategy: str
+) -> None:
+    recipe = trained(world, stream_inputs, settings_for(world, tmp_path, strategy))
+    module = recipe.engine.module
+    student_before = [p.detach().clone() for p in module.student.parameters()]
+    gate_before = [p.detach().clone() for p in module.gate_parameters()]
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    assert recipe.step == recipe.engine.global_steps == 3
+    records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor([r[t] for t in LOSS_TERMS])).all() for r in records)
+    assert any(
+        not torch.equal(a, b) for a, b in zip(student_before, module.student.parameters(), strict=True)
+    )
+    groups = [g["name"] for g in recipe.engine.optimizer.param_groups]
+    fusion = [r["loss/fusion"] for r in records]
+    if strategy == "adaptive":
+        assert groups == ["student", "gate"]
+        # The persistent gate is trained: its parameters move (by the feedback and fusion losses).
+        assert all(not torch.equal(a, b) for a, b in zip(gate_before, module.gate.parameters(), strict=True))
+        assert records[-1]["gate/mean_w/smol"] + records[-1]["gate/mean_w/gemma"] == pytest.approx(
+            1.0, abs=1e-6
+        )
+    else:
+        assert groups == ["student"] and module.gate is None
+    if strategy == "none":
+        assert fusion == [0.0, 0.0, 0.0] and all(r["loss/total"] == r["loss/clm"] for r in records)
+    else:
+        assert all(f > 0 for f in fusion)
+    if strategy == "single:gemma":
+        assert records[0]["gate/mean_w/smol"] == 0.0
+    lines = (tmp_path / "logs" / "samples-rank0.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+@pytest.mark.parametrize(("strategy", "workers"), [("adaptive", 2), ("authors", 0)])
+def test_resume_after_a_kill_matches_a_straight_run_exactly(
+    world, stream_inputs, tmp_path: Path, strategy, workers
+) -> None:
+    """6 steps straight vs 3 steps, stop, resume, 3 steps: identical losses, samples, weights, gate."""
+    common = {"max_steps": 6, "checkpoint_every": 3, "loader_workers": workers}
+    straight = settings_for(world, tmp_path / "straight", strategy, **common)
+    run_distill(straight, stream_for(world, stream_inputs, straight))
+    split = settings_for(world, tmp_path / "split", strategy, **common)
+    first = run_distill(
+        dataclasses.replace(split, stop_after_steps=3), stream_for(world, stream_inputs, split)
+    )
+    assert first.steps == 3 and first.export_dir is None and first.last_checkpoint.name == "step-000003"
+    with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
+        run_distill(split, stream_for(world, stream_inputs, split))
+    second = run_distill(dataclasses.replace(split, resume=True), stream_for(world, stream_inputs, split))
+    assert second.steps == 6
+
+    def logged(run: Path) -> list[tuple]:
+        return [
+            tuple(r[t] for t in (*LOSS_TERMS, "lr/student"))
+            for r in read_metrics(run / "logs" / "metrics.jsonl")
+        ]
+
+    assert len(logged(tmp_path / "straight")) == 6
+    assert logged(tmp_path / "split") == logged(tmp_path / "straight")
+    samples = [
+        (run / "logs" / "samples-rank0.jsonl").read_text()
+        for run in (tmp_path / "split", tmp_path / "straight")
+    ]
+    assert samples[0] == samples[1]
+    a = load_file(tmp_path / "straight" / "export" / "model.safetensors")
+    b = load_file(tmp_path / "split" / "export" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    gates = [torch.load(run / "export" / "gate.pt") for run in (tmp_path / "straight", tmp_path / "split")]
+    if strategy == "adaptive":
+        assert all(
+            torch.equal(gates[0]["state_dict"][k], gates[1]["state_dict"][k]) for k in gates[0]["state_dict"]
+        )
+    else:
+        assert gates[0]["state_dict"] is None  # `authors` trains no gate
+
+
+def test_export_loads_as_plain_hf_model_with_the_same_logits(world, stream_inputs, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    recipe = trained(world, stream_inputs, settings_for(world, tmp_path, "adaptive"))
+    try:
+        recipe.train()
+        export = recipe.export()
+        ids = torch.tensor([[1, 504, 2256, 30, 7, 99, 12000]])
+        with torch.no_grad():
+            expected = recipe.engine.module.student(input_ids=ids).logits
+        gate = recipe.engine.module.gate
+    finally:
+        recipe.cleanup()
+    model = AutoModelForCausalLM.from_pretrained(export)
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=ids).logits, expected, rtol=0, atol=0)
+    tokenizer = AutoTokenizer.from_pretrained(export)
+    assert (
+        tokenizer("def main():")["input_ids"]
+        == AutoTokenizer.from_pretrained(world.student)("def main():")["input_ids"]
+    )
+    saved = torch.load(export / "gate.pt")
+    restored = SelectionGate(2)
+    restored.load_state_dict(saved["state_dict"])
+    scores, present = torch.rand(4, 2), torch.ones(4, 2, dtype=torch.bool)
+    torch.testing.assert_close(restored(scores, present), gate(scores, present))
+    assert saved["teachers"] == ["smol", "gemma"] and saved["tau"] == 0.15
+    stats = json.loads((export / "fusion_stats.json").read_text())
+    assert stats["steps"] == 3 and stats["samples"] == 6 and sum(stats["selected_count_hist"]) == 6
+    assert set(stats["teachers"]) == {"smol", "gemma"} and 0 < stats["teachers"]["gemma"]["aligned_rate"] < 1
+
+
+def test_nan_loss_stops_naming_step_samples_and_last_checkpoint(world, stream_inputs, tmp_path: Path) -> None:
+    recipe = trained(world, stream_inputs, settings_for(world, tmp_path, "adaptive", checkpoint_every=1))
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            output.logits = output.logits * float("nan")
+        return output
+
+    recipe.engine.module.student.register_forward_hook(poison)
+    try:
+        with pytest.raises(NonFiniteLossError) as err:
+            recipe.train()
+    finally:
+        recipe.cleanup()
+    message = str(err.value)
+    assert "optimizer step 3" in message and "step-000002" in message and "--resume" in message
+    third = json.loads((tmp_path / "logs" / "samples-rank0.jsonl").read_text().splitlines()[1])
+    assert third["step"] == 2  # the poisoned batch is the third; its ids are in the message
+    assert "mixed:" in message
+
+
+def test_one_teacher_gives_zero_feedback_and_no_crash(world, stream_inputs, tmp_path: Path) -> None:
+    settings = settings_for(world, tmp_path, "adaptive")
+    run_distill(settings, stream_for(world, stream_inputs, settings, teachers=stream_inputs.teachers[:1]))
+    records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
+    assert all(r["loss/feedback"] == 0.0 and r["loss/fusion"] > 0 for r in records)
+    assert all(r["gate/mean_w/smol"] == pytest.approx(1.0) for r in records)
+
+
+def test_no_teacher_anywhere_gives_zero_fusion_and_no_crash(world, stream_inputs, tmp_path: Path) -> None:
+    gemma = stream_inputs.teachers[1]
+    nowhere = TeacherSource(gemma.name, {}, gemma.vocab_map)  # covers no corpus shard at all
+    settings = settings_for(world, tmp_path, "adaptive")
+    result = run_distill(settings, stream_for(world, stream_inputs, settings, teachers=[nowhere]))
+    records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
+    assert all(
+        r["loss/fusion"] == 0.0 and r["loss/feedback"] == 0.0 and r["fusion/fused_rate"] == 0.0
+        for r in records
+    )
+    assert all(r["loss/total"] == pytest.approx(0.9 * r["loss/clm"]) for r in records)
+    assert records[-1]["gate/selected_hist"] == [2, 0] and result.export_dir is not None
+
+
+@pytest.mark.parametrize(("stage", "dtype"), [(0, "float32"), (3, "float32"), (1, "bfloat16")])
+def test_other_zero_stages_and_bf16_train_and_export(
+    world, stream_inputs, tmp_path: Path, stage, dtype
+) -> None:
+    from transformers import AutoModelForCausalLM
+
+    settings = settings_for(world, tmp_path, "adaptive", max_steps=2, zero_stage=stage, dtype=dtype)
+    result = run_distill(settings, stream_for(world, stream_inputs, settings))
+    records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
+    assert result.steps == 2 and all(
+        torch.isfinite(torch.tensor([r[t] for t in LOSS_TERMS])).all() for r in records
+    )
+    model = AutoModelForCausalLM.from_pretrained(result.export_dir)  # ZeRO-3: gathered, not partitioned
+    assert model.model.embed_tokens.weight.shape == (49152, 64)
+    assert model.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
