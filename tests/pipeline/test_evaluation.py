@@ -1,0 +1,120 @@
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline.evaluation as evaluation
+from pipeline.config import config_from_dict
+from tests.stages.evaluate.tiny_model import one_torch_thread, save_model_folder  # noqa: F401 (autouse fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+EVALUATE = {
+    "max_samples_per_domain": 3,
+    "max_tokens": 512,
+    "batch_tokens": 1024,
+    "mc_items_per_task": 3,
+    "cloze_context_chars": 60,
+    "cloze_continuation_chars": 30,
+}
+
+
+def _write_jsonl(path: Path, texts: list[str]) -> dict:
+    path.write_text(
+        "".join(json.dumps({"id": f"{path.stem}-{i}", "text": t}) + "\n" for i, t in enumerate(texts))
+    )
+    return {"path": str(path), "domain": path.stem}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("evaluate")
+    words = ["river", "stone", "light", "shadow", "garden", "window", "letter", "morning", "silver", "quiet"]
+    prose = [" ".join(words[(d + i) % 10] + str(d) for i in range(40)) for d in range(12)]
+    code = [f"def f{d}(x):\n    y = x * {d} + 1\n    return y if y > {d} else -y\n" * 3 for d in range(12)]
+    math = [
+        "".join(f"Question: What is {d} times {i}?\nAnswer: {d * i + 1}\n\n" for i in range(2, 8))
+        for d in range(12)
+    ]
+    sources = [
+        _write_jsonl(root / f"{name}.jsonl", texts)
+        for name, texts in [("prose", prose), ("code", code), ("math", math)]
+    ]
+    save_model_folder(root / "target", seed=0)
+    save_model_folder(root / "fused", seed=1)
+    config = {
+        "cache_dir": str(root / "cache"),
+        "runs_dir": str(root / "runs"),
+        "name": "t",
+        "student": {"path": str(root / "target")},
+        "corpus": {"sources": sources, "max_chars": 300, "heldout_fraction": 0.5},
+        "evaluate": EVALUATE,
+    }
+    (root / "config.yaml").write_text(yaml.safe_dump(config))
+    return root
+
+
+def test_evaluate_writes_table_json_and_interference(workspace: Path, monkeypatch) -> None:
+    config = config_from_dict(yaml.safe_load((workspace / "config.yaml").read_text()))
+    result = evaluation.evaluate_from_config(config, [workspace / "target", workspace / "fused"])
+    payload = json.loads((result.directory / "eval.json").read_text())
+    assert payload["target"] == "target"
+    units = payload["models"]["fused"]["scores"]
+    assert {"bpb/prose", "bpb/code", "bpb/math"} <= set(units)
+    for task in ("cloze_prose", "cloze_code", "cloze_math", "math_answer", "humaneval"):
+        assert {f"acc/{task}", f"acc_norm/{task}", f"acc_bytes/{task}"} <= set(units), task
+        assert (Path(payload["mc_sets"]["directory"]) / f"{task}.yaml").is_file()
+    assert set(payload["interference"]) == {"fused"}
+    assert payload["interference"]["fused"]["compared_units"] == 3 + 5
+    assert "| model" in (result.directory / "eval.md").read_text()
+    assert "bpb/prose" in result.table and "KI" in result.table
+
+    # A second evaluation finds every score in the cache: nothing is loaded or scored again.
+    def refuse(*args, **kwargs):
+        raise AssertionError("scored again")
+
+    monkeypatch.setattr(evaluation, "score_model", refuse)
+    again = evaluation.evaluate_from_config(config, [workspace / "fused"], target=workspace / "target")
+    assert again.payload["models"]["fused"]["scores"] == payload["models"]["fused"]["scores"]
+
+
+def _polyfuse(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {
+        "PYTHONPATH": str(REPO),
+        "PATH": "/usr/bin:/bin",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=180,
+    )
+
+
+def test_cli_evaluate_on_a_tiny_model_folder(workspace: Path) -> None:
+    config = str(workspace / "config.yaml")
+    out = _polyfuse(
+        "evaluate",
+        "--config",
+        config,
+        str(workspace / "fused"),
+        "name=cli",
+        "evaluate.tasks=[cloze]",
+        cwd=workspace,
+    )
+    assert out.returncode == 0, out.stderr
+    payload = json.loads((workspace / "runs" / "cli" / "eval" / "eval.json").read_text())
+    assert set(payload["models"]) == {"fused"} and payload["target"] is None
+    assert "acc_norm/cloze_code" in payload["models"]["fused"]["scores"]
+    assert "bpb/math" in out.stdout
+
+    bad = _polyfuse("evaluate", "--config", config, str(workspace), cwd=workspace)
+    assert bad.returncode == 2
+    assert "is not a Hugging Face model folder" in bad.stderr and "Traceback" not in bad.stderr

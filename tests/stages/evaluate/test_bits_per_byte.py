@@ -1,0 +1,111 @@
+import math
+import statistics
+
+import numpy as np
+import pytest
+import torch
+
+from stages.evaluate.bits_per_byte import ScoredText, domain_bits_per_byte, score_texts
+from stages.evaluate.unit_score import UnitScore, difference_se, ratio_estimate
+from tests.stages.evaluate.tiny_model import (  # noqa: F401 (autouse fixture)
+    gemma_tokenizer,
+    one_torch_thread,
+    smollm2_tokenizer,
+    tiny_gemma3,
+    tiny_llama,
+)
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog. Naïve café owners say “hello” in 日本語 too.",
+    "def add(a, b):\n    return a + b\n",
+    "Short one.",
+]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return smollm2_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_llama(len(tokenizer))
+
+
+def _hand_nats(model, ids: list[int]) -> float:
+    """Σ −log p(token t | tokens < t), t ≥ 1, from one unbatched forward in float64."""
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([ids])).logits[0].double()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    return -sum(logprobs[t - 1, ids[t]].item() for t in range(1, len(ids)))
+
+
+def test_matches_hand_computation_in_a_padded_batch(model, tokenizer) -> None:
+    # SmolLM2 adds no BOS: token 0 is context, the predicted span is the text after it.
+    scored = score_texts(model, tokenizer, TEXTS, max_tokens=256, batch_tokens=10_000)
+    for text, s in zip(TEXTS, scored):
+        ids = tokenizer.encode(text)
+        first = tokenizer.decode(ids[:1])
+        assert text.startswith(first)
+        assert s.n_tokens == len(ids) - 1 and not s.truncated
+        assert s.n_bytes == len(text.encode()) - len(first.encode())
+        assert s.nats == pytest.approx(_hand_nats(model, ids), rel=1e-5)
+        assert s.bits_per_byte == pytest.approx(s.nats / math.log(2) / s.n_bytes)
+    # One text per batch gives the same numbers: padding never leaks into real tokens.
+    alone = score_texts(model, tokenizer, TEXTS, max_tokens=256, batch_tokens=256)
+    assert [a.nats for a in alone] == pytest.approx([s.nats for s in scored], rel=1e-5)
+
+
+def test_with_bos_every_byte_is_predicted() -> None:
+    tokenizer = gemma_tokenizer()
+    model = tiny_gemma3(len(tokenizer))
+    scored = score_texts(model, tokenizer, TEXTS, max_tokens=256, batch_tokens=1024)
+    for text, s in zip(TEXTS, scored):
+        ids = tokenizer.encode(text)
+        assert ids[0] == tokenizer.bos_token_id
+        assert s.n_bytes == len(text.encode()) and s.n_tokens == len(ids) - 1
+        assert s.nats == pytest.approx(_hand_nats(model, ids), rel=1e-5)
+
+
+def test_truncation_scores_only_the_kept_tokens(model, tokenizer) -> None:
+    (s,) = score_texts(model, tokenizer, TEXTS[:1], max_tokens=6, batch_tokens=64)
+    ids = tokenizer.encode(TEXTS[0])[:6]
+    assert s.truncated and s.n_tokens == 5
+    assert s.n_bytes == len(tokenizer.decode(ids[1:]).encode())
+    assert s.nats == pytest.approx(_hand_nats(model, ids), rel=1e-5)
+
+
+def test_domain_score_is_byte_weighted_with_documents_as_observations() -> None:
+    ln2 = math.log(2)
+    scored = [
+        ScoredText(nats=10 * ln2, n_bytes=10, n_tokens=3, truncated=False),  # doc a: 1.0 bpb
+        ScoredText(nats=30 * ln2, n_bytes=10, n_tokens=3, truncated=False),  # doc a: 3.0 bpb
+        ScoredText(nats=20 * ln2, n_bytes=40, n_tokens=9, truncated=False),  # doc b: 0.5 bpb
+        ScoredText(nats=5 * ln2, n_bytes=5, n_tokens=1, truncated=False),  # other domain
+        ScoredText(nats=0.0, n_bytes=0, n_tokens=0, truncated=False),  # nothing predicted
+    ]
+    scores = domain_bits_per_byte(["p", "p", "p", "q", "p"], ["a", "a", "b", "c", "d"], scored)
+    p = scores["bpb/p"]
+    assert p.value == pytest.approx(60 / 60) and p.n == 2 and not p.higher_is_better
+    assert p.observations == {"a": pytest.approx((40.0, 20.0)), "b": pytest.approx((20.0, 40.0))}
+    # Delta-method SE by hand: residuals (y − R x) / Σx = (40 − 20) / 60 and (20 − 40) / 60.
+    assert p.se == pytest.approx(math.sqrt(2 / 1 * ((20 / 60) ** 2 + (20 / 60) ** 2)))
+    assert math.isnan(scores["bpb/q"].se) and scores["bpb/q"].n == 1
+
+
+def test_ratio_se_with_unit_denominators_is_lm_evals_mean_stderr() -> None:
+    values = [1, 0, 1, 1, 0, 1, 1, 1]
+    value, se = ratio_estimate(values, np.ones(len(values)))
+    assert value == pytest.approx(statistics.mean(values))
+    assert se == pytest.approx(statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def test_paired_difference_se() -> None:
+    a = UnitScore.from_observations("bpb/x", "bpb", False, {"d1": (10, 10), "d2": (30, 20), "d3": (8, 4)})
+    shifted = {k: (y + 0.1 * x, x) for k, (y, x) in a.observations.items()}
+    b = UnitScore.from_observations("bpb/x", "bpb", False, shifted)
+    # A constant per-byte shift has no sampling noise once paired; unpaired it would have plenty.
+    assert b.value - a.value == pytest.approx(0.1)
+    assert difference_se(a, b) == pytest.approx(0.0, abs=1e-12)
+    unpaired = UnitScore("bpb/x", "bpb", False, b.value, b.se, b.n)
+    assert difference_se(a, unpaired) == pytest.approx(math.hypot(a.se, b.se))
