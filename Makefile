@@ -17,11 +17,13 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup venv tokenizers material test extract lint clean help
+.PHONY: setup venv tokenizers material test extract distill bench lint clean help
 
 help:
 	@echo "make extract   set up, then run every teacher once over the corpus (stage one)"
+	@echo "make distill   train the student from the cached teacher shards (stage two)"
 	@echo "make test      set up, then run the CPU test suite"
+	@echo "make bench     benchmarks -> bench/results/*.json + *.md"
 	@echo "make setup     venv + real demo models and corpus (idempotent)"
 	@echo "CONFIG=$(CONFIG) GPUS=$(GPUS)"
 
@@ -56,6 +58,17 @@ test: venv tokenizers
 
 extract: setup
 	$(VENV)/bin/polyfuse extract --config $(CONFIG) $(ARGS)
+
+# GPUS>1: the DeepSpeed launcher starts one process per GPU on this node (a hostfile for more).
+distill: setup
+ifeq ($(GPUS),1)
+	$(VENV)/bin/polyfuse distill --config $(CONFIG) $(ARGS)
+else
+	$(VENV)/bin/deepspeed --num_gpus $(GPUS) --module pipeline.cli distill --config $(CONFIG) $(ARGS)
+endif
+
+bench: setup
+	$(PY) -m bench.run_all $(ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .

@@ -71,6 +71,140 @@ def prepare(config: ConfigOpt = DEFAULT_CONFIG, overrides: OverridesArg = None) 
     print_table(corpus_stats_rows(prepared))
 
 
+@app.command()
+@user_errors
+def extract(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    overrides: OverridesArg = None,
+    teacher: Annotated[str | None, typer.Option("--teacher", help="Extract only this teacher.")] = None,
+    rank: Annotated[
+        int | None, typer.Option("--rank", help="This process's rank (default: RANK / SLURM_PROCID / 0).")
+    ] = None,
+    world_size: Annotated[
+        int | None,
+        typer.Option("--world-size", help="Number of ranks (default: WORLD_SIZE / SLURM_NTASKS / 1)."),
+    ] = None,
+    finalize: Annotated[
+        bool,
+        typer.Option("--finalize", help="Extract nothing; rebuild the manifests from the finished shards."),
+    ] = False,
+) -> None:
+    """Run every teacher once over the corpus (preparing it first) into the top-k cache; resumable,
+    and a rerun with nothing to do loads no model."""
+    from pipeline.config import load_config
+    from pipeline.extraction import run_extraction
+    from pipeline.teacher_stats import summary_tables
+
+    cfg = load_config(config, overrides)
+    report = run_extraction(cfg, teacher=teacher, rank=rank, world_size=world_size, finalize=finalize)
+    typer.echo(report.message)
+    if report.world.rank == 0 or report.runs:
+        for title, rows in summary_tables(report):
+            print_table(rows, title=title)
+
+
+@app.command()
+@user_errors
+def inspect(
+    path: Annotated[Path, typer.Argument(help="Cache dir, teacher/corpus dir, manifest or shard.")],
+) -> None:
+    """Summarise a cache: per teacher, per domain and per shard (or one shard's samples)."""
+    from pipeline.inspection import inspect_path
+
+    for title, table in inspect_path(path):
+        print_table(table.to_dicts(), title=title)
+
+
+@app.command()
+@user_errors
+def validate(
+    path: Annotated[Path, typer.Argument(help="Cache dir, teacher/corpus dir, manifest or shard.")],
+    checksums: Annotated[bool, typer.Option(help="Verify sha256 of every shard (reads every byte).")] = True,
+) -> None:
+    """Check checksums, schema, row counts, sample ids, NaN/inf and top-k order; exit 1 on any fault."""
+    from pipeline.inspection import validate_path
+
+    faults = validate_path(path, checksums=checksums)
+    for fault in faults:
+        typer.echo(f"FAULT {fault}", err=True)
+    if faults:
+        typer.echo(f"{len(faults)} fault(s) under {path}", err=True)
+        raise SystemExit(1)  # not typer.Exit: that is a RuntimeError, which @user_errors would rewrap
+    typer.echo(f"{path}: no faults")
+
+
+@app.command()
+@user_errors
+def evaluate(
+    models_and_overrides: Annotated[
+        list[str] | None,
+        typer.Argument(
+            metavar="MODEL... [key=value...]",
+            help="HF model folders to evaluate, and key=value config overrides (an argument with '=' "
+            "is an override), e.g. evaluate.max_samples_per_domain=16.",
+            show_default=False,
+        ),
+    ] = None,
+    config: ConfigOpt = DEFAULT_CONFIG,
+    target: Annotated[
+        Path | None,
+        typer.Option(
+            "--target",
+            help="The target model before fusion: knowledge interference is counted against it "
+            "(default: evaluate.target, else student.path when it is among the MODELs).",
+        ),
+    ] = None,
+) -> None:
+    """Held-out bits per byte per domain and multiple-choice accuracy of HF model folders, with
+    knowledge interference against the target; writes runs/NAME/eval/{eval.json,eval.md}."""
+    from pipeline.config import load_config
+    from pipeline.evaluation import evaluate_from_config
+
+    args = models_and_overrides or []
+    overrides = [a for a in args if "=" in a]
+    models = [Path(a) for a in args if "=" not in a]
+    cfg = load_config(config, overrides)
+    result = evaluate_from_config(cfg, models, target)
+    typer.echo(result.table)
+    typer.echo(f"written to {result.directory}/eval.json and eval.md")
+
+
+@app.command()
+@user_errors
+def distill(
+    config: ConfigOpt = DEFAULT_CONFIG,
+    overrides: OverridesArg = None,
+    strategy: Annotated[
+        str | None,
+        typer.Option(
+            "--strategy",
+            help="Fusion strategy: adaptive, min_ce, avg_ce, uniform, single:NAME, authors or none "
+            "(default: distill.strategy).",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the run from its latest checkpoint.")
+    ] = False,
+) -> None:
+    """Train the student on the cached teacher shards (stage two) and export it to runs/NAME/export.
+    Several processes: launch through `deepspeed` or `torchrun` (`make distill GPUS=N`)."""
+    from pipeline.config import load_config
+    from pipeline.distillation import distill_from_config, loss_line, summary_rows
+
+    cfg = load_config(config, overrides)
+    result = distill_from_config(cfg, strategy=strategy, resume=resume)
+    if result.is_main:
+        typer.echo(f"distill {result.strategy}: {result.steps} steps; {loss_line(result)}")
+        if result.teacher_names:
+            print_table(summary_rows(result), title="teachers (last log window)")
+        if result.export_dir is not None:
+            typer.echo(f"exported to {result.export_dir}")
+        else:
+            typer.echo(
+                f"stopped at step {result.steps}; continue with --resume from {result.last_checkpoint}"
+            )
+
+
 @app.command("config-help")
 def config_help() -> None:
     """List every config field with its default and meaning."""

