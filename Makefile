@@ -64,7 +64,7 @@ distill: setup
 ifeq ($(GPUS),1)
 	$(VENV)/bin/polyfuse distill --config $(CONFIG) $(ARGS)
 else
-	$(VENV)/bin/deepspeed --num_gpus $(GPUS) --module pipeline.cli distill --config $(CONFIG) $(ARGS)
+	$(VENV)/bin/deepspeed --num_gpus $(GPUS) --no_local_rank --module pipeline.cli distill --config $(CONFIG) $(ARGS)
 endif
 
 bench: setup
