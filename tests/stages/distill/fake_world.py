@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pipeline.config import Config, config_from_dict
+from tests.tiny_models import save_tiny_llama
 
 TOKENIZERS = Path(__file__).resolve().parents[3] / "models" / "tokenizers"
 SMOLLM2 = TOKENIZERS / "smollm2-135m-instruct"
@@ -29,29 +27,7 @@ PROSE = (
 
 def build_tiny_student(folder: Path, tokenizer_dir: Path = SMOLLM2, seed: int = 0) -> Path:
     """A 2-layer, hidden-64 Llama with the real tokenizer of `tokenizer_dir`, saved as an HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from stages.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(tokenizer_dir)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    for path in tokenizer_dir.iterdir():
-        if path.is_file():
-            shutil.copy2(path, folder / path.name)
-    return folder
+    return save_tiny_llama(folder, tokenizer_dir, seed=seed)
 
 
 def write_corpus(path: Path, documents: int = 16) -> Path:

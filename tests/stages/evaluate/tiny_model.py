@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaForCausalLM
 
 from stages.tokenization import load_tokenizer
+from tests.tiny_models import tiny_llama_config
 
 REPO = Path(__file__).resolve().parents[3]
 TOKENIZERS = REPO / "models" / "tokenizers"
@@ -37,16 +38,7 @@ def gemma_tokenizer():
 
 def tiny_llama(vocab_size: int, seed: int = 0) -> LlamaForCausalLM:
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-    )
+    config = tiny_llama_config(vocab_size, max_position_embeddings=512)
     return LlamaForCausalLM(config).eval()
 
 

@@ -4,10 +4,11 @@ one vLLM engine per session, so that transformers and vLLM pay their start-up on
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
+
+from tests.tiny_models import save_tiny_llama
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -22,31 +23,7 @@ def build_tiny_teacher(folder: Path, seed: int = 0) -> Path:
     head_dim 32 (vLLM's CPU attention has no kernel for 16); initializer_range 0.2 spreads the
     logits so that the top-k is not a near-tie of random values (parity compares id sets).
     """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    from stages.tokenization import load_tokenizer
-
-    tokenizer = load_tokenizer(SMOLLM2_TOKENIZER)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        initializer_range=0.2,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-    )
-    torch.manual_seed(seed)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    for path in SMOLLM2_TOKENIZER.iterdir():
-        if path.is_file():
-            shutil.copy2(path, folder / path.name)
-    return folder
+    return save_tiny_llama(folder, SMOLLM2_TOKENIZER, seed=seed, num_attention_heads=2, initializer_range=0.2)
 
 
 @pytest.fixture(scope="session")
