@@ -10,8 +10,10 @@ to the kernel when freed; the kernel's peak-RSS counter (VmHWM) is reset through
 the physical peak of the computation, on top of its inputs. The teacher side is also given
 exactly, as the bytes of the tensors each approach holds per micro-batch.
 
-**Time method.** Wall time of whole optimizer steps through the real DeepSpeed engine (ZeRO-2,
-fp32, one process), strategies interleaved round by round on the same batches, medians reported.
+**Time method.** Wall and CPU time of whole optimizer steps (forward, losses, backward, ZeRO-2
+step) through the real DeepSpeed engine (fp32, one process), the two strategies back to back on
+the same batch in alternating order (ABBA); the median of the per-round ratios is reported, which
+cancels batch length and most of the drift of other jobs on a shared machine.
 """
 
 from __future__ import annotations

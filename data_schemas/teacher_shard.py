@@ -5,7 +5,8 @@ tokens has n − 1 *rows* (row i = distribution of token i+1 given tokens ≤ i)
 none. Two layouts hold the logprobs; the file's metadata says which, and ``decode_table`` turns
 either back into plain arrays:
 
-``quant`` (default, ≈ 25 bytes per token at k = 10, measured by ``bench/extract_bench.py``):
+``quant`` (default; 22.6–24.6 bytes per token at k = 10 on the demo teachers, fp16 25.5–27.5;
+    ``bench/extract_bench.py`` measures both):
     logprobs on a grid of ``LOGPROB_STEP`` = 1/32 nat, so every stored logprob is within 1/64 nat
     (0.0156) of the fp32 value. Per row the top-1 value is stored as −32·lp and the other k − 1
     as gaps to the previous rank (≥ 0: the top-k is sorted), rank-major within a sample (all

@@ -205,6 +205,39 @@ def distill(
             )
 
 
+@app.command()
+@user_errors
+def experiment(
+    config: ConfigOpt = Path("configs/experiment.yaml"),
+    overrides: OverridesArg = None,
+    methods: Annotated[
+        str | None,
+        typer.Option(
+            "--methods",
+            help="Comma-separated subset of: none, min_ce, avg_ce, authors, adaptive, adaptive_tau0.1, "
+            "adaptive_tau0.3, no_feedback, gate_feedback_only, bpb_features (default: all).",
+        ),
+    ] = None,
+) -> None:
+    """Every fusion method on the same cached teacher shards, the target and the teachers evaluated
+    alike → runs/NAME/report/{report.md,results.json,*.png}. Resumes: finished methods are kept."""
+    import shlex
+
+    from pipeline.config import load_config
+    from pipeline.experiment import run_experiment
+
+    cfg = load_config(config, overrides)
+    chosen = [m.strip() for m in methods.split(",") if m.strip()] if methods else None
+    command = " ".join(
+        ["polyfuse experiment --config", shlex.quote(str(config))]
+        + ([f"--methods {shlex.quote(methods)}"] if methods else [])
+        + [shlex.quote(o) for o in overrides or []]
+    )
+    result = run_experiment(cfg, chosen, command=command)
+    typer.echo(result.markdown)
+    typer.echo(f"report written to {result.report_dir}/report.md")
+
+
 @app.command("config-help")
 def config_help() -> None:
     """List every config field with its default and meaning."""

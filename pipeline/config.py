@@ -157,9 +157,9 @@ class ExtractConfig:
     ``vllm_gpu_memory_utilization`` on a GPU, 2 GiB with the CPU build (whose default would
     reserve a fraction of all host memory)."""
     logprob_layout: Literal["quant", "fp16"] = "quant"
-    """How teacher shards store logprobs: ``quant`` (1/32-nat grid, error ≤ 0.0156 nat, ≈ 25
-    bytes per token at k = 10) or ``fp16`` (the plain float16 columns, ≈ 35 bytes per token).
-    Part of the cache key."""
+    """How teacher shards store logprobs: ``quant`` (1/32-nat grid, error ≤ 0.0156 nat, 23–25
+    bytes per token at k = 10 on the demo teachers) or ``fp16`` (the plain float16 columns,
+    25–28 bytes per token). Part of the cache key."""
 
     def check(self) -> None:
         _require(

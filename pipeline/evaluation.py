@@ -25,7 +25,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from data_schemas.atomic import fsync_dir, write_json_atomic
-from data_schemas.keys import content_key, sha256_ends, sha256_file
+from data_schemas.keys import content_key, sha256_file
 from pipeline.config import Config, EvaluateConfig
 from pipeline.corpus import prepare_from_config
 from stages.evaluate import mc_sets
@@ -33,6 +33,7 @@ from stages.evaluate.interference import Interference, knowledge_interference
 from stages.evaluate.mc_sets import Passage
 from stages.evaluate.report import render_table, results_frame, write_report
 from stages.evaluate.unit_score import UnitScore
+from stages.extract.model_fingerprint import model_fingerprint
 from stages.prepare.prepare import PreparedCorpus, split_shards
 
 logger = logging.getLogger(__name__)
@@ -159,12 +160,6 @@ def build_mc_sets(
     return McSets(key, directory, {t: directory / f"{t}.jsonl" for t in items})
 
 
-def model_fingerprint(folder: Path) -> str:
-    """Cheap content key of a model folder: every file's name, size and first/last MiB."""
-    files = sorted(p for p in folder.rglob("*") if p.is_file())
-    return content_key([[str(p.relative_to(folder)), p.stat().st_size, sha256_ends(p)] for p in files])
-
-
 def _check_model_folder(folder: Path) -> None:
     if not (folder / "config.json").is_file():
         raise ValueError(
@@ -258,9 +253,14 @@ def display_names(folders: list[Path]) -> list[str]:
     return [str(f) for f in folders]
 
 
-def evaluate_from_config(config: Config, models: list[Path], target: Path | None = None) -> Evaluation:
+def evaluate_from_config(
+    config: Config, models: list[Path], target: Path | None = None, labels: list[str] | None = None
+) -> Evaluation:
     """Evaluate ``models`` (and ``target`` when given and not among them) on the config's held-out
-    split; write runs/<name>/eval/{eval.json, eval.md}; return the table."""
+    split; write runs/<name>/eval/{eval.json, eval.md}; return the table.
+
+    ``labels`` names the models in the table (one per model, target first when it was added);
+    default: the shortest path suffixes that tell them apart."""
     if not models:
         raise ValueError(
             "no model folder given: pass one or more, e.g. polyfuse evaluate models/smollm2-135m-instruct"
@@ -292,11 +292,13 @@ def evaluate_from_config(config: Config, models: list[Path], target: Path | None
     )
     score_dir = Path(config.cache_dir) / "eval" / eval_key
 
-    names = display_names(folders)
+    if labels is not None and (len(labels) != len(folders) or len(set(labels)) != len(labels)):
+        raise ValueError(f"labels {labels} must name each of the {len(folders)} models once")
+    names = labels or display_names(folders)
     model_scores: dict[str, dict[str, UnitScore]] = {}
     entries = {}
     for name, folder in zip(names, folders):
-        fingerprint = model_fingerprint(folder)
+        fingerprint = model_fingerprint(folder)[:16]
         cached = score_dir / f"{fingerprint}.json"
         if cached.is_file():
             record = json.loads(cached.read_text())
@@ -308,7 +310,8 @@ def evaluate_from_config(config: Config, models: list[Path], target: Path | None
         model_scores[name] = {u: UnitScore.from_dict(s) for u, s in record["scores"].items()}
         entries[name] = {"path": str(folder), "fingerprint": fingerprint, **record}
 
-    target_name = names[folders.index(target)] if target is not None else None
+    resolved = [f.resolve() for f in folders]
+    target_name = names[resolved.index(target.resolve())] if target is not None else None
     interference: dict[str, Interference] | None = None
     if target_name is not None:
         interference = {

@@ -74,3 +74,43 @@ def write_report(directory: Path, payload: Mapping, frame: pl.DataFrame, notes: 
         f.write("# Evaluation\n\n" + render_table(frame, markdown=True) + "\n")
         for note in notes:
             f.write(f"\n{note}\n")
+
+
+def experiment_markdown(
+    *,
+    command: str,
+    table: pl.DataFrame,
+    reductions: Mapping[str, float | None],
+    method: str,
+    gate_table: pl.DataFrame | None,
+    plots: Sequence[tuple[str, str]],
+    notes: Sequence[str] = (),
+) -> str:
+    """``report.md`` of an experiment: the results table (rows = methods, as the paper's figure),
+    the KI reduction of ``method`` against each baseline, what the gate learned, the plots."""
+    parts = ["# Fusion experiment", "", f"Reproduce: `{command}`", "", render_table(table, markdown=True), ""]
+    if reductions:
+        rows = [
+            {
+                "baseline": b,
+                f"1 − KI({method})/KI(baseline)": "undefined (KI = 0)" if r is None else f"{r:.2f}",
+            }
+            for b, r in reductions.items()
+        ]
+        parts += [
+            "## Knowledge interference reduction",
+            "",
+            render_table(pl.DataFrame(rows), markdown=True),
+            "",
+        ]
+    if gate_table is not None and gate_table.height:
+        parts += [
+            "## Mean fusion weight per teacher (train split, final weights)",
+            "",
+            render_table(gate_table, markdown=True),
+            "",
+        ]
+    for title, file in plots:
+        parts += [f"## {title}", "", f"![{title}]({file})", ""]
+    parts += [note + "\n" for note in notes]
+    return "\n".join(parts)

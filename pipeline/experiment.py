@@ -1,0 +1,324 @@
+"""``polyfuse experiment``: the paper's comparison on one set of cached teacher shards.
+
+    extract (every teacher once; finished caches are found, not redone)
+       │
+       ├─► distill the same student with each method ──► runs/<name>/methods/<method>/export
+       │   (a method whose export exists is not trained again; one with checkpoints resumes)
+       ▼
+    evaluate the target before fusion, each teacher with real weights, each export
+       (scores cached per model: a rerun scores only new exports)   runs/<name>/eval/
+       ▼
+    report: table (rows = methods), KI and its reduction, gate weights per teacher and domain,
+    plots                                                           runs/<name>/report/
+
+Every method reads the config's `distill` section (steps, batch, λ, β, τ …) and changes only what
+its row of `METHODS` names, so the methods differ in the fusion rule alone.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from data_schemas.atomic import atomic_open, write_json_atomic
+from pipeline.config import Config
+from pipeline.evaluation import evaluate_from_config
+from stages.evaluate.interference import Interference, interference_reduction
+from stages.evaluate.report import experiment_markdown, results_frame
+from stages.evaluate.unit_score import UnitScore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the comparison: a fusion strategy and the distill fields it changes."""
+
+    name: str
+    strategy: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    about: str = ""
+
+
+METHODS = {
+    m.name: m
+    for m in (
+        Method("none", "none", about="CLM-only continual training on the same text (λ = 1)"),
+        Method("min_ce", "min_ce", about="FuseLLM MinCE: the teacher with the lowest CE per sample"),
+        Method("avg_ce", "avg_ce", about="FuseLLM AvgCE as coded: softmax of exp(−CE) over teachers"),
+        Method("authors", "authors", about="released code: a fresh untrained gate every step, τ applied"),
+        Method(
+            "adaptive", "adaptive", about="trained gate, threshold selection, feedback loss (τ from config)"
+        ),
+        Method("adaptive_tau0.1", "adaptive", (("tau", 0.1),), "ablation: τ = 0.1"),
+        Method("adaptive_tau0.3", "adaptive", (("tau", 0.3),), "ablation: τ = 0.3"),
+        Method("no_feedback", "adaptive", (("beta", 0.0),), "ablation: feedback loss off (β = 0)"),
+        Method(
+            "gate_feedback_only",
+            "adaptive",
+            (("fusion_trains_gate", False),),
+            "ablation: the gate trained by the feedback loss only",
+        ),
+        Method(
+            "bpb_features",
+            "adaptive",
+            (("gate_features", "bits_per_byte"),),
+            "ablation: gate fed 2^(−bits per byte)",
+        ),
+    )
+}
+PROPOSED = "adaptive"
+BASELINES = ("none", "min_ce", "avg_ce", "authors")
+TARGET_LABEL = "target"
+
+
+@dataclass(frozen=True)
+class ExperimentResult:
+    report_dir: Path
+    markdown: str
+    """``report.md``."""
+    results: dict
+    """``results.json``."""
+
+
+def experiment_dir(config: Config) -> Path:
+    return Path(config.runs_dir) / config.name
+
+
+def method_config(config: Config, method: Method) -> Config:
+    """The config one method trains with: its own run folder, the strategy and its overrides."""
+    distill = dataclasses.replace(config.distill, strategy=method.strategy, **dict(method.overrides))
+    distill.check()
+    return dataclasses.replace(
+        config, name=method.name, runs_dir=str(experiment_dir(config) / "methods"), distill=distill
+    )
+
+
+def choose_methods(names: list[str] | None) -> list[Method]:
+    """The methods to run, in table order; ``None``: all of them."""
+    unknown = [n for n in names or [] if n not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
+    return [m for name, m in METHODS.items() if names is None or name in names]
+
+
+def train_method(config: Config, method: Method, *, progress: bool = True) -> Path:
+    """The method's export folder: found when it exists, else trained (resumed from the last
+    checkpoint when the run was interrupted)."""
+    from pipeline.distillation import distill_from_config
+    from stages.distill.run_state import checkpoint_tags
+
+    sub = method_config(config, method)
+    run_dir = Path(sub.runs_dir) / sub.name
+    export = run_dir / "export"
+    # The export folder is renamed into place whole, after training: it existing means done.
+    if (export / "config.json").is_file():
+        logger.info("method %s: trained already (%s)", method.name, export)
+        return export
+    resume = (run_dir / "checkpoints").is_dir() and bool(checkpoint_tags(run_dir / "checkpoints"))
+    logger.info("method %s: %s", method.name, "resuming" if resume else "training")
+    run = distill_from_config(sub, resume=resume, progress=progress)
+    if run.export_dir is None:
+        raise RuntimeError(f"method {method.name}: distill stopped before exporting; rerun to resume it")
+    return run.export_dir
+
+
+def evaluated_models(config: Config, exports: dict[str, Path]) -> tuple[list[Path], list[str]]:
+    """(folders, labels): the target first, then teachers that are real model folders (not the
+    target itself, not tokenizer-only folders), then each method's export."""
+    target = Path(config.student.path)
+    folders, labels = [target], [TARGET_LABEL]
+    for teacher in config.teachers:
+        folder = Path(teacher.path)
+        if (folder / "config.json").is_file() and folder.resolve() != target.resolve():
+            folders.append(folder)
+            labels.append(f"teacher:{teacher.name}")
+    for name, export in exports.items():
+        folders.append(export)
+        labels.append(name)
+    return folders, labels
+
+
+@dataclass(frozen=True)
+class TrainScores:
+    """Per-sample teacher features of the train split, as the loader feeds them to the gate."""
+
+    teacher_names: list[str]
+    domains: list[str]
+    scores: np.ndarray
+    """[N, K] float32 gate features (0 where absent)."""
+    present: np.ndarray
+    """[N, K] bool."""
+
+
+def load_train_scores(config: Config, features: str) -> TrainScores:
+    """Read every teacher's per-sample scores over the train split (no token data)."""
+    from data_schemas.teacher_shard import TeacherSample
+    from pipeline.distillation import resolve_stream_inputs
+    from stages.distill.loader import teacher_score
+
+    inputs = resolve_stream_inputs(config, checksums=False)
+    names = [t.name for t in inputs.teachers]
+    sample_ids, domains = [], []
+    for shard in inputs.corpus_shards:
+        table = pq.read_table(shard.path, columns=["sample_id", "domain"])
+        sample_ids += table["sample_id"].to_pylist()
+        domains += table["domain"].to_pylist()
+    index = {sid: i for i, sid in enumerate(sample_ids)}
+    scores = np.zeros((len(sample_ids), len(names)), dtype=np.float32)
+    present = np.zeros(scores.shape, dtype=bool)
+    empty = np.zeros(0)
+    for k, teacher in enumerate(inputs.teachers):
+        for path in teacher.shards.values():
+            for row in pq.read_table(path, columns=["sample_id", "ce", "bits_per_byte"]).to_pylist():
+                # The loader's own feature function, on a sample holding only the per-sample scores.
+                sample = TeacherSample(
+                    row["sample_id"], *[empty] * 5, row["ce"], row["bits_per_byte"], 0.0, 0.0, False
+                )
+                value = teacher_score(sample, features)
+                if np.isfinite(value):
+                    i = index[row["sample_id"]]
+                    scores[i, k], present[i, k] = value, True
+    return TrainScores(names, domains, scores, present)
+
+
+def gate_weights_by_domain(
+    method: Method, train: TrainScores, tau: float, export: Path
+) -> dict[str, dict[str, float]]:
+    """Mean fusion weight per teacher per domain over the train split, with the method's final
+    gate (`export/gate.pt`) or fixed rule; empty for `none` and `authors` (a random gate)."""
+    import torch
+
+    from stages.distill.gating import SelectionGate
+    from stages.distill.strategies import parse_strategy, sample_weights
+    from stages.evaluate.training_summary import domain_weights
+
+    if method.strategy in ("none", "authors") or not train.teacher_names:
+        return {}
+    gate = None
+    if method.strategy == "adaptive":
+        saved = torch.load(export / "gate.pt", map_location="cpu", weights_only=True)
+        gate = SelectionGate(len(train.teacher_names))
+        gate.load_state_dict(saved["state_dict"])
+    with torch.no_grad():
+        weights = sample_weights(
+            parse_strategy(method.strategy, train.teacher_names),
+            torch.from_numpy(train.scores),
+            torch.from_numpy(train.present),
+            gate=gate,
+            tau=tau,
+        )
+    return domain_weights(train.domains, weights.numpy(), train.teacher_names)
+
+
+def method_gate_weights(
+    config: Config, method: Method, export: Path, train_scores: dict[str, TrainScores]
+) -> dict[str, dict[str, float]]:
+    """``gate_weights_by_domain`` of one method; ``train_scores`` caches the features per kind."""
+    sub = method_config(config, method)
+    if method.strategy in ("none", "authors") or not config.teachers:
+        return {}
+    features = sub.distill.gate_features
+    if features not in train_scores:
+        train_scores[features] = load_train_scores(config, features)
+    return gate_weights_by_domain(method, train_scores[features], sub.distill.tau, export)
+
+
+def run_experiment(
+    config: Config, methods: list[str] | None = None, *, progress: bool = True, command: str | None = None
+) -> ExperimentResult:
+    """Extract, train every method, evaluate everything, write the report (module docstring).
+
+    ``command``: the command line that reproduces the run, quoted in the report."""
+    from pipeline.extraction import run_extraction
+    from stages.distill.metrics import read_metrics
+    from stages.evaluate import plots
+
+    chosen = choose_methods(methods)
+    if config.teachers:
+        run_extraction(config, progress=progress)
+    exports = {m.name: train_method(config, m, progress=progress) for m in chosen}
+
+    folders, labels = evaluated_models(config, exports)
+    evaluation = evaluate_from_config(config, folders, target=folders[0], labels=labels)
+    scores = {
+        label: {u: UnitScore.from_dict(s) for u, s in entry["scores"].items()}
+        for label, entry in evaluation.payload["models"].items()
+    }
+    ki = {label: v["count"] for label, v in evaluation.payload["interference"].items()}
+    reductions = (
+        interference_reduction(ki, PROPOSED, [b for b in BASELINES if b in ki]) if PROPOSED in ki else {}
+    )
+
+    report_dir = experiment_dir(config) / "report"
+    train_scores: dict[str, TrainScores] = {}  # per gate feature: read once for all methods
+    logs = {
+        m.name: read_metrics(Path(method_config(config, m).runs_dir) / m.name / "logs" / "metrics.jsonl")
+        for m in chosen
+    }
+    gate_weights = {m.name: method_gate_weights(config, m, exports[m.name], train_scores) for m in chosen}
+    gate_rows = [
+        {"method": name, "domain": domain, **{t: round(w, 3) for t, w in per_teacher.items()}}
+        for name, per_domain in gate_weights.items()
+        for domain, per_teacher in per_domain.items()
+    ]
+    interference = {
+        label: Interference(v["count"], tuple(v["worse_units"]), v["compared_units"])
+        for label, v in evaluation.payload["interference"].items()
+    }
+    table = results_frame(scores, interference, metrics=("bpb", "acc_norm"))
+    bpb = {
+        label: {u.split("/", 1)[1]: (s.value, s.se) for u, s in per.items() if s.metric == "bpb"}
+        for label, per in scores.items()
+    }
+    fused = [m.name for m in chosen if m.strategy != "none"]
+    figures = plots.draw_experiment_figures(
+        report_dir, bpb, logs, proposed=PROPOSED, teachers=[t.name for t in config.teachers], fused=fused
+    )
+
+    markdown = experiment_markdown(
+        command=command or "polyfuse experiment --methods " + ",".join(m.name for m in chosen),
+        table=table,
+        reductions=reductions,
+        method=PROPOSED,
+        gate_table=_frame(gate_rows),
+        plots=[(title, path.name) for title, path in figures],
+        notes=[
+            "bpb: held-out bits per byte (lower is better) ± standard error, documents as observations. "
+            "acc_norm: multiple-choice accuracy by log-likelihood, per-character normalised (lm-eval's), "
+            "± lm-eval's standard error. KI: units (domains, tasks) where a model is worse than the "
+            "target by more than the paired standard error of the difference.",
+            "Methods: " + "; ".join(f"`{m.name}`: {m.about}" for m in chosen) + ".",
+        ],
+    )
+    results = {
+        "methods": {
+            m.name: {"strategy": m.strategy, "overrides": dict(m.overrides), "about": m.about} for m in chosen
+        },
+        "scores": {
+            label: {u: s.to_dict(with_observations=False) for u, s in per.items()}
+            for label, per in scores.items()
+        },
+        "interference": evaluation.payload["interference"],
+        "reduction": {"method": PROPOSED, "against": reductions},
+        "gate_weights": gate_weights,
+        "final_metrics": {name: records[-1] if records else {} for name, records in logs.items()},
+        "exports": {name: str(path) for name, path in exports.items()},
+    }
+    write_json_atomic(report_dir / "results.json", results)
+    with atomic_open(report_dir / "report.md") as f:
+        f.write(markdown)
+    logger.info("report written to %s", report_dir / "report.md")
+    return ExperimentResult(report_dir, markdown, results)
+
+
+def _frame(rows: list[dict]) -> Any:
+    import polars as pl
+
+    return pl.DataFrame(rows) if rows else None

@@ -1,0 +1,78 @@
+"""`polyfuse experiment` end to end on fake-backend teacher shards with a tiny student: every
+method trained, evaluated with the target, reported; a rerun trains nothing again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import pipeline.distillation
+from pipeline.config import EvaluateConfig
+from pipeline.experiment import METHODS, choose_methods, method_config, run_experiment
+from tests.stages.distill.fake_world import GEMMA, SMOLLM2, fake_world
+
+# The paper's five methods and the ablation with other gate features (a second feature read);
+# the other ablations differ only in distill fields, which test_methods_change_only_their_own_fields
+# covers, and would double the run time.
+RUN_METHODS = ["none", "min_ce", "avg_ce", "authors", "adaptive", "bpb_features"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory):
+    for folder in (SMOLLM2, GEMMA):
+        if not (folder / "tokenizer.json").is_file():
+            pytest.fail(f"{folder} is missing: run `make tokenizers`")
+    world = fake_world(tmp_path_factory.getbasetemp() / "distill-world")
+    evaluate = EvaluateConfig(
+        max_samples_per_domain=2,
+        max_tokens=256,
+        batch_tokens=512,
+        tasks=["cloze"],
+        mc_items_per_task=2,
+        cloze_context_chars=60,
+        cloze_continuation_chars=20,
+        threads=1,
+    )
+    runs = tmp_path_factory.mktemp("experiment")
+    return dataclasses.replace(world.config_for(runs, name="exp", max_steps=1), evaluate=evaluate)
+
+
+def test_methods_change_only_their_own_fields(config) -> None:
+    sub = method_config(config, METHODS["no_feedback"])
+    assert sub.distill.strategy == "adaptive" and sub.distill.beta == 0.0
+    assert (
+        dataclasses.replace(sub.distill, beta=config.distill.beta, strategy=config.distill.strategy)
+        == config.distill
+    )
+    assert Path(sub.runs_dir, sub.name) == Path(config.runs_dir) / "exp" / "methods" / "no_feedback"
+    assert [m.name for m in choose_methods(["adaptive", "none"])] == ["none", "adaptive"]
+    with pytest.raises(ValueError, match="unknown method"):
+        choose_methods(["adaptiv"])
+
+
+def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch) -> None:
+    result = run_experiment(config, RUN_METHODS, progress=False)
+    report = (result.report_dir / "report.md").read_text()
+    for label in ["target", *RUN_METHODS]:
+        assert f"| {label} " in report, label
+    results = json.loads((result.report_dir / "results.json").read_text())
+    assert set(results["interference"]) == set(RUN_METHODS)
+    assert set(results["reduction"]["against"]) == {"none", "min_ce", "avg_ce", "authors"}
+    assert "bpb/mixed" in results["scores"]["adaptive"]
+    weights = results["gate_weights"]
+    assert weights["none"] == weights["authors"] == {}
+    for method in ("min_ce", "avg_ce", "adaptive", "bpb_features"):
+        assert set(weights[method]) == {"mixed", "all"}
+        assert sum(weights[method]["all"].values()) == pytest.approx(1.0, abs=1e-5)
+    for png in ("bpb_by_domain.png", "gate_weights.png", "selected.png", "loss.png"):
+        assert (result.report_dir / png).stat().st_size > 1000, png
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a finished method was trained again")
+
+    monkeypatch.setattr(pipeline.distillation, "distill_from_config", refuse)
+    again = run_experiment(config, RUN_METHODS, progress=False)
+    assert again.results["scores"] == results["scores"]
