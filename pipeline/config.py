@@ -214,6 +214,9 @@ class DistillConfig:
     """Per-sample teacher features fed to the gate."""
     fusion_trains_gate: bool = True
     """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
+    feedback_scope: Literal["micro_batch", "step"] = "micro_batch"
+    """Over what the feedback loss sums gate importance: each micro-batch on its own, or the whole
+    optimizer step on every rank (earlier micro-batches and other ranks enter as constants)."""
     vocab_map: Literal["prefix", "edit_distance"] = "prefix"
     """How teacher ids map to student ids."""
     aligner: Literal["offsets", "dtw"] = "offsets"

@@ -76,6 +76,7 @@ def distill_from_config(
         beta=d.beta,
         tau=d.tau,
         fusion_trains_gate=d.fusion_trains_gate,
+        feedback_scope=d.feedback_scope,
         gate_features=d.gate_features,
         lr=d.lr,
         gate_lr=d.gate_lr,

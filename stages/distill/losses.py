@@ -136,8 +136,8 @@ def importance(weights: torch.Tensor) -> torch.Tensor:
         weights: `[B, K]` sample weights (with their grad path to the gate).
 
     Returns:
-        `[K]`. To use the optimizer step or all ranks instead, sum these per micro-batch /
-        all-reduce them before `feedback_loss` (DESIGN.md §6 option).
+        `[K]`. The optimizer-step / all-ranks option of DESIGN.md §6 adds the other
+        micro-batches' and ranks' importance to it: `model.FusionModule.feedback_importance`.
     """
     return weights.sum(dim=0)
 

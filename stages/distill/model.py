@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from stages.distill.batch import FusionBatch
@@ -50,6 +51,8 @@ class FusionModule(nn.Module):
         num_teachers: K, the columns of the batch's `[B, K]` tensors.
         lam, beta, tau: λ, β, τ of DESIGN.md §6.
         fusion_trains_gate: whether L_fuse reaches the gate through w (L_feed always does).
+        feedback_scope: `micro_batch` (importance of this micro-batch) or `step` (see
+            `feedback_importance`).
     """
 
     def __init__(
@@ -62,6 +65,7 @@ class FusionModule(nn.Module):
         beta: float,
         tau: float,
         fusion_trains_gate: bool,
+        feedback_scope: str = "micro_batch",
     ) -> None:
         super().__init__()
         self.student = student
@@ -69,6 +73,10 @@ class FusionModule(nn.Module):
         self.num_teachers = num_teachers
         self.lam, self.beta, self.tau = lam, beta, tau
         self.fusion_trains_gate = fusion_trains_gate
+        if feedback_scope not in ("micro_batch", "step"):
+            raise ValueError(f"feedback_scope must be micro_batch or step, got {feedback_scope!r}")
+        self.feedback_scope = feedback_scope
+        self._earlier_importance: torch.Tensor | None = None
         # Only `adaptive` owns a gate; `authors` draws a throw-away one per step (strategies.py).
         self.gate = SelectionGate(num_teachers) if strategy.needs_gate else None
 
@@ -77,6 +85,33 @@ class FusionModule(nn.Module):
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [] if self.gate is None else list(self.gate.parameters())
+
+    def start_step(self) -> None:
+        """Forget the importance summed so far: the recipe calls it before each optimizer step."""
+        self._earlier_importance = None
+
+    def feedback_importance(self, weights: torch.Tensor) -> torch.Tensor:
+        """The `[K]` importance the feedback loss sees.
+
+        `micro_batch`: I = Σ_b w_bk of this micro-batch. `step`: this micro-batch's importance
+        plus that of the step's earlier micro-batches and of every other rank's current one, which
+        enter as constants. Micro-batch m of a step thus minimises CV² of the importance of
+        micro-batches 1..m on all ranks, and the last one that of the whole optimizer step; only
+        this rank's current weights get a gradient (the earlier ones had theirs in their own
+        backward). Checkpoints fall between steps, so nothing here needs saving.
+        """
+        mine = importance(weights)
+        if self.feedback_scope == "micro_batch":
+            return mine
+        everyone = mine.detach().clone()
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            dist.all_reduce(everyone)  # every rank runs the same micro-batch count: no hang
+        total = mine + (everyone - mine.detach())
+        if self._earlier_importance is not None:
+            total = total + self._earlier_importance
+            everyone = everyone + self._earlier_importance
+        self._earlier_importance = everyone
+        return total
 
     def forward(self, batch: FusionBatch, generator: torch.Generator | None = None) -> FusionOutput:
         """Losses of one micro-batch (shapes in `FusionBatch`); `generator` feeds `authors`."""
@@ -95,6 +130,7 @@ class FusionModule(nn.Module):
             # gate (min_ce, avg_ce, uniform, single, authors) CV² is logged but adds no constant.
             beta=self.beta if self.gate is not None else 0.0,
             feedback_weights=weights,
+            feedback_importance=self.feedback_importance(weights),
         )
 
 
@@ -106,6 +142,7 @@ def micro_batch_losses(
     lam: float,
     beta: float,
     feedback_weights: torch.Tensor | None = None,
+    feedback_importance: torch.Tensor | None = None,
 ) -> FusionOutput:
     """λ·CLM + (1−λ)·fusion + β·feedback of one micro-batch from the student's logits.
 
@@ -115,6 +152,8 @@ def micro_batch_losses(
         weights: `[B, K]` sample weights w for the fusion loss (detached by the caller to keep the
             fusion loss from training the gate); None: CLM only (`none`).
         feedback_weights: w with its grad path for the feedback loss (default: `weights`).
+        feedback_importance: `[K]` importance for the feedback loss (default: that of
+            `feedback_weights`; `FusionModule.feedback_importance` gives the step-scope one).
     """
     lse = position_logsumexp(logits)  # the step's single logsumexp over the vocabulary
     if weights is None:
@@ -140,6 +179,8 @@ def micro_batch_losses(
         support_logits=gathered[..., 1:],
     )
     feedback_weights = weights if feedback_weights is None else feedback_weights
-    feedback = feedback_loss(importance(feedback_weights))
+    if feedback_importance is None:
+        feedback_importance = importance(feedback_weights)
+    feedback = feedback_loss(feedback_importance)
     terms = combine_losses(clm, fused.loss, feedback, lam=lam, beta=beta)
     return FusionOutput(terms, feedback_weights.detach(), fused.fused_positions, fused.target_entropy)

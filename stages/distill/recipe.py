@@ -69,6 +69,7 @@ class RecipeSettings:
     beta: float = 0.5
     tau: float = 0.15
     fusion_trains_gate: bool = True
+    feedback_scope: str = "micro_batch"
     gate_features: str = "exp_neg_ce"
     lr: float = 2e-5
     gate_lr: float = 1e-3
@@ -137,6 +138,7 @@ class DistillRecipe:
             beta=cfg.beta,
             tau=cfg.tau,
             fusion_trains_gate=cfg.fusion_trains_gate,
+            feedback_scope=cfg.feedback_scope,
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),
@@ -198,6 +200,7 @@ class DistillRecipe:
         window_started, window_tokens = time.perf_counter(), 0
         while self.step < stop:
             lrs = self._learning_rates()  # the LRs this step uses (the scheduler moves them after it)
+            self.engine.module.start_step()
             for _ in range(cfg.grad_accum_steps):
                 batch: FusionBatch = next(batches)
                 output: FusionOutput = self.engine(batch.to(self.engine.device), generator=self.authors_rng)

@@ -101,11 +101,17 @@ def test_two_processes_split_the_corpus_with_no_sample_twice_and_none_lost(
     world: FakeWorld, tmp_path: Path
 ) -> None:
     """World size 2 (ZeRO-2, gloo): each rank trains on its own shards [rank::2]; over each rank's
-    epoch no sample is seen twice and, together, none is lost."""
+    epoch no sample is seen twice and, together, none is lost. The feedback loss sums importance
+    over the optimizer step and both ranks (its all-reduce runs inside the engine's forward)."""
     steps, batch = 6, 4
     config = write_config(
         world.config_for(
-            tmp_path / "runs", name="two", max_steps=steps, micro_batch_size=batch, checkpoint_every=3
+            tmp_path / "runs",
+            name="two",
+            max_steps=steps,
+            micro_batch_size=batch,
+            checkpoint_every=3,
+            feedback_scope="step",
         ),
         tmp_path / "c.yaml",
     )

@@ -122,3 +122,75 @@ def test_fusion_trains_gate_flag_detaches_the_fusion_path() -> None:
     module(batch).terms.total.backward()
     # β = 0 and the fusion path detached: nothing reaches the gate.
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.gate.parameters())
+
+
+def step_scope_module() -> FusionModule:
+    torch.manual_seed(0)
+    return FusionModule(
+        TinyLM(),
+        parse_strategy("adaptive"),
+        2,
+        lam=0.9,
+        beta=0.5,
+        tau=0.15,
+        fusion_trains_gate=True,
+        feedback_scope="step",
+    )
+
+
+def test_step_scope_feedback_sums_the_steps_micro_batches_with_grad_on_the_current_one() -> None:
+    module = step_scope_module()
+    first, second = batch_of(seed=1), batch_of(seed=2)
+    module.start_step()
+    w1 = module(first).weights
+    out = module(second)
+    w2 = sample_weights(module.strategy, second.scores, second.present, gate=module.gate, tau=0.15)
+    torch.testing.assert_close(out.terms.feedback, feedback_loss(importance(w1) + importance(w2)))
+
+    # Only the second micro-batch's weights carry gradient: the same as CV² of (constant + I₂).
+    module.zero_grad()
+    out.terms.feedback.backward()
+    got = [p.grad.clone() for p in module.gate.parameters()]
+    module.zero_grad()
+    feedback_loss(importance(w1).detach() + importance(w2)).backward()
+    for g, p in zip(got, module.gate.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+
+    # A new optimizer step starts from nothing: its first micro-batch alone.
+    module.start_step()
+    again = module(first)
+    torch.testing.assert_close(again.terms.feedback, feedback_loss(importance(w1)))
+    micro = module_for("adaptive")(first)
+    torch.testing.assert_close(again.terms.feedback, micro.terms.feedback)
+
+
+def _step_scope_rank(rank: int, world_size: int, init_file: str, results) -> None:
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size
+    )
+    try:
+        module = step_scope_module()  # same seed: the same gate on both ranks, as after init
+        module.start_step()
+        out = module(batch_of(seed=10 + rank))
+        out.terms.feedback.backward()
+        results[rank] = (out.weights.sum(0), out.terms.feedback.detach(), module.gate.layers[0].weight.grad)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_step_scope_feedback_all_reduces_importance_over_ranks(tmp_path) -> None:
+    import torch.multiprocessing as mp
+
+    results = mp.Manager().dict()
+    mp.spawn(_step_scope_rank, args=(2, str(tmp_path / "init"), results), nprocs=2, join=True)
+    both = results[0][0] + results[1][0]
+    expected = feedback_loss(both)
+    torch.testing.assert_close(results[0][1], expected)
+    torch.testing.assert_close(results[1][1], expected)
+    # Each rank's gradient is that of CV²(the other rank's importance as a constant + its own).
+    for rank in (0, 1):
+        module = step_scope_module()
+        batch = batch_of(seed=10 + rank)
+        weights = sample_weights(module.strategy, batch.scores, batch.present, gate=module.gate, tau=0.15)
+        feedback_loss(results[1 - rank][0] + importance(weights)).backward()
+        torch.testing.assert_close(results[rank][2], module.gate.layers[0].weight.grad)
