@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import torch
 from torch.utils.data import DataLoader
 
+from data_schemas.atomic import atomic_open
 from stages.distill import engine as ds
 from stages.distill.batch import FusionBatch
 from stages.distill.export import summarize_run, write_export
@@ -263,9 +264,15 @@ class DistillRecipe:
             "polyfuse_teachers": list(self.teacher_names),
             "polyfuse_metrics": self.last_metrics,
         }
-        self.engine.save_checkpoint(str(self.checkpoint_dir), tag=tag, client_state=client_state)
+        # DeepSpeed writes `latest` in place, where a kill can leave it empty; it returns after a
+        # barrier (every rank's files written), and rank 0 then points `latest` at the tag atomically.
+        self.engine.save_checkpoint(
+            str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False
+        )
         self.last_checkpoint = self.checkpoint_dir / tag
         if self.dist.is_main:
+            with atomic_open(self.checkpoint_dir / "latest") as f:
+                f.write(tag)
             for old in checkpoint_tags(self.checkpoint_dir)[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(self.checkpoint_dir / old, ignore_errors=True)
         logger.debug("checkpoint %s written", self.last_checkpoint)

@@ -1,23 +1,31 @@
 """`polyfuse distill` from a config: only the student is ever loaded, bad caches are refused before
-it, and two processes (ZeRO-2, gloo) split the corpus as the loader says."""
+it, two processes (ZeRO-2, gloo) split the corpus as the loader says, and a run killed with
+SIGKILL resumes to exactly the losses and weights of a run that never stopped."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pipeline.cli import app
 from stages.distill.metrics import read_metrics
+from stages.distill.run_state import checkpoint_tags
 from tests.stages.distill.fake_world import GEMMA, SMOLLM2, FakeWorld, fake_world
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,3 +173,153 @@ def test_two_processes_split_the_corpus_with_no_sample_twice_and_none_lost(
     assert [r["samples"] for r in records] == [2 * batch] * steps
     assert not (logs.parent / "export").with_name("export.tmp").exists()
     assert (logs.parent / "export" / "model.safetensors").is_file()
+
+
+# The first attempt of the crash test: `polyfuse ARGS...` with one change: it holds (sleeps) inside
+# the write of checkpoint TAG, after its model states and before its optimizer states, and says so by
+# creating MARKER. The SIGKILL then lands at a known point instead of racing a 3-second training loop.
+# Arguments: TAG MARKER ARGS...
+HOLDING_CLI = """
+import sys, time
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+hold_tag, marker = sys.argv[1], sys.argv[2]
+save = TorchCheckpointEngine.save
+
+def save_or_hold(self, state_dict, path):
+    if hold_tag in path and path.endswith("optim_states.pt"):
+        open(marker, "w").close()
+        time.sleep(3600)
+    save(self, state_dict, path)
+
+TorchCheckpointEngine.save = save_or_hold
+from pipeline.cli import app
+sys.argv = ["polyfuse", *sys.argv[3:]]
+app()
+"""
+LOGGED = ("loss/total", "loss/clm", "loss/fusion", "loss/feedback", "lr/student", "lr/gate")
+
+Spawn = Callable[..., subprocess.Popen]
+
+
+@pytest.fixture
+def spawn(tmp_path: Path) -> Iterator[Spawn]:
+    """`spawn(args, *python_args)`: `python -m pipeline.cli ARGS` (or `python PYTHON_ARGS ARGS`) as
+    one single-process job in its own process group, so that a kill reaches its loader workers
+    too; whatever still runs at teardown is killed, so a failed test leaves nothing behind."""
+    started: list[subprocess.Popen] = []
+    env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    # In-process distill tests leave a rank and a port in this process's environment.
+    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(name, None)
+
+    def start(args: list[str], *python_args: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, *(python_args or ("-m", "pipeline.cli")), *args],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            kill_group(proc)
+            proc.communicate()
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def finish(proc: subprocess.Popen, what: str, timeout: float = 300) -> str:
+    """Wait for `proc` to exit 0; fail with its output when it does not, or not in time."""
+    try:
+        output = proc.communicate(timeout=timeout)[0]
+    except subprocess.TimeoutExpired:
+        kill_group(proc)
+        pytest.fail(f"{what} did not finish in {timeout} s:\n{proc.communicate()[0][-3000:]}")
+    assert proc.returncode == 0, f"{what} failed:\n{output[-3000:]}"
+    return output
+
+
+def wait_until(
+    ready: Callable[[], bool], what: str, timeout: float, running: subprocess.Popen | None = None
+) -> None:
+    """Poll `ready`; fail after `timeout` s, or as soon as `running` (when given) has exited."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if running is not None and running.poll() is not None:
+            pytest.fail(f"the run exited before {what}:\n{running.communicate()[0][-3000:]}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} after {timeout} s")
+        time.sleep(0.05)
+
+
+def live_processes_in_group(pgid: int) -> list[int]:
+    """Pids of the process group `pgid` that are not zombies (Linux /proc)."""
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # after "pid (comm)": state ppid pgrp
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited while we looked
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_run_killed_mid_checkpoint_resumes_to_the_same_losses_and_weights(
+    world: FakeWorld, tmp_path: Path, spawn: Spawn
+) -> None:
+    """6 steps straight vs: SIGKILL to the CLI and its loader workers while checkpoint 4 is half
+    written (its model states on disk, `latest` still step 2, the logs already at step 4), then
+    `--resume` to step 6. The resumed run goes on from step 2 and ends identical to the straight
+    one: losses and learning rates of every step, samples, student weights and gate."""
+    runs = tmp_path / "runs"
+    common = {"max_steps": 6, "checkpoint_every": 2, "loader_workers": 2, "log_every": 1}
+    configs = {
+        name: str(write_config(world.config_for(runs, name=name, **common), tmp_path / f"{name}.yaml"))
+        for name in ("straight", "killed")
+    }
+    straight = spawn(["distill", "--config", configs["straight"]])  # runs alongside the killed one
+    marker = tmp_path / "holding"
+    args = ["distill", "--config", configs["killed"]]
+    first = spawn(args, "-c", HOLDING_CLI, "step-000004", str(marker))
+    wait_until(marker.exists, "hold in checkpoint step-000004", timeout=300, running=first)
+    checkpoints, logs = runs / "killed" / "checkpoints", runs / "killed" / "logs"
+    assert (checkpoints / "latest").read_text() == "step-000002"
+    assert [p.name for p in (checkpoints / "step-000004").iterdir()] == ["mp_rank_00_model_states.pt"]
+    assert len(live_processes_in_group(first.pid)) >= 1 + common["loader_workers"]
+    kill_group(first)
+    first.communicate(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    wait_until(lambda: not live_processes_in_group(first.pid), "end of its loader workers", timeout=30)
+    assert [r["step"] for r in read_metrics(logs / "metrics.jsonl")] == [1, 2, 3, 4]
+    assert not (runs / "killed" / "export").exists()
+
+    output = finish(spawn([*args, "--resume"]), "the resumed run")
+    assert "distill adaptive: 6 steps" in output and "exported to" in output
+    finish(straight, "the straight run")
+
+    def logged(run: str) -> list[tuple]:
+        return [
+            (r["step"], *(r[k] for k in LOGGED)) for r in read_metrics(runs / run / "logs" / "metrics.jsonl")
+        ]
+
+    assert [r[0] for r in logged("straight")] == [1, 2, 3, 4, 5, 6]
+    assert logged("killed") == logged("straight")  # steps 1-2 from the first attempt, 3-6 resumed
+    samples = [(runs / run / "logs" / "samples-rank0.jsonl").read_text() for run in ("killed", "straight")]
+    assert samples[0] == samples[1]
+    assert checkpoint_tags(checkpoints) == ["step-000004", "step-000006"]
+    assert (checkpoints / "latest").read_text() == "step-000006"
+    a, b = (load_file(runs / run / "export" / "model.safetensors") for run in ("straight", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    gates = [torch.load(runs / run / "export" / "gate.pt")["state_dict"] for run in ("straight", "killed")]
+    assert gates[0].keys() == gates[1].keys() and all(torch.equal(gates[0][k], gates[1][k]) for k in gates[0])
