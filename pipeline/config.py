@@ -211,7 +211,10 @@ class DistillConfig:
     tau: float = 0.15
     """τ: selection threshold on the gate probabilities (the argmax is always kept)."""
     gate_features: Literal["exp_neg_ce", "bits_per_byte", "all"] = "exp_neg_ce"
-    """Per-sample teacher features fed to the gate."""
+    """Per-sample teacher features fed to the gate, each in [0, 1], higher is better:
+    `exp_neg_ce` exp(−ce) (the paper's); `bits_per_byte` 2^(−bits per byte) (tokenizer-neutral);
+    `all` four per teacher: exp(−ce), 2^(−bits per byte), topk_mass, exp(−entropy_topk), and a
+    first gate layer Linear(4K, 2K). The first feature is also the score min_ce / avg_ce rank by."""
     fusion_trains_gate: bool = True
     """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
     feedback_scope: Literal["micro_batch", "step"] = "micro_batch"
@@ -306,13 +309,6 @@ class DistillConfig:
             value = getattr(self, name)
             _require(0.0 <= value < 1.0, f"distill.{name}", value, "must be in [0, 1)", "use 0.9 and 0.95")
         _require(self.grad_clip > 0, "distill.grad_clip", self.grad_clip, "must be positive", "use 1.0")
-        _require(
-            self.gate_features != "all",
-            "distill.gate_features",
-            self.gate_features,
-            "is not supported yet (the gate takes one score per teacher)",
-            "use exp_neg_ce or bits_per_byte",
-        )
         _require(
             self.aligner == "offsets",
             "distill.aligner",

@@ -151,17 +151,23 @@ class TrainScores:
 
     teacher_names: list[str]
     domains: list[str]
-    scores: np.ndarray
-    """[N, K] float32 gate features (0 where absent)."""
+    features: np.ndarray
+    """[N, K, F] float32 gate features (0 where absent); `[..., 0]` is the teacher's score."""
     present: np.ndarray
     """[N, K] bool."""
 
+    @property
+    def scores(self) -> np.ndarray:
+        """[N, K] float32 per-sample teacher scores, what the fixed rules rank by."""
+        return np.ascontiguousarray(self.features[..., 0])
+
 
 def load_train_scores(config: Config, features: str) -> TrainScores:
-    """Read every teacher's per-sample scores over the train split (no token data)."""
+    """Read every teacher's per-sample scores over the train split (no token data) and turn them
+    into gate features as the loader does."""
     from data_schemas.teacher_shard import TeacherSample
     from pipeline.distillation import resolve_stream_inputs
-    from stages.distill.loader import teacher_score
+    from stages.distill.loader import feature_count, teacher_features
 
     inputs = resolve_stream_inputs(config, checksums=False)
     names = [t.name for t in inputs.teachers]
@@ -171,21 +177,20 @@ def load_train_scores(config: Config, features: str) -> TrainScores:
         sample_ids += table["sample_id"].to_pylist()
         domains += table["domain"].to_pylist()
     index = {sid: i for i, sid in enumerate(sample_ids)}
-    scores = np.zeros((len(sample_ids), len(names)), dtype=np.float32)
-    present = np.zeros(scores.shape, dtype=bool)
+    values = np.zeros((len(sample_ids), len(names), feature_count(features)), dtype=np.float32)
+    present = np.zeros(values.shape[:2], dtype=bool)
     empty = np.zeros(0)
+    stored = ["ce", "bits_per_byte", "topk_mass", "entropy_topk"]
     for k, teacher in enumerate(inputs.teachers):
         for path in teacher.shards.values():
-            for row in pq.read_table(path, columns=["sample_id", "ce", "bits_per_byte"]).to_pylist():
+            for row in pq.read_table(path, columns=["sample_id", *stored]).to_pylist():
                 # The loader's own feature function, on a sample holding only the per-sample scores.
-                sample = TeacherSample(
-                    row["sample_id"], *[empty] * 5, row["ce"], row["bits_per_byte"], 0.0, 0.0, False
-                )
-                value = teacher_score(sample, features)
-                if np.isfinite(value):
+                sample = TeacherSample(row["sample_id"], *[empty] * 5, *[row[c] for c in stored], False)
+                sample_values = teacher_features(sample, features)
+                if np.isfinite(sample_values).all():
                     i = index[row["sample_id"]]
-                    scores[i, k], present[i, k] = value, True
-    return TrainScores(names, domains, scores, present)
+                    values[i, k], present[i, k] = sample_values, True
+    return TrainScores(names, domains, values, present)
 
 
 def gate_weights_by_domain(
@@ -196,6 +201,7 @@ def gate_weights_by_domain(
     import torch
 
     from stages.distill.gating import SelectionGate
+    from stages.distill.loader import feature_count
     from stages.distill.strategies import parse_strategy, sample_weights
     from stages.evaluate.training_summary import domain_weights
 
@@ -204,13 +210,15 @@ def gate_weights_by_domain(
     gate = None
     if method.strategy == "adaptive":
         saved = torch.load(export / "gate.pt", map_location="cpu", weights_only=True)
-        gate = SelectionGate(len(train.teacher_names))
+        # gate.pt records the feature kind it was trained on, hence F (export.py).
+        gate = SelectionGate(len(train.teacher_names), feature_count(saved["features"]))
         gate.load_state_dict(saved["state_dict"])
     with torch.no_grad():
         weights = sample_weights(
             parse_strategy(method.strategy, train.teacher_names),
             torch.from_numpy(train.scores),
             torch.from_numpy(train.present),
+            features=torch.from_numpy(train.features),
             gate=gate,
             tau=tau,
         )

@@ -26,15 +26,17 @@ class AlignedSample:
     teachers: tuple[AlignedTargets | None, ...]
     """Per teacher, its targets at the student's rows, or None where it has no data for this
     sample (a teacher that covers only the first shards, or a non-finite score)."""
-    scores: np.ndarray
-    """[K] float32 per-teacher score, higher is better (default exp(−ce)); 0 where absent."""
+    features: np.ndarray
+    """[K, F] float32 per-teacher gate features, higher is better; 0 where absent. Column 0 is the
+    teacher's score (exp(−ce) by default), the one the fixed rules min_ce / avg_ce rank by."""
 
 
 @dataclass(frozen=True)
 class FusionBatch:
     """A padded micro-batch: exactly the tensors fusion.py and losses.py take.
 
-    B samples, T = the longest sample's token count, K teachers, k = the widest top-k.
+    B samples, T = the longest sample's token count, K teachers, k = the widest top-k, F gate
+    features per teacher (`distill.gate_features`: 1, or 4 for `all`).
     """
 
     sample_ids: tuple[str, ...]
@@ -51,7 +53,9 @@ class FusionBatch:
     available: torch.Tensor
     """[B, K, T] bool, teacher k has a target at row j of sample b."""
     scores: torch.Tensor
-    """[B, K] float32 per-sample teacher scores (gate features)."""
+    """[B, K] float32 per-sample teacher scores, `features[..., 0]` (what min_ce / avg_ce rank by)."""
+    features: torch.Tensor
+    """[B, K, F] float32 per-sample teacher features, the gate's input; 0 where absent."""
     present: torch.Tensor
     """[B, K] bool, teacher k has data for sample b."""
     aligned_rows: torch.Tensor
@@ -83,6 +87,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     batch, length = len(samples), max(len(s.input_ids) for s in samples)
     widths = [t.support_ids.shape[1] for s in samples for t in s.teachers if t is not None]
     top_k = max(widths, default=1)
+    num_features = samples[0].features.shape[1]
 
     input_ids = np.zeros((batch, length), dtype=np.int64)
     attention_mask = np.zeros((batch, length), dtype=np.int64)
@@ -90,15 +95,16 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     support_ids = np.zeros((batch, num_teachers, length, top_k), dtype=np.int64)
     support_probs = np.zeros((batch, num_teachers, length, top_k), dtype=np.float32)
     available = np.zeros((batch, num_teachers, length), dtype=bool)
-    scores = np.zeros((batch, num_teachers), dtype=np.float32)
+    features = np.zeros((batch, num_teachers, num_features), dtype=np.float32)
     present = np.zeros((batch, num_teachers), dtype=bool)
     aligned_rows = np.zeros(num_teachers, dtype=np.int64)
     mapped_mass = np.zeros(num_teachers, dtype=np.float64)
     student_rows = 0
     for b, sample in enumerate(samples):
-        if len(sample.teachers) != num_teachers:
+        if len(sample.teachers) != num_teachers or sample.features.shape != (num_teachers, num_features):
             raise ValueError(
-                f"sample {sample.sample_id} has {len(sample.teachers)} teachers, expected {num_teachers}"
+                f"sample {sample.sample_id} has {len(sample.teachers)} teachers and features of shape "
+                f"{sample.features.shape}, expected {num_teachers} and {(num_teachers, num_features)}"
             )
         n = len(sample.input_ids)
         input_ids[b, :n] = sample.input_ids
@@ -113,7 +119,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
             support_ids[b, k, : n - 1, :width] = targets.support_ids
             support_probs[b, k, : n - 1, :width] = targets.support_probs
             available[b, k, : n - 1] = targets.available
-            scores[b, k] = sample.scores[k]
+            features[b, k] = sample.features[k]
             present[b, k] = True
             aligned_rows[k] += targets.n_aligned
             mapped_mass[k] += targets.mapped_mass
@@ -125,7 +131,8 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         support_ids=torch.from_numpy(support_ids),
         support_probs=torch.from_numpy(support_probs),
         available=torch.from_numpy(available),
-        scores=torch.from_numpy(scores),
+        scores=torch.from_numpy(features[..., 0].copy()),
+        features=torch.from_numpy(features),
         present=torch.from_numpy(present),
         aligned_rows=torch.from_numpy(aligned_rows),
         student_rows=torch.tensor(student_rows, dtype=torch.int64),

@@ -6,6 +6,10 @@
       gate.pt                                                  gate state_dict + what it was trained on
       fusion_stats.json                                        summary of the run's metrics.jsonl
 
+`gate.pt` is a dict: `state_dict` plus `gate_info` (strategy, teachers, features, τ). Its
+`teachers` and `features` fix the gate's shape, so it rebuilds as
+`SelectionGate(len(teachers), loader.feature_count(features))` (pipeline/experiment.py does).
+
 Loadable by `AutoModelForCausalLM.from_pretrained(export)` and by vLLM like any HF folder. The
 folder is written under a temporary name and renamed into place, so a crash leaves no half export.
 """
@@ -53,9 +57,11 @@ def write_export(
             possibly partitioned live parameters.
         tokenizer_dir: the student's folder; its tokenizer files are copied unchanged.
         gate_state: the trained gate's state dict, or None for strategies without a gate.
-        gate_info: what the gate was trained on (teachers, features, τ, strategy), saved beside it.
+        gate_info: what the gate was trained on (teachers, features, τ, strategy), saved beside it;
+            `teachers` and `features` (the `distill.gate_features` name) must be there to rebuild it.
         fusion_stats: `summarize_run(...)`.
     """
+    assert gate_state is None or {"teachers", "features"} <= gate_info.keys(), "gate.pt could not be rebuilt"
     export_dir = Path(export_dir)
     tmp = export_dir.with_name(f"{export_dir.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)

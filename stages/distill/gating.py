@@ -1,6 +1,7 @@
 """The teacher-selection gate and the threshold selection of DESIGN.md §6.
 
-    g_b    = softmax(MLP(r_b)) over the teachers present for sample b
+    g_b    = softmax(MLP(x_b)) over the teachers present for sample b, x_b = the [K, F] teacher
+             features (F = 1: the score r_b, default exp(−ce); F = 4 with `gate_features: all`)
     m_bk   = 1[g_bk > tau], at least argmax_k g_bk kept
     w_bk   = g_bk m_bk / (sum_k g_bk m_bk + 1e-8)
 
@@ -41,22 +42,30 @@ def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class SelectionGate(nn.Module):
-    """Per-sample teacher gate: `Linear(K,2K) -> GELU -> Linear(2K,K) -> GELU -> Linear(K,K)`.
+    """Per-sample teacher gate: `Linear(K·F,2K) -> GELU -> Linear(2K,K) -> GELU -> Linear(K,K)`.
 
-    Input features are per-sample teacher scores (default exp(-ce)); a teacher missing for a
-    sample is fed as score 0 (the worst exp(-ce) can be) and gets gate probability 0.
+    The input is F features per teacher, flattened teacher by teacher; with F = 1 (the default,
+    one score per teacher such as exp(−ce)) this is the paper's `Linear(K,2K)` first layer and
+    the parameters have the same shapes as a one-feature gate always had. A teacher missing for a
+    sample is fed as 0 in every feature (the worst a score in [0, 1] can be) and gets gate
+    probability 0.
     """
 
-    def __init__(self, num_teachers: int) -> None:
+    def __init__(self, num_teachers: int, num_features: int = 1) -> None:
         super().__init__()
         if num_teachers < 1:
             raise ValueError(f"the gate needs at least one teacher, got num_teachers={num_teachers}")
+        if num_features < 1:
+            raise ValueError(
+                f"the gate needs at least one feature per teacher, got num_features={num_features}"
+            )
         self.num_teachers = num_teachers
+        self.num_features = num_features
         k = num_teachers
         # PyTorch default init (nn.Linear.reset_parameters), fp32.
         self.layers = nn.ModuleList(
             [
-                nn.Linear(k, 2 * k, dtype=torch.float32),
+                nn.Linear(k * num_features, 2 * k, dtype=torch.float32),
                 nn.Linear(2 * k, k, dtype=torch.float32),
                 nn.Linear(k, k, dtype=torch.float32),
             ]
@@ -74,24 +83,27 @@ class SelectionGate(nn.Module):
             bound = 1.0 / math.sqrt(layer.in_features)
             nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
-    def forward(self, scores: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Gate probabilities over the present teachers.
 
         Args:
-            scores: `[B, K]` per-sample teacher scores, higher is better; any dtype, any value
-                (even NaN) where the teacher is absent.
+            features: `[B, K, F]` per-sample teacher features, higher is better, or `[B, K]`
+                when F = 1; any dtype, any value (even NaN) where the teacher is absent.
             present: `[B, K]` bool, false where teacher k has no data for sample b.
 
         Returns:
             `[B, K]` fp32 gate probabilities g; rows sum to 1 over present teachers, absent
             teachers get exactly 0, a sample with no teacher gets an all-zero row.
         """
-        if scores.shape[-1] != self.num_teachers:
+        if features.dim() == 2:
+            features = features.unsqueeze(-1)
+        if tuple(features.shape[-2:]) != (self.num_teachers, self.num_features):
             raise ValueError(
-                f"scores must have one column per teacher ({self.num_teachers}), "
-                f"got shape {tuple(scores.shape)}: check the teacher list of the run"
+                f"features must have one column per teacher ({self.num_teachers}) with "
+                f"{self.num_features} feature(s) each, got shape {tuple(features.shape)}: check the "
+                "teacher list and distill.gate_features of the run"
             )
-        x = torch.where(present, scores.float(), 0.0)
+        x = torch.where(present.unsqueeze(-1), features.float(), 0.0).flatten(-2)
         # fp32 even inside a bf16 autocast region or if a wrapper cast the parameters down
         # (DESIGN.md §9: rewards and gate in bf16 is a mistake); .float() is free when fp32.
         with torch.autocast(device_type=x.device.type, enabled=False):

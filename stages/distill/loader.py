@@ -39,7 +39,27 @@ from stages.tokenization import load_tokenizer, tokenize_many_with_ends
 
 logger = logging.getLogger(__name__)
 
-FEATURES = ("exp_neg_ce", "bits_per_byte")
+GATE_FEATURES: dict[str, tuple[str, ...]] = {
+    "exp_neg_ce": ("exp_neg_ce",),
+    "bits_per_byte": ("bits_per_byte",),
+    "all": ("exp_neg_ce", "bits_per_byte", "topk_mass", "exp_neg_entropy_topk"),
+}
+"""`distill.gate_features` → the features the gate reads per teacher, in order. The first is the
+teacher's score for the sample, the one the fixed rules (min_ce, avg_ce) rank by."""
+FEATURES = tuple(GATE_FEATURES)
+
+# Each maps one stored per-sample score (stages/extract/scores.py) into [0, 1], higher is better,
+# so that an absent teacher's 0 input is the worst value of every feature.
+_FEATURE_VALUES = {
+    # the mean per-token probability (FuseLLM's score, DESIGN.md §6)
+    "exp_neg_ce": lambda s: math.exp(-s.ce),
+    # the mean per-byte probability: tokenizer-neutral
+    "bits_per_byte": lambda s: 2.0 ** (-s.bits_per_byte),
+    # the share of the next-token mass the stored top-k hold: how much of the target is kept
+    "topk_mass": lambda s: s.topk_mass,
+    # the teacher's confidence: 1 for a one-hot top-k, 1/k for a flat one
+    "exp_neg_entropy_topk": lambda s: math.exp(-s.entropy_topk),
+}
 
 
 @dataclass(frozen=True)
@@ -62,19 +82,27 @@ class TeacherSource:
     """[V_teacher] int32 teacher id → student id, −1 unmapped (stages/align/vocab_map.py)."""
 
 
-def teacher_score(sample: TeacherSample, features: str) -> float:
-    """The gate feature of one teacher on one sample, higher is better; NaN if not finite.
+def feature_count(features: str) -> int:
+    """F, the gate's features per teacher under `distill.gate_features` = `features`."""
+    return len(_feature_names(features))
 
-    `exp_neg_ce`: exp(−ce), the mean per-token probability (FuseLLM's score, DESIGN.md §6).
-    `bits_per_byte`: 2^(−bits per byte), the mean per-byte probability — tokenizer-neutral.
+
+def teacher_features(sample: TeacherSample, features: str) -> np.ndarray:
+    """The `[F]` float32 gate features of one teacher on one sample (`GATE_FEATURES[features]`),
+    each in [0, 1], higher is better; all NaN if any is not finite (the teacher is then absent).
+
+    `exp_neg_ce`: exp(−ce). `bits_per_byte`: 2^(−bits per byte). `all`: those two, topk_mass
+    and exp(−entropy_topk). Element 0 is the teacher's score for the sample.
     """
-    if features == "exp_neg_ce":
-        value = math.exp(-sample.ce)
-    elif features == "bits_per_byte":
-        value = 2.0 ** (-sample.bits_per_byte)
-    else:
-        raise ValueError(f"gate features must be one of {FEATURES}, got {features!r}")
-    return value if math.isfinite(value) else math.nan
+    names = _feature_names(features)
+    values = np.array([_FEATURE_VALUES[name](sample) for name in names], dtype=np.float32)
+    return values if np.isfinite(values).all() else np.full(len(names), np.nan, np.float32)
+
+
+def _feature_names(features: str) -> tuple[str, ...]:
+    if features not in GATE_FEATURES:
+        raise ValueError(f"distill.gate_features must be one of {FEATURES}, got {features!r}")
+    return GATE_FEATURES[features]
 
 
 class FusionStream(IterableDataset):
@@ -87,7 +115,7 @@ class FusionStream(IterableDataset):
         add_special_tokens: whether the student's tokenisation adds BOS/EOS as in training.
         max_seq_tokens: longest student sequence (longer texts are truncated).
         micro_batch_size: samples per yielded batch.
-        features: gate feature, one of `FEATURES`.
+        features: gate features, one of `FEATURES` (`GATE_FEATURES` lists what each holds).
         rank, world_size: this process's place in the job.
         seed: seeds the shard order of epochs ≥ 1.
     """
@@ -107,11 +135,7 @@ class FusionStream(IterableDataset):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        if features not in FEATURES:
-            raise ValueError(
-                f"distill.gate_features must be one of {FEATURES}, got {features!r}: the gate takes one "
-                "score per teacher"
-            )
+        self.num_features = feature_count(features)  # also refuses an unknown name early
         own = list(corpus_shards)[rank::world_size]
         if not own:
             raise ValueError(
@@ -197,10 +221,11 @@ class FusionStream(IterableDataset):
         )
         samples = []
         for (sample_id, _, teacher_rows), student in zip(rows, tokenized, strict=True):
-            targets, scores = [], np.zeros(len(self.teachers), np.float32)
+            targets = []
+            features = np.zeros((len(self.teachers), self.num_features), np.float32)
             for k, (source, teacher) in enumerate(zip(self.teachers, teacher_rows, strict=True)):
-                score = teacher_score(teacher, self.features) if teacher is not None else math.nan
-                if teacher is None or not math.isfinite(score) or len(student.ids) < 2:
+                values = teacher_features(teacher, self.features) if teacher is not None else None
+                if values is None or not np.isfinite(values).all() or len(student.ids) < 2:
                     targets.append(None)
                     continue
                 targets.append(
@@ -212,8 +237,8 @@ class FusionStream(IterableDataset):
                         source.vocab_map,
                     )
                 )
-                scores[k] = score
-            samples.append(AlignedSample(sample_id, student.ids, tuple(targets), scores))
+                features[k] = values
+            samples.append(AlignedSample(sample_id, student.ids, tuple(targets), features))
         return collate_samples(samples, len(self.teachers))
 
 

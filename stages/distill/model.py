@@ -49,6 +49,7 @@ class FusionModule(nn.Module):
         student: a Hugging Face causal LM (any architecture with `.logits` in its output).
         strategy: from `strategies.parse_strategy`.
         num_teachers: K, the columns of the batch's `[B, K]` tensors.
+        num_features: F, the gate's features per teacher (`batch.features` is `[B, K, F]`).
         lam, beta, tau: λ, β, τ of DESIGN.md §6.
         fusion_trains_gate: whether L_fuse reaches the gate through w (L_feed always does).
         feedback_scope: `micro_batch` (importance of this micro-batch) or `step` (see
@@ -66,6 +67,7 @@ class FusionModule(nn.Module):
         tau: float,
         fusion_trains_gate: bool,
         feedback_scope: str = "micro_batch",
+        num_features: int = 1,
     ) -> None:
         super().__init__()
         self.student = student
@@ -78,7 +80,7 @@ class FusionModule(nn.Module):
         self.feedback_scope = feedback_scope
         self._earlier_importance: torch.Tensor | None = None
         # Only `adaptive` owns a gate; `authors` draws a throw-away one per step (strategies.py).
-        self.gate = SelectionGate(num_teachers) if strategy.needs_gate else None
+        self.gate = SelectionGate(num_teachers, num_features) if strategy.needs_gate else None
 
     def student_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.student.parameters() if p.requires_grad]
@@ -119,7 +121,13 @@ class FusionModule(nn.Module):
         if not self.strategy.uses_fusion:
             return micro_batch_losses(logits, batch, None, lam=1.0, beta=0.0)
         weights = sample_weights(
-            self.strategy, batch.scores, batch.present, gate=self.gate, tau=self.tau, generator=generator
+            self.strategy,
+            batch.scores,
+            batch.present,
+            features=batch.features,
+            gate=self.gate,
+            tau=self.tau,
+            generator=generator,
         )
         return micro_batch_losses(
             logits,

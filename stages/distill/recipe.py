@@ -31,6 +31,7 @@ from data_schemas.atomic import atomic_open
 from stages.distill import engine as ds
 from stages.distill.batch import FusionBatch
 from stages.distill.export import summarize_run, write_export
+from stages.distill.loader import feature_count
 from stages.distill.metrics import MetricsLogger, SampleLog, StepStats
 from stages.distill.model import FusionModule, FusionOutput
 from stages.distill.run_state import (
@@ -140,6 +141,7 @@ class DistillRecipe:
             tau=cfg.tau,
             fusion_trains_gate=cfg.fusion_trains_gate,
             feedback_scope=cfg.feedback_scope,
+            num_features=feature_count(cfg.gate_features),
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),

@@ -2,16 +2,17 @@
 
 | name          | weights w_b                                                    | source          |
 |---------------|----------------------------------------------------------------|-----------------|
-| `adaptive`    | select_teachers(gate(r_b), tau) with the persistent, trained gate | Kong et al.  |
+| `adaptive`    | select_teachers(gate(x_b), tau) with the persistent, trained gate | Kong et al.  |
 | `min_ce`      | one-hot on the best score among present teachers               | FuseLLM MinCE   |
 | `avg_ce`      | softmax(r_b) over present teachers                             | FuseLLM AvgCE, as coded |
 | `uniform`     | 1/n over the n present teachers                                | baseline        |
 | `single:NAME` | one-hot on teacher NAME where present                          | baseline        |
-| `authors`     | select_teachers(fresh random gate(r_b), tau), nothing trained  | released code   |
+| `authors`     | select_teachers(fresh random gate(x_b), tau), nothing trained  | released code   |
 | `none`        | no fusion (λ = 1): CLM-only continual training                 | baseline        |
 
-Scores are "higher is better" (default exp(−ce)). Absent teachers always get weight 0 and a
-sample with no teacher gets an all-zero row, which drops it from the fusion loss.
+Scores r are "higher is better" (default exp(−ce)); the gates read the features x (`[B, K, F]`,
+the scores alone when F = 1), the fixed rules rank by the scores. Absent teachers always get
+weight 0 and a sample with no teacher gets an all-zero row, which drops it from the fusion loss.
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def sample_weights(
     scores: torch.Tensor,
     present: torch.Tensor,
     *,
+    features: torch.Tensor | None = None,
     gate: SelectionGate | None = None,
     tau: float = 0.15,
     generator: torch.Generator | None = None,
@@ -94,6 +96,8 @@ def sample_weights(
         strategy: from `parse_strategy`.
         scores: `[B, K]` per-sample teacher scores, higher is better.
         present: `[B, K]` bool, false where a teacher has no data for the sample.
+        features: `[B, K, F]` what the gates of `adaptive` and `authors` read (`FusionBatch.features`);
+            None: the scores, F = 1.
         gate: the persistent gate; required when `strategy.needs_gate`, ignored otherwise.
         tau: selection threshold of `adaptive` and `authors`.
         generator: CPU RNG for the fresh gate of `authors` (global RNG when None); keep it in
@@ -105,13 +109,14 @@ def sample_weights(
     """
     present = present.bool()
     scores = scores.float()
+    features = scores.unsqueeze(-1) if features is None else features
     match strategy.kind:
         case "adaptive":
             if gate is None:
                 raise ValueError("strategy 'adaptive' needs the run's SelectionGate; pass gate=")
-            return select_teachers(gate(scores, present), tau)
+            return select_teachers(gate(features, present), tau)
         case "authors":
-            return _fresh_gate_weights(scores, present, tau, generator)
+            return _fresh_gate_weights(features, present, tau, generator)
         case "min_ce":
             best = scores.masked_fill(~present, float("-inf")).argmax(dim=-1)
             return _one_hot(best, present)
@@ -135,7 +140,7 @@ def _one_hot(index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
 
 
 def _fresh_gate_weights(
-    scores: torch.Tensor, present: torch.Tensor, tau: float, generator: torch.Generator | None
+    features: torch.Tensor, present: torch.Tensor, tau: float, generator: torch.Generator | None
 ) -> torch.Tensor:
     """The released code's gate: drawn anew (default init) on every call, never trained.
 
@@ -143,8 +148,8 @@ def _fresh_gate_weights(
     reaches the optimizer or the checkpoint. Kept in fp32: the reference's bf16 gate is a
     separate mistake (DESIGN.md §9) that this strategy does not need to reproduce.
     """
-    gate = SelectionGate(scores.shape[-1])
+    gate = SelectionGate(*features.shape[-2:])  # [B, K, F]: K teachers, F features each
     gate.reset_parameters(generator)
-    gate.requires_grad_(False).to(scores.device)
+    gate.requires_grad_(False).to(features.device)
     with torch.no_grad():
-        return select_teachers(gate(scores, present), tau)
+        return select_teachers(gate(features, present), tau)

@@ -37,12 +37,19 @@ def test_round_trip_through_yaml(tmp_path: Path) -> None:
 def test_overrides_by_key_index_and_name(tmp_path: Path) -> None:
     cfg = load_config(
         REPO / "configs/demo.yaml",
-        ["extract.top_k=5", "teachers.gemma3.max_shards=3", "teachers.0.path=/x", "distill.strategy=min_ce"],
+        [
+            "extract.top_k=5",
+            "teachers.gemma3.max_shards=3",
+            "teachers.0.path=/x",
+            "distill.strategy=min_ce",
+            "distill.gate_features=all",
+        ],
     )
     assert cfg.extract.top_k == 5
     assert cfg.teacher("gemma3").max_shards == 3
     assert cfg.teachers[0].path == "/x"
     assert cfg.distill.strategy == "min_ce"
+    assert cfg.distill.gate_features == "all"
 
 
 @pytest.mark.parametrize(

@@ -7,11 +7,21 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 import pipeline.distillation
 from pipeline.config import EvaluateConfig
-from pipeline.experiment import METHODS, choose_methods, method_config, run_experiment
+from pipeline.experiment import (
+    METHODS,
+    choose_methods,
+    gate_weights_by_domain,
+    load_train_scores,
+    method_config,
+    run_experiment,
+)
+from stages.distill.gating import SelectionGate, select_teachers
 from tests.stages.distill.fake_world import GEMMA, SMOLLM2, fake_world
 
 # The paper's five methods and the ablation with other gate features (a second feature read);
@@ -51,6 +61,26 @@ def test_methods_change_only_their_own_fields(config) -> None:
     assert [m.name for m in choose_methods(["adaptive", "none"])] == ["none", "adaptive"]
     with pytest.raises(ValueError, match="unknown method"):
         choose_methods(["adaptiv"])
+
+
+def test_gate_weights_of_an_all_features_gate_rebuilt_from_gate_pt(config, tmp_path: Path) -> None:
+    train = load_train_scores(config, "all")
+    assert train.features.shape == (len(train.domains), 2, 4) and train.present.any()
+    np.testing.assert_array_equal(train.scores, train.features[..., 0])
+    # The first of the four features is the one-feature run's score: min_ce / avg_ce are unchanged.
+    scalar = load_train_scores(config, "exp_neg_ce")
+    both = train.present & scalar.present
+    np.testing.assert_array_equal(train.scores[both], scalar.scores[both])
+    torch.manual_seed(0)
+    gate = SelectionGate(2, num_features=4)
+    info = {"strategy": "adaptive", "teachers": train.teacher_names, "features": "all", "tau": 0.15}
+    torch.save({"state_dict": gate.state_dict(), **info}, tmp_path / "gate.pt")
+    weights = gate_weights_by_domain(METHODS["adaptive"], train, 0.15, tmp_path)
+    with torch.no_grad():
+        w = select_teachers(gate(torch.from_numpy(train.features), torch.from_numpy(train.present)), 0.15)
+    expected = w[w.sum(-1) > 0].mean(0).tolist()
+    assert list(weights["all"].values()) == pytest.approx(expected, abs=1e-6)
+    assert sum(weights["all"].values()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch) -> None:

@@ -41,6 +41,43 @@ def test_gate_rejects_wrong_teacher_count() -> None:
         SelectionGate(3)(torch.rand(2, 4), torch.ones(2, 4, dtype=torch.bool))
 
 
+def test_gate_over_several_features_per_teacher() -> None:
+    """`gate_features: all`: F features per teacher, first layer Linear(K·F, 2K), the rest as ever."""
+    torch.manual_seed(0)
+    gate = SelectionGate(3, num_features=4)
+    assert gate.num_features == 4
+    assert [tuple(p.shape) for p in gate.parameters()] == [(6, 12), (6,), (3, 6), (3,), (3, 3), (3,)]
+    features = torch.rand(2, 3, 4, requires_grad=True)
+    present = torch.tensor([[1, 0, 1], [1, 1, 1]], dtype=torch.bool)
+    probs = gate(features, present)
+    assert probs.shape == (2, 3) and probs.dtype == torch.float32 and probs[0, 1] == 0
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    # An absent teacher is fed 0 in every feature: what its features hold (even NaN) is ignored.
+    poisoned = features.detach().clone()
+    poisoned[0, 1] = float("nan")
+    torch.testing.assert_close(gate(poisoned, present), probs.detach())
+    zeroed = features.detach().clone()
+    zeroed[0, 1] = 0.0
+    torch.testing.assert_close(gate(zeroed, present), probs.detach())
+    # Gradients reach every layer and every present feature, none the absent teacher's.
+    (probs * torch.tensor([[1.0, 0.0, 3.0], [0.5, 2.0, 1.0]])).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in gate.parameters())
+    assert (features.grad[0, 1] == 0).all() and (features.grad[0, [0, 2]] != 0).all()
+
+
+def test_one_feature_gate_takes_b_k_or_b_k_1() -> None:
+    gate = SelectionGate(3)
+    scores, present = torch.rand(2, 3), torch.ones(2, 3, dtype=torch.bool)
+    torch.testing.assert_close(gate(scores.unsqueeze(-1), present), gate(scores, present))
+
+
+def test_gate_rejects_wrong_feature_count() -> None:
+    with pytest.raises(ValueError, match=r"4 feature\(s\) each, got shape \(2, 3, 1\).*gate_features"):
+        SelectionGate(3, num_features=4)(torch.rand(2, 3, 1), torch.ones(2, 3, dtype=torch.bool))
+    with pytest.raises(ValueError, match="at least one feature"):
+        SelectionGate(3, num_features=0)
+
+
 def test_reset_parameters_is_reproducible_from_a_generator() -> None:
     first, second = SelectionGate(3), SelectionGate(3)
     first.reset_parameters(torch.Generator().manual_seed(7))

@@ -19,7 +19,7 @@ from data_schemas.manifest import read_manifest, write_manifest
 from data_schemas.teacher_shard import decode_table, read_teacher_shard
 from pipeline.distillation import StreamInputs, build_stream
 from stages.distill.batch import FusionBatch
-from stages.distill.loader import FusionStream, teacher_score
+from stages.distill.loader import FusionStream, teacher_features
 from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
 
 
@@ -97,6 +97,7 @@ def test_batch_holds_exactly_the_tensors_the_losses_take(world, stream_inputs) -
     )
     assert batch.available.shape == (b, k_teachers, t) and batch.available.dtype == torch.bool
     assert batch.scores.shape == batch.present.shape == (b, k_teachers)
+    assert batch.features.shape == (b, k_teachers, 1) and torch.equal(batch.features[..., 0], batch.scores)
     lengths = batch.attention_mask.sum(1)
     for row, n in enumerate(lengths.tolist()):
         # Row j predicts token j+1: the last real token and the padding have no target.
@@ -134,13 +135,37 @@ def test_teacher_beyond_its_max_shards_is_absent_and_gemma_aligns_partly(world, 
     assert 0.3 < rate < 1.0  # different tokenizer: aligned where both cut at the same character
 
 
+def test_all_features_are_the_shards_four_scores_mapped_into_0_1(world, stream_inputs) -> None:
+    stream = stream_of(world, stream_inputs, micro_batch_size=6, gate_features="all")
+    batch = take(stream, 1)[0]  # corpus shard 0, which both teachers cover
+    assert batch.features.shape == (6, 2, 4) and batch.features.dtype == torch.float32
+    assert torch.equal(batch.scores, batch.features[..., 0])  # min_ce / avg_ce still rank by exp(−ce)
+    assert batch.present.all()
+    columns = ["sample_id", "ce", "bits_per_byte", "topk_mass", "entropy_topk"]
+    for k, teacher in enumerate(stream_inputs.teachers):
+        shard = teacher.shards[stream.shards[0].name]
+        stored = {r["sample_id"]: r for r in pq.read_table(shard, columns=columns).to_pylist()}
+        for b, sample_id in enumerate(batch.sample_ids):
+            r = stored[sample_id]
+            by_hand = [
+                math.exp(-r["ce"]),
+                2 ** -r["bits_per_byte"],
+                r["topk_mass"],
+                math.exp(-r["entropy_topk"]),
+            ]
+            assert batch.features[b, k].tolist() == pytest.approx(by_hand, rel=1e-6)
+    assert ((batch.features > 0) & (batch.features <= 1)).all()
+
+
 def test_non_finite_score_makes_the_teacher_absent(world) -> None:
     row = dataclasses.replace(_any_teacher_row(world), ce=float("nan"))
-    assert math.isnan(teacher_score(row, "exp_neg_ce"))
-    assert teacher_score(dataclasses.replace(row, ce=0.0), "exp_neg_ce") == 1.0
-    assert teacher_score(dataclasses.replace(row, bits_per_byte=1.0), "bits_per_byte") == 0.5
-    with pytest.raises(ValueError, match="gate features"):
-        teacher_score(row, "all")
+    assert np.isnan(teacher_features(row, "exp_neg_ce")).all()
+    assert teacher_features(dataclasses.replace(row, ce=0.0), "exp_neg_ce").tolist() == [1.0]
+    assert teacher_features(dataclasses.replace(row, bits_per_byte=1.0), "bits_per_byte").tolist() == [0.5]
+    # One non-finite stored score makes the whole teacher absent under `all`, not one feature.
+    assert np.isnan(teacher_features(dataclasses.replace(row, ce=1.0, topk_mass=float("nan")), "all")).all()
+    with pytest.raises(ValueError, match="gate_features must be one of.*'all'.*got 'logits'"):
+        teacher_features(row, "logits")
 
 
 def _any_teacher_row(world):

@@ -55,7 +55,7 @@ def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None
                 f"s{b}",
                 rng.integers(0, VOCAB, n).astype(np.int32),
                 tuple(targets),
-                rng.random(teachers).astype(np.float32),
+                rng.random((teachers, 1)).astype(np.float32),
             )
         )
     return collate_samples(samples, teachers)

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pipeline.distillation import StreamInputs, build_stream
 from stages.distill.gating import SelectionGate
-from stages.distill.loader import TeacherSource
+from stages.distill.loader import TeacherSource, feature_count
 from stages.distill.metrics import read_metrics
 from stages.distill.recipe import DistillRecipe, NonFiniteLossError, RecipeSettings, run_distill
 
@@ -45,7 +45,9 @@ def settings_for(world, run_dir: Path, strategy: str, **overrides) -> RecipeSett
 def stream_for(world, inputs: StreamInputs, settings: RecipeSettings, teachers=None):
     if teachers is not None:
         inputs = dataclasses.replace(inputs, teachers=teachers)
-    config = world.config_for(settings.run_dir, micro_batch_size=settings.micro_batch_size)
+    config = world.config_for(
+        settings.run_dir, micro_batch_size=settings.micro_batch_size, gate_features=settings.gate_features
+    )
     return build_stream(config, inputs, rank=0, world_size=1)
 
 
@@ -95,6 +97,33 @@ def test_each_strategy_trains_three_steps_through_deepspeed(
         assert records[0]["gate/mean_w/smol"] == 0.0
     lines = (tmp_path / "logs" / "samples-rank0.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_adaptive_over_all_four_features_trains_and_exports_a_gate_that_rebuilds(
+    world, stream_inputs, tmp_path: Path
+) -> None:
+    """`gate_features: all`: four features per teacher into a Linear(2·4, 2·2) first layer; the gate
+    trains, and gate.pt holds what rebuilds it (as pipeline/experiment.py does)."""
+    recipe = trained(world, stream_inputs, settings_for(world, tmp_path, "adaptive", gate_features="all"))
+    gate = recipe.engine.module.gate
+    before = [p.detach().clone() for p in gate.parameters()]
+    try:
+        recipe.train()
+        export = recipe.export()
+    finally:
+        recipe.cleanup()
+    assert gate.num_features == 4 and tuple(gate.layers[0].weight.shape) == (4, 8)
+    assert all(not torch.equal(a, b) for a, b in zip(before, gate.parameters(), strict=True))
+    records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(torch.isfinite(torch.tensor([r[t] for t in LOSS_TERMS])).all() for r in records)
+    assert all(r["loss/fusion"] > 0 for r in records)
+    saved = torch.load(export / "gate.pt")
+    assert saved["features"] == "all" and saved["teachers"] == ["smol", "gemma"]
+    restored = SelectionGate(len(saved["teachers"]), feature_count(saved["features"]))
+    restored.load_state_dict(saved["state_dict"])
+    features, present = torch.rand(4, 2, 4), torch.tensor([[1, 1], [1, 0], [0, 1], [1, 1]], dtype=torch.bool)
+    torch.testing.assert_close(restored(features, present), gate(features, present))
 
 
 @pytest.mark.parametrize(("strategy", "workers"), [("adaptive", 2), ("authors", 0)])

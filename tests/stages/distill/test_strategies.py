@@ -99,6 +99,22 @@ def test_authors_is_a_fresh_untrained_gate_with_threshold() -> None:
     torch.testing.assert_close(first, expected)
 
 
+def test_gates_read_the_features_and_fixed_rules_the_scores() -> None:
+    """`gate_features: all`: the gates see [B, K, F]; min_ce / avg_ce still rank by the scores."""
+    features = torch.rand(2, 3, 4, generator=torch.Generator().manual_seed(3))
+    gate = SelectionGate(3, num_features=4)
+    with torch.no_grad():
+        expected = select_teachers(gate(features, PRESENT), tau=0.15)
+    torch.testing.assert_close(weights_of("adaptive", features=features, gate=gate), expected)
+    authors = weights_of("authors", features=features, generator=torch.Generator().manual_seed(1))
+    fresh = SelectionGate(3, num_features=4)
+    fresh.reset_parameters(torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(authors, select_teachers(fresh(features, PRESENT), tau=0.15))
+    for spec in ("min_ce", "avg_ce"):
+        torch.testing.assert_close(weights_of(spec, features=features), weights_of(spec))
+
+
 def gate_step_loss(gate: SelectionGate, fusion_trains_gate: bool, feedback_weight: float):
     """One micro-batch of the adaptive strategy on a tiny student, as the training loop wires it."""
     gen = torch.Generator().manual_seed(0)
