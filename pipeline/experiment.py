@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,9 @@ def train_method(config: Config, method: Method, *, progress: bool = True) -> Pa
     run = distill_from_config(sub, resume=resume, progress=progress)
     if run.export_dir is None:
         raise RuntimeError(f"method {method.name}: distill stopped before exporting; rerun to resume it")
+    # The export is the method's result; its checkpoints (student + optimizer states, ≈ 2 GB each
+    # for a 135M student) only served a resume, and ten methods' worth would fill a small disk.
+    shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
     return run.export_dir
 
 

@@ -97,6 +97,9 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
     for method in ("min_ce", "avg_ce", "adaptive", "bpb_features"):
         assert set(weights[method]) == {"mixed", "all"}
         assert sum(weights[method]["all"].values()) == pytest.approx(1.0, abs=1e-5)
+    # A finished method keeps its export and logs, not its checkpoints (gigabytes per method).
+    methods_dir = Path(config.runs_dir) / "exp" / "methods"
+    assert not any((methods_dir / m / "checkpoints").exists() for m in RUN_METHODS)
     for png in ("bpb_by_domain.png", "gate_weights.png", "selected.png", "loss.png"):
         assert (result.report_dir / png).stat().st_size > 1000, png
 
