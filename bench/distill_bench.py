@@ -84,7 +84,6 @@ def sparse_fusion_clm(logits: torch.Tensor, x: dict[str, torch.Tensor]) -> torch
         support_ids=x["support_ids"],
         support_probs=x["support_probs"],
         available=x["available"],
-        scores=torch.ones_like(x["weights"]),
         features=torch.ones_like(x["weights"]).unsqueeze(-1),
         present=torch.ones_like(x["weights"], dtype=torch.bool),
         aligned_rows=torch.zeros(MEM_K, dtype=torch.int64),

@@ -52,8 +52,6 @@ class FusionBatch:
     """[B, K, T, k] float32 renormalised top-k probabilities (padding: 0)."""
     available: torch.Tensor
     """[B, K, T] bool, teacher k has a target at row j of sample b."""
-    scores: torch.Tensor
-    """[B, K] float32 per-sample teacher scores, `features[..., 0]` (what min_ce / avg_ce rank by)."""
     features: torch.Tensor
     """[B, K, F] float32 per-sample teacher features, the gate's input; 0 where absent."""
     present: torch.Tensor
@@ -64,6 +62,11 @@ class FusionBatch:
     """int64 scalar, student rows of the batch, n_b − 1 summed (denominator of the rates)."""
     mapped_mass: torch.Tensor
     """[K] float64, Σ over aligned rows of the share of top-k mass mapped to student ids."""
+
+    @property
+    def scores(self) -> torch.Tensor:
+        """[B, K] per-sample teacher scores, `features[..., 0]` (what min_ce / avg_ce rank by)."""
+        return self.features[..., 0]
 
     @property
     def num_tokens(self) -> int:
@@ -131,7 +134,6 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         support_ids=torch.from_numpy(support_ids),
         support_probs=torch.from_numpy(support_probs),
         available=torch.from_numpy(available),
-        scores=torch.from_numpy(features[..., 0].copy()),
         features=torch.from_numpy(features),
         present=torch.from_numpy(present),
         aligned_rows=torch.from_numpy(aligned_rows),
