@@ -19,8 +19,19 @@ either back into plain arrays:
         target_lp_miss list<uint16> [absent rows]   round(−32 · target) − topk_lp_top, absent rows
 ``fp16``: the plain DESIGN columns, float16 (relative rounding 2⁻¹¹; 0.004 nat at |lp| < 16).
         topk_logprobs  list<float16> [rows·k], target_logprob list<float16> [rows]
+``sampled`` (``extract.draws`` = N > 0; RS-KD, Anshumann et al. 2025): instead of the top-k, N
+    tokens drawn per row from the teacher's full softmax (with replacement, seeded), stored as the
+    distinct ids with their counts; the target's logprob on the 1/32 grid as in ``quant``.
+        drawn_ids      list<int32>  [Σ widths]      distinct drawn ids, by count descending
+        drawn_counts   list<uint8>  [Σ widths]      how often each was drawn (Σ per row = N)
+        drawn_width    list<uint8>  [rows]          distinct ids of each row (≤ N)
+        target_lp      list<uint16> [rows]          round(−32 · target_logprob)
+    Decoded, such a shard has the same arrays as a top-k shard with k = N: row i's ``topk_ids``
+    are its distinct drawn ids (padded with id 0), ``topk_logprobs`` the log of their empirical
+    frequency count/N (−inf on padding) and ``draw_counts`` the counts — an unbiased estimate of
+    the full distribution, where a top-k is a biased one.
 
-Both layouts keep ``token_ids``, ``token_ends`` and ``topk_ids`` as plain int32 lists (rows·k,
+The top-k layouts keep ``token_ids``, ``token_ends`` and ``topk_ids`` as plain int32 lists (rows·k,
 row-major) so that any Parquet reader sees real ids. Integer lists are written with Parquet's
 BYTE_STREAM_SPLIT encoding (BPE ids are roughly frequency-ordered, so the high-byte streams are
 nearly constant and zstd removes them) and the non-decreasing ``token_ends`` with delta encoding.
@@ -45,7 +56,13 @@ from data_schemas.parquet_io import check_schema, with_version
 
 TEACHER_SCHEMA_VERSION = 1
 LAYOUTS = ("quant", "fp16")
+"""Layouts of top-k shards."""
+SAMPLED_LAYOUT = "sampled"
+"""Layout of shards of drawn tokens (``extract.draws`` > 0)."""
+ALL_LAYOUTS = (*LAYOUTS, SAMPLED_LAYOUT)
 DEFAULT_LAYOUT = "quant"
+MAX_DRAWS = 255
+"""Most tokens drawn per row (counts are uint8)."""
 LOGPROB_STEP = 1.0 / 32
 """Grid of the ``quant`` layout in nats: rounding error ≤ LOGPROB_STEP / 2 = 0.0156 nat."""
 MIN_LOGPROB = -2000.0
@@ -67,12 +84,21 @@ def _ints(name: str, item: pa.DataType | None = None) -> pa.Field:
 
 
 def teacher_schema(layout: str = DEFAULT_LAYOUT, top_k: int = 10) -> pa.Schema:
-    """The Arrow schema of a teacher shard written with ``layout`` and ``top_k``."""
-    if layout not in LAYOUTS:
+    """The Arrow schema of a teacher shard written with ``layout`` and ``top_k`` (for
+    ``sampled``: the draws per row)."""
+    if layout not in ALL_LAYOUTS:
         raise ValueError(
             f"logprob layout must be one of {LAYOUTS}, got {layout!r}: fix extract.logprob_layout"
         )
-    if layout == "quant":
+    support_fields = [_ints("topk_ids")]  # [rows·k], row i = the k most likely ids of token i+1
+    if layout == SAMPLED_LAYOUT:
+        support_fields = [
+            _ints("drawn_ids"),
+            _ints("drawn_counts", pa.uint8()),
+            _ints("drawn_width", pa.uint8()),
+        ]
+        logprob_fields = [_ints("target_lp", pa.uint16())]
+    elif layout == "quant":
         logprob_fields = [
             _ints("topk_lp_top", pa.uint16()),
             _ints("topk_lp_gaps", pa.uint16()),
@@ -86,7 +112,7 @@ def teacher_schema(layout: str = DEFAULT_LAYOUT, top_k: int = 10) -> pa.Schema:
             pa.field("sample_id", pa.string(), nullable=False),
             _ints("token_ids"),  # the teacher's own tokenisation of the sample's text
             _ints("token_ends"),  # end char offset of each token (stages/tokenization.py)
-            _ints("topk_ids"),  # [rows·k], row i = the k most likely ids of token i+1
+            *support_fields,
             *logprob_fields,
             *(pa.field(name, pa.float32(), nullable=False) for name in _SCORES),
             pa.field("n_tokens", pa.int32(), nullable=False),
@@ -110,6 +136,8 @@ class TeacherSample:
 
     token_ids, token_ends: [n] int32. topk_ids: [n − 1, k] int32. topk_logprobs: [n − 1, k]
     float32, sorted descending. target_logprobs: [n − 1] float32.
+    draw_counts: None for a top-k shard; for a ``sampled`` one [n − 1, N] uint8, how often each
+    ``topk_ids`` entry was drawn (0 on padding), with ``topk_logprobs`` = log(count / N).
     """
 
     sample_id: str
@@ -123,10 +151,23 @@ class TeacherSample:
     topk_mass: float
     entropy_topk: float
     truncated: bool
+    draw_counts: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:
         return len(self.token_ids)
+
+    @property
+    def draws(self) -> int:
+        """N, the tokens drawn per row of a sampled shard; 0 for a top-k shard."""
+        return self.topk_ids.shape[1] if self.draw_counts is not None else 0
+
+
+def empirical_logprobs(counts: np.ndarray) -> np.ndarray:
+    """[rows, N] counts → log(count / N) as float32, −inf where the count is 0."""
+    counts = np.asarray(counts)
+    with np.errstate(divide="ignore"):
+        return np.log(counts / max(counts.shape[-1], 1)).astype(np.float32)
 
 
 # -- encoding ------------------------------------------------------------------------------------
@@ -167,12 +208,49 @@ def _quant_columns(samples: list[TeacherSample], top_k: int) -> dict[str, pa.Arr
     }
 
 
+def _sampled_columns(samples: list[TeacherSample], draws: int) -> dict[str, pa.Array]:
+    ids, counts, widths = [], [], []
+    for s in samples:
+        present = s.draw_counts > 0
+        ids.append(s.topk_ids[present])  # row-major: each row's distinct ids, by count descending
+        counts.append(s.draw_counts[present])
+        widths.append(present.sum(axis=1))
+    rows = [max(s.n_tokens - 1, 0) for s in samples]
+    entries = [int(w.sum()) for w in widths]
+    targets = [_quantise(s.target_logprobs) for s in samples]
+    return {
+        "drawn_ids": _list(_concat(ids, np.int32), entries, pa.int32()),
+        "drawn_counts": _list(_concat(counts, np.uint8), entries, pa.uint8()),
+        "drawn_width": _list(_concat(widths, np.uint8), rows, pa.uint8()),
+        "target_lp": _list(_concat(targets, np.uint16), rows, pa.uint16()),
+    }
+
+
 def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
-def _check_encodable(s: TeacherSample, top_k: int) -> None:
+def _check_encodable(s: TeacherSample, top_k: int, layout: str) -> None:
     rows = max(s.n_tokens - 1, 0)
+    if (layout == SAMPLED_LAYOUT) != (s.draw_counts is not None):
+        raise ValueError(
+            f"sample {s.sample_id}: a {layout} shard needs "
+            f"{'draw counts' if layout == SAMPLED_LAYOUT else 'top-k rows without draw counts'}: "
+            "write drawn tokens with layout='sampled' and top-k rows with 'quant' or 'fp16'"
+        )
+    if s.draw_counts is not None:
+        counts = s.draw_counts
+        if counts.shape != (rows, top_k) or s.topk_ids.shape != (rows, top_k):
+            raise ValueError(
+                f"sample {s.sample_id}: {s.n_tokens} tokens need draws of shape ({rows}, {top_k}), "
+                f"got ids {s.topk_ids.shape} and counts {counts.shape}"
+            )
+        if rows and (counts.sum(axis=1) != top_k).any():
+            raise ValueError(f"sample {s.sample_id}: the draw counts of a row must sum to {top_k}")
+        values = s.target_logprobs
+        if values.size and not (np.isfinite(values).all() and values.min() >= MIN_LOGPROB and values.max() <= 0):
+            raise ValueError(f"sample {s.sample_id}: target_logprobs outside [{MIN_LOGPROB}, 0] or NaN/inf")
+        return
     if (
         s.topk_ids.shape != (rows, top_k)
         or s.topk_logprobs.shape != (rows, top_k)
@@ -199,20 +277,23 @@ def encode_table(samples: list[TeacherSample], *, layout: str = DEFAULT_LAYOUT, 
     """The Arrow table of a teacher shard (``ValueError`` naming the sample on bad values)."""
     schema = teacher_schema(layout, top_k)
     for s in samples:
-        _check_encodable(s, top_k)
+        _check_encodable(s, top_k, layout)
     rows = [max(s.n_tokens - 1, 0) for s in samples]
     n_tokens = [s.n_tokens for s in samples]
     columns: dict[str, pa.Array] = {
         "sample_id": pa.array([s.sample_id for s in samples], pa.string()),
         "token_ids": _list(_concat([s.token_ids for s in samples], np.int32), n_tokens, pa.int32()),
         "token_ends": _list(_concat([s.token_ends for s in samples], np.int32), n_tokens, pa.int32()),
-        "topk_ids": _list(
-            _concat([s.topk_ids.ravel() for s in samples], np.int32), [r * top_k for r in rows], pa.int32()
-        ),
     }
+    if layout == SAMPLED_LAYOUT:
+        columns.update(_sampled_columns(samples, top_k))
+    else:
+        columns["topk_ids"] = _list(
+            _concat([s.topk_ids.ravel() for s in samples], np.int32), [r * top_k for r in rows], pa.int32()
+        )
     if layout == "quant":
         columns.update(_quant_columns(samples, top_k))
-    else:
+    elif layout == "fp16":
         lps = _concat([s.topk_logprobs.ravel() for s in samples], np.float16)
         columns["topk_logprobs"] = _list(lps, [r * top_k for r in rows], pa.float16())
         targets = _concat([s.target_logprobs for s in samples], np.float16)
@@ -270,7 +351,7 @@ def shard_layout(schema: pa.Schema) -> tuple[str, int]:
         raise RuntimeError(
             f"teacher shard metadata lacks or has a bad layout entry ({e}): re-extract it"
         ) from e
-    if layout not in LAYOUTS:
+    if layout not in ALL_LAYOUTS:
         raise RuntimeError(
             f"teacher shard has unknown logprob layout {layout!r}: upgrade polyfuse or re-extract"
         )
@@ -303,6 +384,8 @@ def decode_table(table: pa.Table) -> list[TeacherSample]:
     """Every row of a teacher-shard table as plain arrays (the inverse of ``encode_table``, up to
     the layout's rounding). The table must carry its schema metadata (``read_teacher_shard``)."""
     layout, top_k = shard_layout(table.schema)
+    if layout == SAMPLED_LAYOUT:
+        return _decode_sampled(table, top_k)
     ids, id_off = _flat(table, "token_ids", np.int32)
     ends, _ = _flat(table, "token_ends", np.int32)
     topk_ids, topk_off = _flat(table, "topk_ids", np.int32)
@@ -351,9 +434,48 @@ def decode_table(table: pa.Table) -> list[TeacherSample]:
     return out
 
 
+def _decode_sampled(table: pa.Table, draws: int) -> list[TeacherSample]:
+    """``decode_table`` for the ``sampled`` layout: distinct drawn ids padded to [rows, N]."""
+    ids, id_off = _flat(table, "token_ids", np.int32)
+    ends, _ = _flat(table, "token_ends", np.int32)
+    drawn, drawn_off = _flat(table, "drawn_ids", np.int32)
+    counts, _ = _flat(table, "drawn_counts", np.uint8)
+    widths, row_off = _flat(table, "drawn_width", np.int64)
+    target_q, _ = _flat(table, "target_lp", np.int64)
+    scores = {name: table.column(name).to_numpy() for name in _SCORES}
+    truncated = table.column("truncated").to_numpy(zero_copy_only=False)
+    out = []
+    for b, sample_id in enumerate(table.column("sample_id").to_pylist()):
+        a, z = row_off[b], row_off[b + 1]
+        row_widths = widths[a:z]
+        if (row_widths > draws).any() or row_widths.sum() != drawn_off[b + 1] - drawn_off[b]:
+            raise ValueError(f"sample {sample_id}: drawn_width does not match drawn_ids")
+        # Entry e of the sample's flat lists sits in row r at column c (rows are consecutive).
+        row_of = np.repeat(np.arange(z - a), row_widths)
+        col_of = np.arange(len(row_of)) - np.repeat(np.cumsum(row_widths) - row_widths, row_widths)
+        sample_ids = np.zeros((z - a, draws), np.int32)
+        sample_counts = np.zeros((z - a, draws), np.uint8)
+        sample_ids[row_of, col_of] = drawn[drawn_off[b] : drawn_off[b + 1]]
+        sample_counts[row_of, col_of] = counts[drawn_off[b] : drawn_off[b + 1]]
+        out.append(
+            TeacherSample(
+                sample_id=sample_id,
+                token_ids=ids[id_off[b] : id_off[b + 1]],
+                token_ends=ends[id_off[b] : id_off[b + 1]],
+                topk_ids=sample_ids,
+                topk_logprobs=empirical_logprobs(sample_counts),
+                target_logprobs=(target_q[a:z] * -LOGPROB_STEP).astype(np.float32),
+                **{name: float(scores[name][b]) for name in _SCORES},
+                truncated=bool(truncated[b]),
+                draw_counts=sample_counts,
+            )
+        )
+    return out
+
+
 def rounding_bound(layout: str, min_logprob: float) -> float:
     """Largest rounding error (nats) the layout can add to a logprob ≥ ``min_logprob``."""
-    if layout == "quant":
+    if layout in ("quant", SAMPLED_LAYOUT):
         return LOGPROB_STEP / 2
     # float16: 10 mantissa bits, half a unit in the last place of the largest magnitude.
     return 2.0 ** (math.floor(math.log2(max(abs(min_logprob), 2**-14))) - 11)
@@ -378,7 +500,12 @@ def check_teacher_table(table: pa.Table) -> list[str]:
             problems.append(
                 f"top-k shape {s.topk_ids.shape} / targets {s.target_logprobs.shape}, expected ({rows}, {top_k})"
             )
-        if not (np.isfinite(s.topk_logprobs).all() and np.isfinite(s.target_logprobs).all()):
+        elif s.draw_counts is not None:
+            if not np.isfinite(s.target_logprobs).all():
+                problems.append("NaN/inf logprobs")
+            if rows and (s.draw_counts.astype(np.int64).sum(axis=1) != top_k).any():
+                problems.append(f"draw counts of a row do not sum to {top_k}")
+        elif not (np.isfinite(s.topk_logprobs).all() and np.isfinite(s.target_logprobs).all()):
             problems.append("NaN/inf logprobs")
         elif rows and (np.diff(s.topk_logprobs, axis=1) > 0).any():
             problems.append("top-k logprobs not sorted descending")

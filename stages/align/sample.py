@@ -7,11 +7,18 @@ Python loop over positions. Per student row j (DESIGN.md §6):
   no such row → `available[j]` is False and the row carries nothing (no copy target);
 - the teacher's top-k candidates mapped to student ids (`vocab_map`); a candidate mapped to −1
   (or outside the map) leaves the support and its probability is counted as unmapped mass;
-- p(v) = exp(lp_v) / Σ_{mapped} exp(lp) — top-k renormalised over the mapped candidates, as
-  FuseLLM renormalises its top-k; candidates landing on one student id are summed (log-sum-exp
-  in probability space), never dropped;
+- the target over the support S (the mapped candidates; candidates landing on one student id
+  are summed in probability space, never dropped) and one "rest" bucket, by `target` kind:
+    `renormalised` (FuseLLM): p(v) = exp(lp_v) / Σ_S exp(lp), rest = 0. Biased: it says every
+        token outside the top-k has probability 0 and inflates the top-k by 1 / Σ_S exp(lp);
+    `residual`: p(v) = exp(lp_v) exactly as stored (a full-vocabulary log-softmax), and
+        rest = 1 − Σ_S p(v), the mass the teacher put on all other tokens (and on unmapped
+        candidates). On a cache of drawn tokens (`extract.draws`) lp_v = log(count_v / N), so
+        this is the empirical distribution of the draws, an unbiased estimate of the teacher's
+        (the `sampled` target, stages/extract/draws.py);
 - an aligned row whose candidates all map to −1 is not available either.
 Support entries are sorted by probability, descending; padding is id 0 with probability 0.
+The student's loss against (S, p, rest) is `fusion.fusion_cross_entropy`.
 """
 
 from __future__ import annotations
@@ -22,7 +29,10 @@ import numpy as np
 
 from stages.align.offsets import align_rows_by_offsets
 
-__all__ = ["AlignedTargets", "align_sample"]
+__all__ = ["TARGETS", "AlignedTargets", "align_sample"]
+
+TARGETS = ("renormalised", "residual")
+"""Target kinds built here; `distill.target=sampled` is `residual` over a cache of drawn tokens."""
 
 _NO_ID = np.iinfo(np.int64).max  # sorts after every real id
 
@@ -32,7 +42,9 @@ class AlignedTargets:
     """Teacher targets at the student's rows of one sample (k = the teacher's top-k).
 
     support_ids: [n_s − 1, k] int64 student vocabulary ids.
-    support_probs: [n_s − 1, k] float32; each available row sums to 1, others are all zero.
+    support_probs: [n_s − 1, k] float32; with `rest_mass`, each available row sums to 1, others
+        are all zero.
+    rest_mass: [n_s − 1] float32, the target's mass outside the support (0 for `renormalised`).
     available: [n_s − 1] bool, the teacher has a target at this student row.
     n_aligned: student rows with a teacher row at the same character (available or not).
     mapped_mass: Σ over aligned rows of (top-k mass on mapped candidates / top-k mass).
@@ -42,6 +54,7 @@ class AlignedTargets:
 
     support_ids: np.ndarray
     support_probs: np.ndarray
+    rest_mass: np.ndarray
     available: np.ndarray
     n_aligned: int
     mapped_mass: float
@@ -59,6 +72,7 @@ def align_sample(
     topk_ids: np.ndarray,
     topk_logprobs: np.ndarray,
     vocab_map: np.ndarray,
+    target: str = "renormalised",
 ) -> AlignedTargets:
     """Express one teacher's top-k rows at the student's rows, in the student's vocabulary.
 
@@ -67,7 +81,10 @@ def align_sample(
     topk_ids: [n_t − 1, k] int teacher ids; row i = distribution of teacher token i + 1.
     topk_logprobs: [n_t − 1, k] float log-softmax over the full teacher vocabulary.
     vocab_map: [V_t] int32 teacher id → student id, −1 unmapped (`vocab_map.build_vocab_map`).
+    target: one of `TARGETS` (module docstring).
     """
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}: fix distill.target")
     topk_ids = np.asarray(topk_ids)
     topk_logprobs = np.asarray(topk_logprobs)
     n_teacher_rows = max(len(teacher_ends) - 1, 0)
@@ -97,21 +114,32 @@ def align_sample(
     kept = np.where(mapped, mass, 0.0)
     total_mass, kept_mass = mass.sum(axis=1), kept.sum(axis=1)
     usable = kept_mass > 0  # [m]
-    probs = kept / np.where(usable, kept_mass, 1.0)[:, None]
+    if target == "renormalised":
+        probs = kept / np.where(usable, kept_mass, 1.0)[:, None]
+        rest = np.zeros(m)
+    else:
+        probs = np.where(mapped & finite, np.exp(np.where(finite, logprobs, 0.0)), 0.0)
+        # The 1/32-nat grid can leave Σ p a hair above 1: then there is no rest, and p is scaled.
+        total = probs.sum(axis=1)
+        probs = probs / np.maximum(total, 1.0)[:, None]
+        rest = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
 
     merged_ids, merged_probs = _merge_duplicates(np.where(kept > 0, student_ids, _NO_ID), probs)
 
     support_ids = np.zeros((n_rows, k), dtype=np.int64)
     support_probs = np.zeros((n_rows, k), dtype=np.float32)
+    rest_mass = np.zeros(n_rows, dtype=np.float32)
     available = np.zeros(n_rows, dtype=bool)
     rows = alignment.student_rows[usable]
     support_ids[rows] = merged_ids[usable]
     support_probs[rows] = merged_probs[usable]
+    rest_mass[rows] = rest[usable]
     available[rows] = True
     fraction = np.divide(kept_mass, total_mass, out=np.zeros(m), where=total_mass > 0)
     return AlignedTargets(
         support_ids=support_ids,
         support_probs=support_probs,
+        rest_mass=rest_mass,
         available=available,
         n_aligned=m,
         mapped_mass=float(fraction.sum()),

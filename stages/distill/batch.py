@@ -49,7 +49,9 @@ class FusionBatch:
     support_ids: torch.Tensor
     """[B, K, T, k] int64 student-vocab ids of each teacher's top-k (padding: id 0)."""
     support_probs: torch.Tensor
-    """[B, K, T, k] float32 renormalised top-k probabilities (padding: 0)."""
+    """[B, K, T, k] float32 target probabilities on the support (padding: 0)."""
+    rest_mass: torch.Tensor
+    """[B, K, T] float32 target mass outside the support (0 for the renormalised target)."""
     available: torch.Tensor
     """[B, K, T] bool, teacher k has a target at row j of sample b."""
     features: torch.Tensor
@@ -97,6 +99,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     loss_mask = np.zeros((batch, length), dtype=bool)
     support_ids = np.zeros((batch, num_teachers, length, top_k), dtype=np.int64)
     support_probs = np.zeros((batch, num_teachers, length, top_k), dtype=np.float32)
+    rest_mass = np.zeros((batch, num_teachers, length), dtype=np.float32)
     available = np.zeros((batch, num_teachers, length), dtype=bool)
     features = np.zeros((batch, num_teachers, num_features), dtype=np.float32)
     present = np.zeros((batch, num_teachers), dtype=bool)
@@ -121,6 +124,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
             width = targets.support_ids.shape[1]
             support_ids[b, k, : n - 1, :width] = targets.support_ids
             support_probs[b, k, : n - 1, :width] = targets.support_probs
+            rest_mass[b, k, : n - 1] = targets.rest_mass
             available[b, k, : n - 1] = targets.available
             features[b, k] = sample.features[k]
             present[b, k] = True
@@ -133,6 +137,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         loss_mask=torch.from_numpy(loss_mask),
         support_ids=torch.from_numpy(support_ids),
         support_probs=torch.from_numpy(support_probs),
+        rest_mass=torch.from_numpy(rest_mass),
         available=torch.from_numpy(available),
         features=torch.from_numpy(features),
         present=torch.from_numpy(present),

@@ -48,6 +48,9 @@ GATE_FEATURES: dict[str, tuple[str, ...]] = {
 teacher's score for the sample, the one the fixed rules (min_ce, avg_ce) rank by."""
 FEATURES = tuple(GATE_FEATURES)
 
+TARGET_KINDS = ("renormalised", "residual", "sampled")
+"""`distill.target`: see stages/align/sample.py and stages/distill/fusion.py."""
+
 # Each maps one stored per-sample score (stages/extract/scores.py) into [0, 1], higher is better,
 # so that an absent teacher's 0 input is the worst value of every feature.
 _FEATURE_VALUES = {
@@ -116,6 +119,8 @@ class FusionStream(IterableDataset):
         max_seq_tokens: longest student sequence (longer texts are truncated).
         micro_batch_size: samples per yielded batch.
         features: gate features, one of `FEATURES` (`GATE_FEATURES` lists what each holds).
+        target: the sparse target kind, one of `TARGET_KINDS` (stages/align/sample.py): `sampled`
+            reads caches of drawn tokens, the others top-k caches.
         rank, world_size: this process's place in the job.
         seed: seeds the shard order of epochs ≥ 1.
     """
@@ -130,12 +135,16 @@ class FusionStream(IterableDataset):
         max_seq_tokens: int,
         micro_batch_size: int,
         features: str = "exp_neg_ce",
+        target: str = "renormalised",
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
     ) -> None:
         super().__init__()
         self.num_features = feature_count(features)  # also refuses an unknown name early
+        if target not in TARGET_KINDS:
+            raise ValueError(f"distill.target must be one of {TARGET_KINDS}, got {target!r}")
+        self.target = target
         own = list(corpus_shards)[rank::world_size]
         if not own:
             raise ValueError(
@@ -228,6 +237,12 @@ class FusionStream(IterableDataset):
                 if values is None or not np.isfinite(values).all() or len(student.ids) < 2:
                     targets.append(None)
                     continue
+                if (teacher.draw_counts is not None) != (self.target == "sampled"):
+                    raise RuntimeError(
+                        f"teacher {source.name}'s cache holds "
+                        f"{'drawn tokens' if teacher.draw_counts is not None else 'top-k rows'}, but "
+                        f"distill.target is {self.target}: use the cache extract.draws selects"
+                    )
                 targets.append(
                     align_sample(
                         student.ends,
@@ -235,6 +250,8 @@ class FusionStream(IterableDataset):
                         teacher.topk_ids,
                         teacher.topk_logprobs,
                         source.vocab_map,
+                        # drawn tokens: their empirical distribution, unmapped draws in the rest
+                        target="residual" if self.target == "sampled" else self.target,
                     )
                 )
                 features[k] = values

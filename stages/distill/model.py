@@ -185,6 +185,7 @@ def micro_batch_losses(
         batch.loss_mask,
         lse=lse,
         support_logits=gathered[..., 1:],
+        rest_mass=batch.rest_mass,
     )
     feedback_weights = weights if feedback_weights is None else feedback_weights
     if feedback_importance is None:

@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data_schemas.atomic import remove_stale_tmp
 from data_schemas.corpus_shard import CORPUS_SCHEMA
 from data_schemas.manifest import ENTRY_SUFFIX, ShardEntry, write_entry
 from data_schemas.parquet_io import read_shard
-from data_schemas.teacher_shard import TeacherSample, write_teacher_shard
+from data_schemas.teacher_shard import SAMPLED_LAYOUT, TeacherSample, empirical_logprobs, write_teacher_shard
 from stages.extract.backends.base import TeacherBackend, TopkRows
+from stages.extract.draws import count_draws
 from stages.extract.scores import predicted_span_bytes, sample_scores
 from stages.tokenization import TokenizedText, tokenize_many_with_ends
 
@@ -66,10 +68,10 @@ def sample_groups(lengths: list[int], group_tokens: int) -> list[list[int]]:
 def remove_stale_files(shard_path: Path) -> None:
     """Delete temporary files a killed writer of this shard left (shard or entry ``*.tmp``).
 
-    Only this unit's own names: another rank may be writing another shard of the directory.
+    Only this unit's own names, and only those whose writer is gone: another process may be
+    writing this very shard (two runs over one cache) or another shard of the directory.
     """
-    for tmp in shard_path.parent.glob(f"{shard_path.name}.*.tmp"):
-        tmp.unlink(missing_ok=True)
+    remove_stale_tmp(shard_path.parent, f"{shard_path.name}.*.tmp")
 
 
 def check_finite(rows: TopkRows, *, teacher: str, sample_id: str, shard: Path) -> None:
@@ -91,9 +93,15 @@ def extract_shard(
     max_tokens: int,
     add_special_tokens: bool,
     layout: str,
+    draws: int = 0,
     on_tokens: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Extract one teacher shard (see the module docstring); ``on_tokens(n)`` after each group."""
+    """Extract one teacher shard (see the module docstring); ``on_tokens(n)`` after each group.
+
+    ``layout`` ``sampled`` stores the ``draws`` tokens per row the backend drew (it must have been
+    opened with the same ``draws``) instead of the top-k."""
+    if (layout == SAMPLED_LAYOUT) != (draws > 0):
+        raise ValueError(f"layout {layout!r} and draws={draws} disagree: the sampled layout needs draws > 0")
     remove_stale_files(out_path)
     sample_ids, texts, tokenized = tokenize_shard(
         corpus_shard, tokenizer, add_special_tokens=add_special_tokens, max_tokens=max_tokens
@@ -109,14 +117,20 @@ def extract_shard(
     for sample_id, text, tok, result in zip(sample_ids, texts, tokenized, rows, strict=True):
         assert result is not None and result.n_rows == max(len(tok.ids) - 1, 0)
         scores = sample_scores(result, predicted_span_bytes(text, tok.ends))
+        support_ids, support_logprobs, draw_counts = result.topk_ids, result.topk_logprobs, None
+        if layout == SAMPLED_LAYOUT:  # the drawn tokens replace the top-k (the scores keep it)
+            assert result.drawn_ids is not None, "a sampled shard needs a backend opened with draws"
+            support_ids, draw_counts = count_draws(result.drawn_ids)
+            support_logprobs = empirical_logprobs(draw_counts)
         samples.append(
             TeacherSample(
                 sample_id=sample_id,
                 token_ids=tok.ids,
                 token_ends=tok.ends,
-                topk_ids=result.topk_ids,
-                topk_logprobs=result.topk_logprobs,
+                topk_ids=support_ids,
+                topk_logprobs=support_logprobs,
                 target_logprobs=result.target_logprobs,
+                draw_counts=draw_counts,
                 ce=scores.ce,
                 bits_per_byte=scores.bits_per_byte,
                 topk_mass=scores.topk_mass,
@@ -124,7 +138,8 @@ def extract_shard(
                 truncated=tok.truncated,
             )
         )
-    entry = write_teacher_shard(samples, out_path, layout=layout, top_k=top_k)
+    width = draws if layout == SAMPLED_LAYOUT else top_k
+    entry = write_teacher_shard(samples, out_path, layout=layout, top_k=width)
     write_entry(out_path.parent, entry)  # last: the shard counts as done only from here on
     logger.debug(
         "%s: %s written (%d tokens), entry %s%s", teacher, out_path, entry.tokens, entry.name, ENTRY_SUFFIX

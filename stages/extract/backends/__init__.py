@@ -45,18 +45,30 @@ def open_backend(
     vllm_tensor_parallel_size: int = 1,
     vllm_gpu_memory_utilization: float = 0.85,
     vllm_kv_cache_gib: float | None = None,
+    draws: int = 0,
 ) -> TeacherBackend:
     """Load the teacher under backend ``name`` (after ``resolve_backend``). ``vocab_size`` is the
-    tokenizer's, used by the fake backend only."""
+    tokenizer's, used by the fake backend only. ``draws`` > 0: the backend also draws that many
+    tokens per row from the full softmax (transformers and fake; vLLM returns only its top-k)."""
     if name == "fake":
         from stages.extract.backends.fake_backend import FakeBackend
 
-        return FakeBackend(teacher, top_k=top_k, vocab_size=vocab_size)
+        return FakeBackend(teacher, top_k=top_k, vocab_size=vocab_size, draws=draws)
     if name == "transformers":
         from stages.extract.backends.transformers_backend import TransformersBackend
 
         return TransformersBackend(
-            model_path, top_k=top_k, dtype=dtype, batch_tokens=batch_tokens, max_tokens=max_tokens
+            model_path,
+            top_k=top_k,
+            dtype=dtype,
+            batch_tokens=batch_tokens,
+            max_tokens=max_tokens,
+            draws=draws,
+        )
+    if draws:
+        raise ValueError(
+            f"extract.draws={draws} needs the full softmax, which the {name} backend does not return: "
+            f"set teachers.{teacher}.backend=transformers (or extract.backend=transformers)"
         )
     if name == "vllm":
         try:

@@ -28,15 +28,21 @@ class TopkRows:
     topk_ids: np.ndarray
     topk_logprobs: np.ndarray
     target_logprobs: np.ndarray
+    drawn_ids: np.ndarray | None = None
+    """[n − 1, N] int32 tokens drawn from the full softmax of each row (stages/extract/draws.py),
+    when the backend was asked for N > 0 draws; else None."""
 
     @property
     def n_rows(self) -> int:
         return len(self.target_logprobs)
 
     @classmethod
-    def empty(cls, top_k: int) -> TopkRows:
+    def empty(cls, top_k: int, draws: int = 0) -> TopkRows:
         """The rows of a sample with fewer than two tokens: none."""
-        return cls(np.zeros((0, top_k), np.int32), np.zeros((0, top_k), np.float32), np.zeros(0, np.float32))
+        drawn = np.zeros((0, draws), np.int32) if draws else None
+        return cls(
+            np.zeros((0, top_k), np.int32), np.zeros((0, top_k), np.float32), np.zeros(0, np.float32), drawn
+        )
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from stages.extract.backends.base import TopkRows, check_top_k
+from stages.extract.draws import row_uniforms
 
 FAKE_VERSION = "1"
 
@@ -29,11 +30,13 @@ class FakeBackend:
     seconds_per_call = 0.0
     """Sleep per ``topk_logprobs`` call: lets crash tests kill a run in the middle of a shard."""
 
-    def __init__(self, teacher: str, *, top_k: int, vocab_size: int) -> None:
+    def __init__(self, teacher: str, *, top_k: int, vocab_size: int, draws: int = 0) -> None:
         check_top_k(top_k, vocab_size, self.name, "lower extract.top_k")
         self.teacher = teacher
         self.top_k = top_k
         self.vocab_size = vocab_size
+        self.draws = draws
+        """N > 0: also draw N tokens per row, from the top-k's mass and uniformly for the rest."""
 
     def topk_logprobs(self, token_ids: Sequence[np.ndarray]) -> list[TopkRows]:
         if self.seconds_per_call:
@@ -43,7 +46,7 @@ class FakeBackend:
     def _rows(self, ids: np.ndarray) -> TopkRows:
         n_rows, k = len(ids) - 1, self.top_k
         if n_rows < 1:
-            return TopkRows.empty(k)
+            return TopkRows.empty(k, self.draws)
         seed = hashlib.sha256(self.teacher.encode() + b"\0" + ids.tobytes()).digest()
         rng = np.random.default_rng(int.from_bytes(seed[:8], "little"))
         # k consecutive ids from a random start: distinct, and frequent enough to compress.
@@ -64,7 +67,16 @@ class FakeBackend:
         target_logprobs = np.where(
             hit.any(axis=1), topk_logprobs[np.arange(n_rows), hit.argmax(axis=1)], below
         )
-        return TopkRows(topk_ids, topk_logprobs, target_logprobs.astype(np.float32))
+        drawn = None
+        if self.draws:
+            # The fake's full distribution: the top-k, and the rest of the mass uniform over V.
+            u = row_uniforms(ids, self.draws)
+            cdf = np.cumsum(np.exp(topk_logprobs.astype(np.float64)), axis=1)
+            slot = (u[:, :, None] >= cdf[:, None, :]).sum(axis=2)  # [rows, N], k = in the rest
+            rest_ids = rng.integers(0, self.vocab_size, (n_rows, self.draws))
+            picked = np.take_along_axis(topk_ids, np.minimum(slot, k - 1), axis=1)
+            drawn = np.where(slot < k, picked, rest_ids).astype(np.int32)
+        return TopkRows(topk_ids, topk_logprobs, target_logprobs.astype(np.float32), drawn)
 
     def close(self) -> None:
         pass

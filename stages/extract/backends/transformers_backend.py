@@ -23,6 +23,7 @@ import transformers
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from stages.extract.backends.base import TopkRows, check_max_tokens, check_top_k
+from stages.extract.draws import draw_tokens, row_uniforms
 from stages.extract.model_fingerprint import check_model_folder
 
 logger = logging.getLogger(__name__)
@@ -65,6 +66,7 @@ class TransformersBackend:
         batch_tokens: int = 4096,
         max_tokens: int | None = None,
         device: str | None = None,
+        draws: int = 0,
     ) -> None:
         folder = check_model_folder(model_path)
         config = AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
@@ -74,6 +76,8 @@ class TransformersBackend:
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}: fix extract.dtype")
         self.top_k = top_k
+        self.draws = draws
+        """N > 0: also draw N tokens per row from the full softmax (the `sampled` cache)."""
         self.batch_tokens = batch_tokens
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
@@ -113,7 +117,7 @@ class TransformersBackend:
         lengths = [len(ids) for ids in token_ids]
         for i, n in enumerate(lengths):
             if n < 2:
-                results[i] = TopkRows.empty(self.top_k)
+                results[i] = TopkRows.empty(self.top_k, self.draws)
         scored = [i for i, n in enumerate(lengths) if n >= 2]
         for batch in length_sorted_batches([lengths[i] for i in scored], self.batch_tokens):
             members = [scored[b] for b in batch]
@@ -136,11 +140,17 @@ class TransformersBackend:
             source, head = self._hidden_states(input_ids).flatten(0, 1)[rows], self._head
         else:
             source, head = self.model(input_ids=input_ids, use_cache=False).logits.flatten(0, 1)[rows], None
-        top_ids, top_lps, target_lps = self._topk_in_chunks(source, head, targets)
+        uniforms = (
+            torch.from_numpy(np.concatenate([row_uniforms(s, self.draws) for s in sequences]))
+            if self.draws
+            else None
+        )
+        top_ids, top_lps, target_lps, drawn = self._topk_in_chunks(source, head, targets, uniforms)
         out, start = [], 0
         for seq in sequences:
             stop = start + len(seq) - 1
-            out.append(TopkRows(top_ids[start:stop], top_lps[start:stop], target_lps[start:stop]))
+            rows_drawn = drawn[start:stop] if drawn is not None else None
+            out.append(TopkRows(top_ids[start:stop], top_lps[start:stop], target_lps[start:stop], rows_drawn))
             start = stop
         return out
 
@@ -149,16 +159,18 @@ class TransformersBackend:
         source: torch.Tensor,
         head: Callable[[torch.Tensor], torch.Tensor] | None,
         targets: torch.Tensor,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        uniforms: torch.Tensor | None = None,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """Log-softmax, top-k and the target's logprob, a chunk of rows at a time; only [N, k]
         and [N] leave the device.
 
         source: [N, H] hidden states when ``head`` maps them to logits, else [N, V] logits.
         targets: [N] the actual next token of each row.
+        uniforms: [N, draws] when tokens are to be drawn from each row (`draws.draw_tokens`).
         """
         vocab = self.model.get_output_embeddings().weight.shape[0] if head else source.shape[-1]
         chunk = max(1, HEAD_CHUNK_ELEMENTS // vocab)
-        ids, lps, tgt = [], [], []
+        ids, lps, tgt, drawn = [], [], [], []
         for a in range(0, len(targets), chunk):
             logits = head(source[a : a + chunk]) if head else source[a : a + chunk].float()
             logprobs = torch.log_softmax(logits, dim=-1)
@@ -166,7 +178,14 @@ class TransformersBackend:
             ids.append(indices.to(torch.int32).cpu())
             lps.append(values.cpu())
             tgt.append(logprobs.gather(-1, targets[a : a + chunk, None]).squeeze(-1).cpu())
-        return torch.cat(ids).numpy(), torch.cat(lps).numpy(), torch.cat(tgt).numpy()
+            if uniforms is not None:
+                drawn.append(draw_tokens(logprobs, uniforms[a : a + chunk]).to(torch.int32).cpu())
+        return (
+            torch.cat(ids).numpy(),
+            torch.cat(lps).numpy(),
+            torch.cat(tgt).numpy(),
+            torch.cat(drawn).numpy() if uniforms is not None else None,
+        )
 
     def close(self) -> None:
         del self.model

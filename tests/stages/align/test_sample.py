@@ -51,6 +51,45 @@ def test_ids_outside_the_map_and_minus_infinity_carry_nothing():
     assert targets.n_unmapped == 1
 
 
+def test_residual_keeps_the_stored_probabilities_and_the_rest():
+    # The same row as above: merged 0.45 and 0.2 stay as the teacher said; the rest bucket holds
+    # 1 − 0.65 = 0.35 (the unmapped candidate's 0.3 and the 0.05 beyond the top-k).
+    teacher_ends = student_ends = np.array([1, 2])
+    topk_logprobs = np.log(np.array([[0.4, 0.3, 0.2, 0.05]]))
+    vocab_map = np.array([7, -1, 3, 7], dtype=np.int32)
+    targets = align_sample(
+        student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map, target="residual"
+    )
+    assert targets.support_ids.tolist() == [[7, 3, 0, 0]]
+    np.testing.assert_allclose(targets.support_probs[0], [0.45, 0.2, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(targets.rest_mass, [0.35], rtol=1e-6)
+    renormalised = align_sample(student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map)
+    assert renormalised.rest_mass.tolist() == [0.0]
+
+
+def test_residual_over_drawn_tokens_is_their_empirical_distribution():
+    # A sampled cache row: 12 draws, ids 4 (×7), 9 (×4), 2 (×1, unmapped); log(count / 12).
+    from data_schemas.teacher_shard import empirical_logprobs
+
+    counts = np.array([[7, 4, 1, 0]], dtype=np.uint8)
+    targets = align_sample(
+        np.array([1, 2]),
+        np.array([1, 2]),
+        np.array([[4, 9, 2, 0]]),
+        empirical_logprobs(np.concatenate([counts, np.zeros((1, 8), np.uint8)], axis=1))[:, :4],
+        np.array([0, 0, -1, 0, 40, 0, 0, 0, 0, 90], dtype=np.int32),
+        target="residual",
+    )
+    assert targets.support_ids.tolist() == [[40, 90, 0, 0]]
+    np.testing.assert_allclose(targets.support_probs[0], [7 / 12, 4 / 12, 0, 0], rtol=1e-6)
+    np.testing.assert_allclose(targets.rest_mass, [1 / 12], rtol=1e-5)
+
+
+def test_unknown_target_kind_is_refused():
+    with pytest.raises(ValueError, match="renormalised"):
+        align_sample(np.array([1, 2]), np.array([1, 2]), np.zeros((1, 2), int), np.zeros((1, 2)), np.arange(3), target="x")
+
+
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"len\(teacher_ends\) - 1"):
         align_sample(

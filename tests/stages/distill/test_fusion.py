@@ -253,3 +253,129 @@ def test_teacher_rows_of_another_length_are_rejected() -> None:
             fuse_position_weights(batch["weights"], batch["available"]),
             batch["loss_mask"],
         )
+
+
+# -- targets with a rest bucket (residual top-k, sampled) ------------------------------------------
+
+
+def with_rest(batch: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.Tensor]:
+    """The batch's targets as the residual kind delivers them: the support keeps a share of the
+    mass (0.3–0.95) and the rest bucket holds what is left."""
+    gen = torch.Generator().manual_seed(seed)
+    kept = 0.3 + 0.65 * torch.rand(batch["support_probs"].shape[:3], generator=gen)
+    return {**batch, "support_probs": batch["support_probs"] * kept[..., None], "rest_mass": 1.0 - kept}
+
+
+def rest_loss(batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None):
+    position_weights = fuse_position_weights(
+        batch["weights"] if weights is None else weights, batch["available"]
+    )
+    return fusion_cross_entropy(
+        batch["logits"],
+        batch["support_ids"],
+        batch["support_probs"],
+        position_weights,
+        batch["loss_mask"],
+        rest_mass=batch["rest_mass"],
+    )
+
+
+def dense_rest_reference(batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
+    """fp64, position by position: Σ_k w' [−Σ_S p log q − r log(1 − Σ_S q)], mean over fused rows."""
+    q = torch.softmax(batch["logits"].double(), dim=-1)
+    ids, probs, rest = batch["support_ids"], batch["support_probs"].double(), batch["rest_mass"].double()
+    b_size, k_size, length, _ = ids.shape
+    total, count = torch.zeros((), dtype=torch.float64), 0
+    for b in range(b_size):
+        for j in range(length):
+            present = [k for k in range(k_size) if batch["available"][b, k, j]]
+            mass = sum(weights[b, k].double() for k in present)
+            if not batch["loss_mask"][b, j] or not present or mass == 0:
+                continue
+            for k in present:
+                real = probs[b, k, j] > 0
+                support_q = q[b, j, ids[b, k, j]]
+                ce = -(probs[b, k, j] * support_q.log()).sum() - rest[b, k, j] * torch.log1p(
+                    -(support_q * real).sum()
+                )
+                total = total + weights[b, k].double() / mass * ce
+            count += 1
+    return total / max(count, 1)
+
+
+def test_residual_cross_entropy_by_hand() -> None:
+    # One support token v of mass 0.6, the other 0.4 in the rest: −0.6 log q(v) − 0.4 log(1 − q(v)).
+    logits = torch.tensor([[[1.0, 2.0, 0.5, -1.0]]], dtype=torch.float64)
+    q = torch.softmax(logits[0, 0], dim=-1)
+    result = fusion_cross_entropy(
+        logits,
+        support_ids=torch.tensor([[[[1, 0]]]]),
+        support_probs=torch.tensor([[[[0.6, 0.0]]]], dtype=torch.float64),
+        position_weights=torch.ones(1, 1, 1, dtype=torch.float64),
+        loss_mask=torch.tensor([[True]]),
+        rest_mass=torch.tensor([[[0.4]]], dtype=torch.float64),
+    )
+    expected = -0.6 * math.log(q[1]) - 0.4 * math.log(1 - q[1])
+    assert result.loss.item() == pytest.approx(expected, abs=1e-12)
+    # The entropy of the target counts the rest as one outcome: −0.6 log 0.6 − 0.4 log 0.4.
+    assert result.target_entropy.item() == pytest.approx(-0.6 * math.log(0.6) - 0.4 * math.log(0.4))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_rest_bucket_matches_dense_reference_loss_and_grads(seed: int) -> None:
+    batch = with_rest(random_sparse_batch(batch=2, teachers=3, length=7, vocab=23, top_k=5, seed=seed), seed)
+    batch["logits"] = batch["logits"].double().requires_grad_()
+    weights = batch["weights"].double().requires_grad_()
+    sparse = rest_loss(batch, weights).loss
+    dense = dense_rest_reference(batch, weights)
+    torch.testing.assert_close(sparse, dense, atol=1e-9, rtol=0)
+    for got, expected in zip(
+        torch.autograd.grad(sparse, [batch["logits"], weights]),
+        torch.autograd.grad(dense, [batch["logits"], weights]),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, expected, atol=1e-9, rtol=0)
+
+
+def test_rest_gradient_on_the_support_is_the_full_kd_gradient() -> None:
+    # d CE / d z(v) = q(v) − p(v) on support tokens, whatever the rest: full KD's gradient there.
+    batch = with_rest(random_sparse_batch(batch=1, teachers=1, length=3, vocab=11, top_k=3, seed=7))
+    batch["available"][:] = True
+    batch["loss_mask"][:] = True
+    batch["loss_mask"][:, -1] = False
+    batch["logits"] = batch["logits"].double().requires_grad_()
+    (grad,) = torch.autograd.grad(rest_loss(batch).loss, batch["logits"])
+    q = torch.softmax(batch["logits"].detach(), dim=-1)
+    rows = int(batch["loss_mask"].sum())
+    for j in range(rows):
+        for slot in range(3):
+            p = batch["support_probs"][0, 0, j, slot].item()
+            if p > 0:
+                v = batch["support_ids"][0, 0, j, slot]
+                assert grad[0, j, v].item() * rows == pytest.approx(q[0, j, v].item() - p, abs=1e-9)
+
+
+def test_zero_rest_is_the_renormalised_loss_exactly() -> None:
+    batch = random_sparse_batch(batch=2, teachers=3, length=6, vocab=17, top_k=4, seed=8)
+    zero_rest = {**batch, "rest_mass": torch.zeros(batch["support_probs"].shape[:3])}
+    assert torch.equal(rest_loss(zero_rest).loss, sparse_loss(batch).loss)
+
+
+def test_rest_identities_one_hot_identical_and_all_absent() -> None:
+    batch = with_rest(random_sparse_batch(batch=2, teachers=3, length=6, vocab=17, top_k=4, seed=9))
+    batch["available"][:] = True
+    one_hot = torch.tensor([[0.0, 1.0, 0.0], [0.0, 1.0, 0.0]])
+    alone = {
+        key: (value[:, 1:2] if key in ("support_ids", "support_probs", "available", "rest_mass") else value)
+        for key, value in batch.items()
+    }
+    torch.testing.assert_close(rest_loss(batch, one_hot).loss, rest_loss(alone, torch.ones(2, 1)).loss)
+
+    three = dict(alone)
+    for key in ("support_ids", "support_probs", "available", "rest_mass"):
+        three[key] = alone[key].expand(-1, 3, *alone[key].shape[2:]).contiguous()
+    mixed = torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]])
+    torch.testing.assert_close(rest_loss(three, mixed).loss, rest_loss(alone, torch.ones(2, 1)).loss)
+
+    batch["available"][:] = False
+    assert rest_loss(batch).loss.item() == 0.0

@@ -43,6 +43,7 @@ def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None
                 AlignedTargets(
                     support_ids=rng.integers(0, VOCAB, (n - 1, 3)),
                     support_probs=probs / probs.sum(1, keepdims=True),
+                    rest_mass=np.zeros(n - 1, np.float32),
                     available=rng.random(n - 1) < 0.7,
                     n_aligned=n - 1,
                     mapped_mass=float(n - 1),
