@@ -3,9 +3,11 @@
     corpus (prepare) ──► held-out passages ──► multiple-choice sets   cache/mc_sets/<key>/
                                    │                   │               (built once, content-keyed)
     each MODEL folder ──► bits per byte per domain + accuracy per set  cache/eval/<key>/<model>.json
-                                   │                                   (a model is scored once)
+                                   │                  (a model is scored once; per-document and
+                                   │                   per-item data kept, for paired deltas)
                                    ▼
-               table + KI against the target before fusion             runs/<name>/eval/
+               scores table, paired Δ against the target and `none`,  runs/<name>/eval/
+               KI against the target before fusion
 
 A model's scores are cached under (evaluation settings, corpus, sets) × (model fingerprint), so
 the experiment driver re-scores only the models it has not seen.
@@ -31,15 +33,34 @@ from pipeline.corpus import prepare_from_config
 from stages.evaluate import mc_sets
 from stages.evaluate.interference import Interference, knowledge_interference
 from stages.evaluate.mc_sets import Passage
-from stages.evaluate.report import render_table, results_frame, write_report
+from stages.evaluate.paired_delta import compare_to_references, comparisons_to_dict
+from stages.evaluate.report import (
+    TABLE_METRICS,
+    comparison_sections,
+    render_table,
+    results_frame,
+    write_report,
+)
 from stages.evaluate.unit_score import UnitScore
 from stages.extract.model_fingerprint import model_fingerprint
+from stages.model_source import model_folder
 from stages.prepare.prepare import PreparedCorpus, split_shards
 
 logger = logging.getLogger(__name__)
 
 MC_SETS_VERSION = 1  # bump when set construction changes: it changes the sets' key
 EVAL_VERSION = 1  # bump when scoring changes: cached model scores are then recomputed
+NONE_LABEL = "none"
+"""A model with this label (the experiment's CLM-only method) is a second reference: every other
+model's paired deltas against it are reported too, separating fusion from continual training."""
+
+PAIRED_NOTE = (
+    "Paired Δ: model − reference on the same held-out documents (bpb) or items (acc), with the "
+    "standard error of the per-observation differences and a two-sided paired z-test (p); "
+    "`mean bpb`: the mean of the per-domain deltas, SE = √(Σ SE_d²) / D (domains hold disjoint "
+    "documents). Per-observation data is kept in eval.json, so any pair can be recomputed "
+    "(stages/evaluate/paired_delta.py: compare_score_records)."
+)
 
 
 @dataclass(frozen=True)
@@ -55,7 +76,8 @@ class Evaluation:
     directory: Path
     """runs/<name>/eval/: eval.json and eval.md."""
     table: str
-    """The results table as printed on the terminal (one row per unit, one column per model)."""
+    """The scores and paired-Δ tables as printed on the terminal (one row per unit, one column per
+    model)."""
     payload: dict
 
 
@@ -266,12 +288,12 @@ def evaluate_from_config(
             "no model folder given: pass one or more, e.g. polyfuse evaluate models/smollm2-135m-instruct"
         )
     settings = config.evaluate
-    folders = [Path(m) for m in models]
-    target = target or (Path(settings.target) if settings.target else None)
+    folders = [model_folder(m) for m in models]  # hub ids resolve to their snapshot folder
+    target = model_folder(target) if target else (model_folder(settings.target) if settings.target else None)
     if target is not None and target.resolve() not in {f.resolve() for f in folders}:
         folders.insert(0, target)
-    if target is None and Path(config.student.path).resolve() in {f.resolve() for f in folders}:
-        target = Path(config.student.path)
+    if target is None and model_folder(config.student.path).resolve() in {f.resolve() for f in folders}:
+        target = model_folder(config.student.path)
     if len({f.resolve() for f in folders}) != len(folders):
         raise ValueError("a model folder is given twice: pass each once")
     for folder in folders:
@@ -319,7 +341,10 @@ def evaluate_from_config(
             for name, scores in model_scores.items()
             if name != target_name
         }
+    references = [r for r in dict.fromkeys((target_name, NONE_LABEL)) if r in model_scores]
+    comparisons = compare_to_references(model_scores, references, TABLE_METRICS)
     frame = results_frame(model_scores, interference)
+    sections = comparison_sections(comparisons, target_name)
     payload = {
         "corpus_key": prepared.key,
         "mc_sets": {"key": sets.key, "directory": str(sets.directory), "tasks": sorted(sets.tasks)},
@@ -334,18 +359,25 @@ def evaluate_from_config(
             }
             for name, ki in (interference or {}).items()
         },
+        "paired": comparisons_to_dict(comparisons),
     }
     out_dir = Path(config.runs_dir) / config.name / "eval"
     notes = [
         "bpb: held-out bits per byte per domain (lower is better), byte-weighted over samples, "
         "± the standard error with documents as observations. acc / acc_norm: multiple-choice "
         "accuracy by log-likelihood (acc_norm: per-character normalised, as lm-eval), ± lm-eval's "
-        f"standard error. Sets: {sets.directory} (`lm_eval --include_path` runs them).",
+        f"standard error. Sets: {sets.directory} (`lm_eval --include_path` runs them). "
+        "These standard errors describe one model; they are not for comparing two.",
+        PAIRED_NOTE,
     ]
     if target_name is not None:
         notes.append(
             f"KI: units (bpb per domain, acc_norm per task) on which the model is worse than the target "
             f"`{target_name}` by more than the paired standard error of the difference."
         )
-    write_report(out_dir, payload, frame, notes)
-    return Evaluation(out_dir, render_table(frame, by_unit=True), payload)
+    write_report(out_dir, payload, frame, notes, sections)
+    table = "\n\n".join(
+        [render_table(frame, by_unit=True)]
+        + [f"{title}\n{render_table(delta, by_unit=True)}" for title, delta in sections]
+    )
+    return Evaluation(out_dir, table, payload)

@@ -8,8 +8,8 @@
     evaluate the target before fusion, each teacher with real weights, each export
        (scores cached per model: a rerun scores only new exports)   runs/<name>/eval/
        ▼
-    report: table (rows = methods), KI and its reduction, gate weights per teacher and domain,
-    plots                                                           runs/<name>/report/
+    report: table (rows = methods), paired Δ against the target and `none`, KI and its
+    reduction, gate weights per teacher and domain, plots           runs/<name>/report/
 
 Every method reads the config's `distill` section (steps, batch, λ, β, τ …) and changes only what
 its row of `METHODS` names, so the methods differ in the fusion rule alone.
@@ -29,9 +29,10 @@ import pyarrow.parquet as pq
 
 from data_schemas.atomic import atomic_open, write_json_atomic
 from pipeline.config import Config
-from pipeline.evaluation import evaluate_from_config
+from pipeline.evaluation import NONE_LABEL, PAIRED_NOTE, evaluate_from_config
 from stages.evaluate.interference import Interference, interference_reduction
-from stages.evaluate.report import experiment_markdown, results_frame
+from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_to_references, comparisons_to_dict
+from stages.evaluate.report import comparison_sections, experiment_markdown, results_frame
 from stages.evaluate.unit_score import UnitScore
 
 logger = logging.getLogger(__name__)
@@ -77,6 +78,8 @@ METHODS = {
 PROPOSED = "adaptive"
 BASELINES = ("none", "min_ce", "avg_ce", "authors")
 TARGET_LABEL = "target"
+REPORT_METRICS = ("bpb", "acc_norm")
+"""The report's units: bits per byte per domain and length-normalised accuracy per task."""
 
 
 @dataclass(frozen=True)
@@ -284,14 +287,23 @@ def run_experiment(
         label: Interference(v["count"], tuple(v["worse_units"]), v["compared_units"])
         for label, v in evaluation.payload["interference"].items()
     }
-    table = results_frame(scores, interference, metrics=("bpb", "acc_norm"))
+    table = results_frame(scores, interference, metrics=REPORT_METRICS)
+    references = [r for r in (TARGET_LABEL, NONE_LABEL) if r in scores]
+    comparisons = compare_to_references(scores, references, REPORT_METRICS)
     bpb = {
         label: {u.split("/", 1)[1]: (s.value, s.se) for u, s in per.items() if s.metric == "bpb"}
         for label, per in scores.items()
     }
     fused = [m.name for m in chosen if m.strategy != "none"]
+    vs_none = comparisons.get(NONE_LABEL, {})
     figures = plots.draw_experiment_figures(
-        report_dir, bpb, logs, proposed=PROPOSED, teachers=[t.name for t in config.teachers], fused=fused
+        report_dir,
+        bpb,
+        logs,
+        proposed=PROPOSED,
+        teachers=[t.name for t in config.teachers],
+        fused=fused,
+        deltas_vs_none={m.name: _bpb_deltas(vs_none[m.name]) for m in chosen if m.name in vs_none},
     )
 
     markdown = experiment_markdown(
@@ -301,11 +313,14 @@ def run_experiment(
         method=PROPOSED,
         gate_table=_frame(gate_rows),
         plots=[(title, path.name) for title, path in figures],
+        comparisons=comparison_sections(comparisons, TARGET_LABEL, REPORT_METRICS),
         notes=[
             "bpb: held-out bits per byte (lower is better) ± standard error, documents as observations. "
             "acc_norm: multiple-choice accuracy by log-likelihood, per-character normalised (lm-eval's), "
-            "± lm-eval's standard error. KI: units (domains, tasks) where a model is worse than the "
+            "± lm-eval's standard error. These standard errors describe one model; compare models "
+            "with the paired Δ tables. KI: units (domains, tasks) where a model is worse than the "
             "target by more than the paired standard error of the difference.",
+            PAIRED_NOTE,
             "Methods: " + "; ".join(f"`{m.name}`: {m.about}" for m in chosen) + ".",
         ],
     )
@@ -317,6 +332,7 @@ def run_experiment(
             label: {u: s.to_dict(with_observations=False) for u, s in per.items()}
             for label, per in scores.items()
         },
+        "paired": comparisons_to_dict(comparisons),
         "interference": evaluation.payload["interference"],
         "reduction": {"method": PROPOSED, "against": reductions},
         "gate_weights": gate_weights,
@@ -328,6 +344,15 @@ def run_experiment(
         f.write(markdown)
     logger.info("report written to %s", report_dir / "report.md")
     return ExperimentResult(report_dir, markdown, results)
+
+
+def _bpb_deltas(deltas: dict[str, PairedDelta]) -> dict[str, tuple[float, float]]:
+    """domain (or `MEAN_BPB`) → (Δ, paired SE) of the bits-per-byte units of one comparison."""
+    return {
+        u.removeprefix("bpb/"): (d.delta, d.se)
+        for u, d in deltas.items()
+        if u.startswith("bpb/") or u == MEAN_BPB
+    }
 
 
 def _frame(rows: list[dict]) -> Any:

@@ -6,8 +6,9 @@ before fusion. The paper (arXiv 2505.23844) names it without a definition; ours 
 - a unit is a domain's bits per byte or a task's accuracy (one metric per task: see
   ``pick_units``); worse means higher bits per byte, lower accuracy (`UnitScore.higher_is_better`);
 - SE_u is the standard error of the difference model − target on u, paired over the shared
-  documents / items (unit_score.py), i.e. "worse beyond what the sampling of evaluation text
-  alone would explain";
+  documents / items (`paired_delta`), i.e. "worse beyond what the sampling of evaluation text
+  alone would explain"; never the unpaired one, which would hide real losses under the
+  difficulty spread both models share;
 - reduction against a baseline b: 1 − KI(method) / KI(b); undefined (None) when KI(b) = 0.
 """
 
@@ -16,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from stages.evaluate.unit_score import UnitScore, difference_se
+from stages.evaluate.paired_delta import paired_delta
+from stages.evaluate.unit_score import UnitScore
 
 KI_METRICS = ("bpb", "acc_norm")
 """Metrics that count as evaluation units: bits per byte per domain and length-normalised
@@ -39,10 +41,11 @@ def pick_units(scores: Mapping[str, UnitScore], metrics: Iterable[str] = KI_METR
 
 
 def is_worse(model: UnitScore, target: UnitScore) -> bool:
-    """True when ``model`` is worse than ``target`` by more than the difference's standard error."""
-    gap = model.value - target.value
-    worse_by = -gap if model.higher_is_better else gap
-    return worse_by > difference_se(model, target)
+    """True when ``model`` is worse than ``target`` by more than the paired standard error of the
+    difference (False with fewer than two shared observations: no SE to exceed)."""
+    paired = paired_delta(model, target)
+    worse_by = -paired.delta if model.higher_is_better else paired.delta
+    return worse_by > paired.se
 
 
 def knowledge_interference(

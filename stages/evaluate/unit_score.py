@@ -1,5 +1,5 @@
 """One evaluation unit's score (a domain's bits per byte, a task's accuracy) with its standard
-error, and the standard error of the difference between two models on the same unit.
+error and the per-observation data that paired comparisons of two models need (paired_delta.py).
 
 Every metric here is a ratio of sums over independent observations, R = Σ yᵢ / Σ xᵢ:
 - bits per byte: yᵢ = bits of document i's scored tokens, xᵢ = UTF-8 bytes they cover (the
@@ -13,10 +13,9 @@ Standard error: the linearised (delta-method) variance of a ratio estimator,
     SE(R)² = n / (n − 1) · Σᵢ ((yᵢ − R xᵢ) / Σⱼ xⱼ)²,
 
 which for xᵢ = 1 is exactly lm-evaluation-harness's `mean_stderr` (sample standard deviation
-with n − 1, over √n). The difference of two models scored on the same observations is paired:
-dᵢ = (yᵢᵃ − Rᵃ xᵢᵃ) / Σxᵃ − (yᵢᵇ − Rᵇ xᵢᵇ) / Σxᵇ, SE(Rᵃ − Rᵇ)² = n / (n − 1) · Σᵢ dᵢ², which
-removes the per-observation difficulty both models share and so is far smaller than the
-unpaired √(SEᵃ² + SEᵇ²) (used only when the observations are not available).
+with n − 1, over √n). It describes one model's sampling error. Two models scored on the same
+observations are compared per observation (paired_delta.py), which removes the difficulty both
+share and gives a far smaller standard error than the unpaired √(SEᵃ² + SEᵇ²).
 """
 
 from __future__ import annotations
@@ -39,11 +38,13 @@ class UnitScore:
     higher_is_better: bool
     value: float
     se: float
-    """Standard error (NaN with fewer than two observations)."""
+    """Descriptive standard error of this model alone (NaN with fewer than two observations); a
+    difference between two models has the paired one of `paired_delta`."""
     n: int
     """Independent observations (documents for bpb, items for accuracy)."""
     observations: dict[str, tuple[float, float]] = field(default_factory=dict, repr=False)
-    """Observation key → (y, x): numerator and denominator of the ratio."""
+    """Observation key → (y, x): numerator and denominator of the ratio. Kept in the cached score
+    records so that paired deltas can be recomputed from them."""
 
     @classmethod
     def from_observations(
@@ -89,18 +90,3 @@ def ratio_estimate(y: Sequence[float] | np.ndarray, x: Sequence[float] | np.ndar
         return ratio, math.nan
     residuals = (y - ratio * x) / x.sum()
     return ratio, float(math.sqrt(n / (n - 1) * np.sum(residuals**2)))
-
-
-def difference_se(a: UnitScore, b: UnitScore) -> float:
-    """Standard error of ``a.value − b.value``: paired over shared observations when both
-    carry the same observation keys, else the unpaired √(SEᵃ² + SEᵇ²)."""
-    if a.observations and a.observations.keys() == b.observations.keys() and a.n >= 2:
-        keys = sorted(a.observations)
-        residuals = []
-        for score in (a, b):
-            y = np.array([score.observations[k][0] for k in keys])
-            x = np.array([score.observations[k][1] for k in keys])
-            residuals.append((y - score.value * x) / x.sum())
-        d = residuals[0] - residuals[1]
-        return float(math.sqrt(len(keys) / (len(keys) - 1) * np.sum(d**2)))
-    return float(math.hypot(a.se, b.se))

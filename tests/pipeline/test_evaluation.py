@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import yaml
 
 import pipeline.evaluation as evaluation
 from pipeline.config import config_from_dict
+from pipeline.corpus import prepare_from_config
 from tests.stages.evaluate.tiny_model import one_torch_thread, save_model_folder  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -70,6 +72,17 @@ def test_evaluate_writes_table_json_and_interference(workspace: Path, monkeypatc
     assert payload["interference"]["fused"]["compared_units"] == 3 + 5
     assert "| model" in (result.directory / "eval.md").read_text()
     assert "bpb/prose" in result.table and "KI" in result.table
+    # Paired deltas against the target, per unit and on the mean over domains; no `none` here.
+    paired = payload["paired"]["against"]
+    assert list(paired) == ["target"] and list(paired["target"]) == ["fused"]
+    prose = paired["target"]["fused"]["bpb/prose"]
+    assert prose["n"] == units["bpb/prose"]["n"] and prose["se"] >= 0 and 0 <= prose["p_value"] <= 1
+    assert prose["delta"] == pytest.approx(
+        units["bpb/prose"]["value"] - payload["models"]["target"]["scores"]["bpb/prose"]["value"]
+    )
+    assert {"mean bpb", "acc_norm/cloze_code", "acc/cloze_code"} <= set(paired["target"]["fused"])
+    assert "Paired Δ vs the target `target`" in (result.directory / "eval.md").read_text()
+    assert "Paired Δ vs the target" in result.table
 
     # A second evaluation finds every score in the cache: nothing is loaded or scored again.
     def refuse(*args, **kwargs):
@@ -78,6 +91,33 @@ def test_evaluate_writes_table_json_and_interference(workspace: Path, monkeypatc
     monkeypatch.setattr(evaluation, "score_model", refuse)
     again = evaluation.evaluate_from_config(config, [workspace / "fused"], target=workspace / "target")
     assert again.payload["models"]["fused"]["scores"] == payload["models"]["fused"]["scores"]
+
+
+def test_every_heldout_document_is_paired_with_max_samples_null(workspace: Path) -> None:
+    config = config_from_dict(yaml.safe_load((workspace / "config.yaml").read_text()))
+    config = dataclasses.replace(
+        config,
+        name="all",
+        evaluate=dataclasses.replace(config.evaluate, max_samples_per_domain=None, tasks=[]),
+    )
+    result = evaluation.evaluate_from_config(
+        config, [workspace / "target", workspace / "fused"], labels=["target", "none"]
+    )
+    paired = result.payload["paired"]["against"]
+    # A model labelled `none` is a second reference: each model against the other, both ways.
+    assert list(paired) == ["target", "none"]
+    assert list(paired["target"]) == ["none"] and list(paired["none"]) == ["target"]
+    passages = evaluation.heldout_passages(prepare_from_config(config))
+    for domain, domain_passages in passages.items():
+        forward, backward = (
+            paired["target"]["none"][f"bpb/{domain}"],
+            paired["none"]["target"][f"bpb/{domain}"],
+        )
+        assert forward["n"] == len({p.doc_id for p in domain_passages}) >= 2, domain
+        assert forward["delta"] == -backward["delta"] and forward["se"] == pytest.approx(backward["se"])
+    mean = paired["target"]["none"]["mean bpb"]
+    assert mean["n"] == sum(len({p.doc_id for p in v}) for v in passages.values())
+    assert "Paired Δ vs `none`" in (result.directory / "eval.md").read_text()
 
 
 def _polyfuse(*args: str, cwd: Path) -> subprocess.CompletedProcess:

@@ -100,8 +100,18 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
     # A finished method keeps its export and logs, not its checkpoints (gigabytes per method).
     methods_dir = Path(config.runs_dir) / "exp" / "methods"
     assert not any((methods_dir / m / "checkpoints").exists() for m in RUN_METHODS)
-    for png in ("bpb_by_domain.png", "gate_weights.png", "selected.png", "loss.png"):
+    for png in ("bpb_by_domain.png", "bpb_delta_vs_none.png", "gate_weights.png", "selected.png", "loss.png"):
         assert (result.report_dir / png).stat().st_size > 1000, png
+    # Paired Δ ± SE against the target and against `none`, per domain and on the mean over domains.
+    paired = results["paired"]["against"]
+    assert set(paired) == {"target", "none"}
+    assert set(paired["target"]) == {"none", *[m for m in RUN_METHODS if m != "none"]} | {
+        label for label in results["scores"] if label.startswith("teacher:")
+    }
+    assert set(paired["none"]["adaptive"]) == {"bpb/mixed", "mean bpb", "acc_norm/cloze_mixed"}
+    assert paired["none"]["adaptive"]["bpb/mixed"]["n"] == results["scores"]["adaptive"]["bpb/mixed"]["n"]
+    assert "Paired Δ vs the target `target`" in report and "Paired Δ vs `none`" in report
+    assert "bpb_delta_vs_none.png" in report
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished method was trained again")
@@ -109,3 +119,7 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
     monkeypatch.setattr(pipeline.distillation, "distill_from_config", refuse)
     again = run_experiment(config, RUN_METHODS, progress=False)
     assert again.results["scores"] == results["scores"]
+    # As JSON text: a NaN standard error (one document) is never equal to itself as a float.
+    assert json.dumps(again.results["paired"], sort_keys=True) == json.dumps(
+        result.results["paired"], sort_keys=True
+    )

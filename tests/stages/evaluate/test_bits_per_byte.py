@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stages.evaluate.bits_per_byte import ScoredText, domain_bits_per_byte, score_texts
-from stages.evaluate.unit_score import UnitScore, difference_se, ratio_estimate
+from stages.evaluate.unit_score import ratio_estimate
 from tests.stages.evaluate.tiny_model import (  # noqa: F401 (autouse fixture)
     gemma_tokenizer,
     one_torch_thread,
@@ -98,14 +98,3 @@ def test_ratio_se_with_unit_denominators_is_lm_evals_mean_stderr() -> None:
     value, se = ratio_estimate(values, np.ones(len(values)))
     assert value == pytest.approx(statistics.mean(values))
     assert se == pytest.approx(statistics.stdev(values) / math.sqrt(len(values)))
-
-
-def test_paired_difference_se() -> None:
-    a = UnitScore.from_observations("bpb/x", "bpb", False, {"d1": (10, 10), "d2": (30, 20), "d3": (8, 4)})
-    shifted = {k: (y + 0.1 * x, x) for k, (y, x) in a.observations.items()}
-    b = UnitScore.from_observations("bpb/x", "bpb", False, shifted)
-    # A constant per-byte shift has no sampling noise once paired; unpaired it would have plenty.
-    assert b.value - a.value == pytest.approx(0.1)
-    assert difference_se(a, b) == pytest.approx(0.0, abs=1e-12)
-    unpaired = UnitScore("bpb/x", "bpb", False, b.value, b.se, b.n)
-    assert difference_se(a, unpaired) == pytest.approx(math.hypot(a.se, b.se))
