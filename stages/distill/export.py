@@ -5,6 +5,7 @@
       tokenizer.json, tokenizer_config.json, ...               copied byte for byte from the student
       gate.pt                                                  gate state_dict + what it was trained on
       fusion_stats.json                                        summary of the run's metrics.jsonl
+      config.yaml                                              the resolved config it was trained with
 
 `gate.pt` is a dict: `state_dict` plus `gate_info` (strategy, teachers, features, τ). Its
 `teachers` and `features` fix the gate's shape, so it rebuilds as
@@ -48,6 +49,7 @@ def write_export(
     gate_state: dict[str, torch.Tensor] | None,
     gate_info: dict[str, Any],
     fusion_stats: dict[str, Any],
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """Write the export folder atomically (rank 0 only; gather `student_state` on every rank first).
 
@@ -60,6 +62,8 @@ def write_export(
         gate_info: what the gate was trained on (teachers, features, τ, strategy), saved beside it;
             `teachers` and `features` (the `distill.gate_features` name) must be there to rebuild it.
         fusion_stats: `summarize_run(...)`.
+        extra_files: further text files of the export, name → content (the run's `config.yaml`,
+            from pipeline/distillation.py), written inside the same atomic rename.
     """
     assert gate_state is None or {"teachers", "features"} <= gate_info.keys(), "gate.pt could not be rebuilt"
     export_dir = Path(export_dir)
@@ -74,6 +78,8 @@ def write_export(
         shutil.copy2(Path(tokenizer_dir) / name, tmp / name)
     torch.save({"state_dict": gate_state, **gate_info}, tmp / "gate.pt")
     write_json_atomic(tmp / "fusion_stats.json", fusion_stats)
+    for name, text in (extra_files or {}).items():
+        (tmp / name).write_text(text, encoding="utf-8")
     shutil.rmtree(export_dir, ignore_errors=True)
     tmp.rename(export_dir)
     fsync_dir(export_dir.parent)

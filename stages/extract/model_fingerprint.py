@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from data_schemas.keys import sha256_ends, sha256_file
+from stages.model_source import model_folder
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _HASHED_IN_FULL = (
@@ -35,23 +36,53 @@ def weight_files(folder: Path) -> list[Path]:
 
 
 def check_model_folder(path: str | Path) -> Path:
-    """The folder as a ``Path``; ``ValueError`` naming the fix unless it holds a loadable model."""
-    folder = Path(path)
+    """The folder as a ``Path`` (a hub id resolved to its snapshot: stages/model_source.py);
+    ``ValueError`` naming the fix unless it holds a loadable model."""
+    folder = model_folder(path)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(
+            f"model folder {folder} is a file, not a folder: point teachers[].path at the folder that "
+            "holds config.json, the weights and the tokenizer"
+        )
     if not folder.is_dir():
         raise ValueError(
             f"model folder {folder} does not exist: run `make setup` for the demo models or fix "
-            "teachers[].path (a local Hugging Face folder; hub ids are not fetched)"
+            "teachers[].path (a local Hugging Face folder, or a hub id org/name[@revision])"
         )
     if not (folder / "config.json").is_file():
         raise ValueError(
             f"model folder {folder} has no config.json: point teachers[].path at a HF model folder"
         )
+    refuse_own_code(folder)
     if not weight_files(folder):
         raise ValueError(
             f"model folder {folder} has no weight files ({', '.join(WEIGHT_SUFFIXES)}): "
             "finish the conversion (`make setup`) or fix teachers[].path"
         )
     return folder
+
+
+def refuse_own_code(folder: Path) -> None:
+    """``ValueError`` if the folder's model can only be built by running the folder's own ``.py``
+    files (an ``auto_map`` for a model type transformers does not know). polyfuse never runs
+    them: every load passes ``trust_remote_code=False``, and this check says so before a backend
+    that might ask on stdin is opened."""
+    import json
+
+    from transformers import CONFIG_MAPPING
+
+    try:
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"model folder {folder}: config.json is not readable JSON ({e}): restore it") from e
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("auto_map") and model_type not in CONFIG_MAPPING:
+        raise ValueError(
+            f"model folder {folder} needs its own code to load (config.json auto_map "
+            f"{sorted(config['auto_map'])} for model_type {model_type!r}, which transformers does not "
+            "know): polyfuse never runs code from a model folder; convert the model to a supported "
+            "architecture"
+        )
 
 
 def hub_revision(folder: Path) -> str | None:
