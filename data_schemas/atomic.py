@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -68,10 +69,38 @@ def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
         f.write("\n")
 
 
-def remove_stale_tmp(directory: str | os.PathLike[str]) -> list[Path]:
-    """Delete ``*.tmp`` leftovers of killed writers in ``directory``; return what was removed."""
+def writer_alive(tmp: Path) -> bool:
+    """Whether the process named by ``tmp`` (``NAME.<pid>.tmp``, see ``tmp_path_for``) still runs.
+
+    A name without a pid, or a pid that is gone, belongs to a killed writer. A pid reused by an
+    unrelated process keeps a leftover for one more run: that costs disk, never data, whereas
+    deleting a live writer's file makes its rename fail.
+    """
+    pid = tmp.name.removesuffix(".tmp").rsplit(".", 1)[-1]
+    if not pid.isdigit():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, under another user
+        return True
+    return True
+
+
+def stale_tmp_files(directory: str | os.PathLike[str], pattern: str = "*.tmp") -> list[Path]:
+    """``pattern`` matches in ``directory`` whose writer is gone (files or folders), sorted."""
+    return [p for p in sorted(Path(directory).glob(pattern)) if not writer_alive(p)]
+
+
+def remove_stale_tmp(directory: str | os.PathLike[str], pattern: str = "*.tmp") -> list[Path]:
+    """Delete the ``*.tmp`` leftovers of killed writers in ``directory`` (never a live writer's);
+    return what was removed."""
     removed = []
-    for tmp in sorted(Path(directory).glob("*.tmp")):
-        tmp.unlink(missing_ok=True)
+    for tmp in stale_tmp_files(directory, pattern):
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         removed.append(tmp)
     return removed

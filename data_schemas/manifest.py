@@ -98,8 +98,11 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
         manifest = Manifest.from_json(obj)
     except FileNotFoundError as e:
         raise RuntimeError(f"{path} does not exist: the directory was never written") from e
-    except (json.JSONDecodeError, TypeError, KeyError) as e:
-        raise RuntimeError(f"{path} is corrupt ({e}): delete the directory and rerun") from e
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError, AttributeError) as e:
+        raise RuntimeError(
+            f"{path} is corrupt ({type(e).__name__}: {e}): `polyfuse validate {path.parent}` prints "
+            "the command that rebuilds it"
+        ) from e
     if manifest.manifest_version != MANIFEST_VERSION:
         raise RuntimeError(
             f"{path} has manifest version {manifest.manifest_version}, this polyfuse reads "
@@ -117,11 +120,26 @@ def write_entry(directory: str | os.PathLike[str], entry: ShardEntry) -> None:
     write_json_atomic(Path(directory) / f"{entry.name}{ENTRY_SUFFIX}", asdict(entry))
 
 
+def read_entry(path: Path) -> ShardEntry:
+    """One entry file; ``RuntimeError`` naming it and the fix if it is corrupt."""
+    try:
+        entry = ShardEntry(**json.loads(path.read_text(encoding="utf-8")))
+        if entry.name != path.name.removesuffix(ENTRY_SUFFIX):
+            raise ValueError(f"it describes {entry.name!r}")
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError, ValueError) as e:
+        shard = path.with_name(path.name.removesuffix(ENTRY_SUFFIX))
+        raise RuntimeError(
+            f"{path} is corrupt ({type(e).__name__}: {e}): delete it and its shard "
+            f"(rm -f {path} {shard}) and extract the shard again"
+        ) from e
+    return entry
+
+
 def read_entries(directory: str | os.PathLike[str]) -> list[ShardEntry]:
     """Entries of every finished shard in ``directory`` whose shard file is still present."""
     entries = []
     for path in sorted(Path(directory).glob(f"*{ENTRY_SUFFIX}")):
-        entry = ShardEntry(**json.loads(path.read_text(encoding="utf-8")))
+        entry = read_entry(path)
         if (Path(directory) / entry.name).exists():
             entries.append(entry)
     return entries

@@ -107,10 +107,23 @@ def extract(
 @user_errors
 def inspect(
     path: Annotated[Path, typer.Argument(help="Cache dir, teacher/corpus dir, manifest or shard.")],
+    decode: Annotated[
+        Path | None,
+        typer.Option(
+            "--decode",
+            metavar="OUT",
+            help="Write the teacher shard or teacher dir to OUT as plain Parquet (float32 topk_logprobs, "
+            "target_logprob) for polars, duckdb or datasets; see docs/reading-shards.md.",
+        ),
+    ] = None,
 ) -> None:
     """Summarise a cache: per teacher, per domain and per shard (or one shard's samples)."""
-    from pipeline.inspection import inspect_path
+    from pipeline.inspection import decode_path, inspect_path
 
+    if decode is not None:
+        samples, tokens = decode_path(path, decode)
+        typer.echo(f"{samples} samples ({tokens} tokens) written to {decode}")
+        return
     for title, table in inspect_path(path):
         print_table(table.to_dicts(), title=title)
 
@@ -120,11 +133,16 @@ def inspect(
 def validate(
     path: Annotated[Path, typer.Argument(help="Cache dir, teacher/corpus dir, manifest or shard.")],
     checksums: Annotated[bool, typer.Option(help="Verify sha256 of every shard (reads every byte).")] = True,
+    config: Annotated[
+        Path, typer.Option("--config", "-c", help="The config the repair commands are written for.")
+    ] = DEFAULT_CONFIG,
 ) -> None:
-    """Check checksums, schema, row counts, sample ids, NaN/inf and top-k order; exit 1 on any fault."""
+    """Check checksums, schema, row counts, sample ids, NaN/inf and top-k order; exit 1 on any fault.
+    Each fault comes with the command that repairs it."""
+    from pipeline.cache_check import Repairs
     from pipeline.inspection import validate_path
 
-    faults = validate_path(path, checksums=checksums)
+    faults = validate_path(path, checksums=checksums, repairs=Repairs(str(config)))
     for fault in faults:
         typer.echo(f"FAULT {fault}", err=True)
     if faults:
@@ -188,11 +206,13 @@ def distill(
 ) -> None:
     """Train the student on the cached teacher shards (stage two) and export it to runs/NAME/export.
     Several processes: launch through `deepspeed` or `torchrun` (`make distill GPUS=N`)."""
+    from pipeline.cache_check import Repairs
     from pipeline.config import load_config
     from pipeline.distillation import distill_from_config, loss_line, summary_rows
 
     cfg = load_config(config, overrides)
-    result = distill_from_config(cfg, strategy=strategy, resume=resume)
+    repairs = Repairs(str(config), tuple(overrides or ()))
+    result = distill_from_config(cfg, strategy=strategy, resume=resume, repairs=repairs)
     if result.is_main:
         typer.echo(f"distill {result.strategy}: {result.steps} steps; {loss_line(result)}")
         if result.teacher_names:

@@ -5,11 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import Config
+from pipeline.output_dirs import check_writable
 from stages.prepare.prepare import PreparedCorpus, SourceSpec, prepare_corpus
 
 
 def prepare_from_config(config: Config) -> PreparedCorpus:
-    """Prepare (or find) the corpus the config describes."""
+    """Prepare (or find) the corpus the config describes; a cache_dir that cannot take it is
+    refused first, naming the folder."""
+    check_writable(config.cache_dir, "cache_dir")
     sources = [
         SourceSpec(Path(s.path), s.domain, s.format, s.text_field, s.id_field) for s in config.corpus.sources
     ]

@@ -13,15 +13,19 @@ corpus, vocab maps) while the others wait, then every rank builds its own stream
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from pipeline.cache_check import Repairs, cache_faults
 from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
+from pipeline.output_dirs import check_writable, run_lock
+from stages.model_source import model_folder, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +52,10 @@ def distill_from_config(
     resume: bool = False,
     progress: bool = True,
     stop_after_steps: int | None = None,
+    repairs: Repairs | None = None,
 ) -> DistillRun:
-    """Check the inputs, then train and export (see the module docstring)."""
+    """Check the inputs, then train and export (see the module docstring). ``repairs``: the
+    user's --config and overrides, for the repair commands of cache faults."""
     from stages.distill import engine
     from stages.distill.recipe import RecipeSettings, run_distill
     from stages.distill.strategies import parse_strategy
@@ -63,14 +69,19 @@ def distill_from_config(
     parsed = parse_strategy(spec, names)
     if not names and parsed.uses_fusion:
         raise ValueError(f"strategy {spec!r} needs teachers: add a `teachers:` list or use --strategy none")
+    run_dir = Path(config.runs_dir) / config.name
+    check_writable(config.runs_dir, "runs_dir")  # before anything loads: a model takes minutes
+    check_writable(config.cache_dir, "cache_dir")
     env = engine.prepare_distributed_env()
     if env.world_size > 1:
         engine.init_distributed()
-    stream_inputs = _rank_zero_first(env, lambda: resolve_stream_inputs(config, checksums=env.is_main))
+    stream_inputs = _rank_zero_first(
+        env, lambda: resolve_stream_inputs(config, checksums=env.is_main, repairs=repairs)
+    )
     stream = build_stream(config, stream_inputs, rank=env.rank, world_size=env.world_size)
     settings = RecipeSettings(
-        run_dir=Path(config.runs_dir) / config.name,
-        student_path=Path(config.student.path),
+        run_dir=run_dir,
+        student_path=model_folder(config.student.path),
         strategy=parsed.name,
         lam=d.lam,
         beta=d.beta,
@@ -98,8 +109,10 @@ def distill_from_config(
         resume=resume,
         stop_after_steps=stop_after_steps,
         progress=progress,
+        export_files={"config.yaml": export_config_yaml(config, spec, stream_inputs)},
     )
-    result = run_distill(settings, stream)
+    with run_lock(run_dir) if env.is_main else contextlib.nullcontext():
+        result = run_distill(settings, stream)
     return DistillRun(
         strategy=parsed.name,
         teacher_names=tuple(names),
@@ -120,12 +133,18 @@ class StreamInputs:
     """`loader.CorpusShard`s of the train split, in order."""
     teachers: list[Any]
     """`loader.TeacherSource`s, in config order."""
+    teacher_keys: dict[str, str] = field(default_factory=dict)
+    """teacher name → teacher_key of the cache it was read from."""
 
 
-def resolve_stream_inputs(config: Config, *, checksums: bool = True) -> StreamInputs:
+def resolve_stream_inputs(
+    config: Config, *, checksums: bool = True, repairs: Repairs | None = None
+) -> StreamInputs:
     """Find and check the corpus and every teacher cache; build (or load) the vocab maps.
 
-    `checksums=False` skips re-hashing every shard (ranks after rank 0, which already did).
+    The checks are `polyfuse validate`'s (pipeline/cache_check.py): a fault validate reports is a
+    fault distill refuses, before any model loads. `checksums=False` skips re-hashing and decoding
+    every shard (ranks after rank 0, which already did).
 
     Raises:
         ValueError: a student tokenizer without offsets, a missing teacher folder.
@@ -134,23 +153,34 @@ def resolve_stream_inputs(config: Config, *, checksums: bool = True) -> StreamIn
     """
     from stages.align.vocab_map import load_or_build_vocab_map
     from stages.distill.loader import CorpusShard, TeacherSource
-    from stages.distill.teacher_caches import check_teacher_cache
+    from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
     from stages.tokenization import load_tokenizer
 
+    repairs = repairs or Repairs()
     corpus = prepare_shared_corpus(config)
+    faults = cache_faults(corpus.directory, repairs, checksums=checksums, strays=False)
+    if faults:
+        raise RuntimeError(f"corpus {corpus.key}: {faults[0]}{_more(faults)}")
     shards = [
         CorpusShard(entry.name, corpus.directory / entry.name, entry.rows)
         for entry in corpus.manifest.shards
         if entry.name.startswith(f"{TEACHER_SPLIT}/")
     ]
     try:
-        student_tokenizer = load_tokenizer(config.student.path)
+        student_tokenizer = load_tokenizer(model_folder(config.student.path))
     except ValueError as e:
         raise ValueError(f"student: {e}") from e
-    teachers = []
+    teachers, keys = [], {}
     for teacher in config.teachers:
         tokenizer = load_teacher_tokenizer(teacher, teacher.backend or config.extract.backend)
         plan = plan_teacher(config, teacher, corpus, tokenizer)
+        keys[teacher.name] = plan.key
+        used = [Path(s.name).name for s in shards[: teacher.max_shards]]
+        faults = cache_faults(
+            plan.directory, repairs, checksums=checksums, only=used, corpus_key=corpus.key, strays=False
+        )
+        if faults:
+            raise TeacherCacheError(f"teacher {teacher.name!r}: {faults[0]}{_more(faults)}")
         checked = check_teacher_cache(
             teacher.name,
             plan.directory,
@@ -158,7 +188,8 @@ def resolve_stream_inputs(config: Config, *, checksums: bool = True) -> StreamIn
             corpus.key,
             max_shards=teacher.max_shards,
             tokenizer_fingerprint=plan.header["tokenizer_fingerprint"],
-            checksums=checksums,
+            checksums=False,  # cache_faults just did
+            fix=repairs.extract(teacher.name),
         )
         vocab_map = load_or_build_vocab_map(
             tokenizer,
@@ -174,7 +205,33 @@ def resolve_stream_inputs(config: Config, *, checksums: bool = True) -> StreamIn
             len(shards),
             plan.directory,
         )
-    return StreamInputs(corpus.key, shards, teachers)
+    return StreamInputs(corpus.key, shards, teachers, keys)
+
+
+def export_config_yaml(config: Config, strategy: str, inputs: StreamInputs) -> str:
+    """The export's ``config.yaml``: every field of the run's config (with the strategy it ran,
+    e.g. from --strategy, and hub ids pinned to the commit they resolved to), headed by the cache
+    keys it read, so that ``polyfuse distill --config export/config.yaml`` reproduces the run."""
+    import yaml
+
+    resolved = replace(
+        config,
+        student=replace(config.student, path=resolve_model(config.student.path).pinned),
+        teachers=[replace(t, path=resolve_model(t.path).pinned) for t in config.teachers],
+        distill=replace(config.distill, strategy=strategy),
+    )
+    header = [
+        "# The resolved config this export was trained with. Reproduce it from the same working",
+        "# directory (relative paths) with: polyfuse distill --config <this file>",
+        "# (it writes runs_dir/name again: pass name=OTHER to keep this export).",
+        f"# corpus_key: {inputs.corpus_key}",
+        *(f"# teacher_key {name}: {key}" for name, key in inputs.teacher_keys.items()),
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(asdict(resolved), sort_keys=False, allow_unicode=True)
+
+
+def _more(faults: list[Any]) -> str:
+    return f" (and {len(faults) - 1} more: `polyfuse validate` lists them)" if len(faults) > 1 else ""
 
 
 def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size: int) -> Any:
@@ -185,12 +242,13 @@ def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size:
     return FusionStream(
         inputs.corpus_shards,
         inputs.teachers,
-        student_tokenizer=config.student.path,
+        student_tokenizer=str(model_folder(config.student.path)),
         # None: the tokenizer's own default (BOS where the model was trained with one), as extract does.
         add_special_tokens=True if add_special is None else add_special,
         max_seq_tokens=config.distill.max_seq_tokens,
         micro_batch_size=config.distill.micro_batch_size,
         features=config.distill.gate_features,
+        target=config.distill.target,
         rank=rank,
         world_size=world_size,
         seed=config.seed,

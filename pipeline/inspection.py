@@ -5,27 +5,25 @@ Both accept any path of a cache: the root, ``cache/teachers``, one teacher/corpu
 one is a corpus split set or a teacher over a corpus. Tables are polars DataFrames.
 
 ``validate`` collects every fault instead of stopping at the first one, and gives each one the
-command that repairs it. Faults: unreadable manifest, entries the manifest misses, missing or
-resized files, checksum mismatches, wrong schema kind/version, row counts, sample ids that differ
-from the corpus shard, NaN/inf values, unsorted top-k, an incomplete teacher directory.
+command that repairs it; the checks and repairs are pipeline/cache_check.py's, shared with distill
+(docs/reliability.md lists them).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
 
-from data_schemas.corpus_shard import CORPUS_SCHEMA
-from data_schemas.manifest import MANIFEST_NAME, Manifest, read_entries, read_manifest, verify_shards
-from data_schemas.parquet_io import SCHEMA_KIND_KEY, check_schema
-from data_schemas.teacher_shard import check_teacher_table, decode_table, read_teacher_shard
+from data_schemas.manifest import MANIFEST_NAME, Manifest, read_manifest
+from data_schemas.parquet_io import SCHEMA_KIND_KEY
+from data_schemas.shard_check import read_shard_table
+from data_schemas.teacher_shard import check_teacher_table, decode_table
+from pipeline.cache_check import Fault, Repairs, cache_faults
 from pipeline.teacher_stats import (
     SAMPLE_COLUMNS,
-    corpus_shard_of,
     domain_table,
     teacher_sample_frame,
     teacher_summary,
@@ -74,6 +72,16 @@ def inspect_path(path: Path) -> list[tuple[str, pl.DataFrame]]:
         if manifest.kind == "corpus":
             corpora.append(_corpus_row(directory, manifest))
             continue
+        faults = cache_faults(directory, Repairs(), checksums=False)
+        if faults:  # a shard that is cut off or missing: say so instead of failing to read it
+            teachers.append(
+                {
+                    "teacher": manifest.header.get("teacher", "?"),
+                    "teacher_key": manifest.key,
+                    "error": str(faults[0]),
+                }
+            )
+            continue
         frame = teacher_sample_frame(directory)
         summary = teacher_summary(frame, directory)
         summary.pop("per_domain")
@@ -110,13 +118,26 @@ def _corpus_row(directory: Path, manifest: Manifest) -> dict[str, Any]:
 
 
 def _inspect_shard(path: Path) -> list[tuple[str, pl.DataFrame]]:
+    try:
+        return _shard_tables(path)
+    except (RuntimeError, ValueError) as e:
+        # A shard of a cache that is cut off or damaged: name the fault and its repair.
+        directory = path.parents[1] if path.parent.name in ("train", "heldout") else path.parent
+        if (directory / MANIFEST_NAME).is_file():
+            faults = [f for f in cache_faults(directory, Repairs()) if Path(f.path) == path]
+            if faults:
+                raise RuntimeError(str(faults[0])) from e
+        raise
+
+
+def _shard_tables(path: Path) -> list[tuple[str, pl.DataFrame]]:
     kind = file_kind(path)
     if kind == "corpus":
-        table = pl.from_arrow(pq.read_table(path, columns=["sample_id", "domain", "text"]))
+        table = pl.from_arrow(read_shard_table(path, "corpus", ["sample_id", "domain", "text"]))
         return [("corpus samples", table.with_columns(chars=pl.col("text").str.len_chars()).drop("text"))]
     if kind != "teacher":
         raise ValueError(f"{path} is not a polyfuse shard (kind {kind!r}): pass a teacher or corpus shard")
-    table = read_teacher_shard(path)
+    table = read_shard_table(path, "teacher")
     samples = pl.from_arrow(table.select(SAMPLE_COLUMNS))
     first = next((s for s in decode_table(table) if len(s.target_logprobs)), None)
     preview = pl.DataFrame()
@@ -135,23 +156,32 @@ def _inspect_shard(path: Path) -> list[tuple[str, pl.DataFrame]]:
     return [("samples", samples), (title, preview)]
 
 
-# -- validate ----------------------------------------------------------------------------------
+def decode_path(path: Path, out: Path) -> tuple[int, int]:
+    """``inspect --decode OUT``: a teacher shard, or every shard of one teacher directory, written
+    to ``out`` as one Parquet file of plain float32 logprobs (data_schemas/plain_reader.py);
+    returns (samples, tokens) written."""
+    from data_schemas.plain_reader import write_plain
+
+    if not path.exists():
+        raise ValueError(f"{path} does not exist: pass a teacher directory or shard")
+    dirs = [path] if path.is_file() else manifest_dirs(path)
+    if len(dirs) != 1:
+        raise ValueError(
+            f"{path} holds {len(dirs)} cache directories: --decode takes one teacher directory "
+            "(cache/teachers/<teacher_key>/<corpus_key>) or one shard"
+        )
+    return write_plain(dirs[0], out)
 
 
-@dataclass(frozen=True)
-class Fault:
-    path: str
-    problem: str
-    repair: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.problem} → repair: {self.repair}"
+# -- validate ---------------------------------------------------------------------------------
 
 
-def validate_path(path: Path, *, checksums: bool = True) -> list[Fault]:
-    """Every fault found under ``path`` (empty list: the cache is sound)."""
+def validate_path(path: Path, *, checksums: bool = True, repairs: Repairs | None = None) -> list[Fault]:
+    """Every fault found under ``path`` (empty list: the cache is sound); repairs are written for
+    ``repairs``' config (default: the CLI's default config)."""
     if not path.exists():
         raise ValueError(f"{path} does not exist: pass a cache directory, manifest or shard")
+    repairs = repairs or Repairs()
     if path.is_file() and path.suffix == ".parquet" and not (path.parent / MANIFEST_NAME).exists():
         return _validate_loose_shard(path)
     dirs = manifest_dirs(path)
@@ -159,111 +189,14 @@ def validate_path(path: Path, *, checksums: bool = True) -> list[Fault]:
         raise ValueError(f"{path} holds no polyfuse cache (no {MANIFEST_NAME} below it): pass e.g. cache/")
     faults: list[Fault] = []
     for directory in dirs:
-        faults.extend(validate_dir(directory, checksums=checksums))
+        faults.extend(cache_faults(directory, repairs, checksums=checksums))
     return faults
 
 
 def _validate_loose_shard(path: Path) -> list[Fault]:
     repair = f"delete {path} and extract it again"
     try:
-        table = read_teacher_shard(path)
+        table = read_shard_table(path, "teacher")
     except RuntimeError as e:
         return [Fault(str(path), str(e), repair)]
     return [Fault(str(path), problem, repair) for problem in check_teacher_table(table)]
-
-
-def validate_dir(directory: Path, *, checksums: bool = True) -> list[Fault]:
-    """Faults of one manifest directory (corpus or teacher)."""
-    try:
-        manifest = read_manifest(directory)
-    except RuntimeError as e:
-        return [Fault(str(directory / MANIFEST_NAME), str(e), _dir_repair(directory, None))]
-    faults = []
-    listed = {s.name for s in manifest.shards}
-    unlisted = [e.name for e in read_entries(directory) if e.name not in listed]
-    if unlisted:
-        faults.append(
-            Fault(
-                str(directory / MANIFEST_NAME),
-                f"misses finished shards {unlisted}",
-                _finalize_repair(manifest),
-            )
-        )
-    broken = set()
-    for problem in verify_shards(directory, manifest, checksums=checksums):
-        name = problem.split(":", 1)[0]
-        broken.add(Path(name).relative_to(directory).as_posix())
-        faults.append(Fault(name, problem.split(": ", 1)[1], _shard_repair(directory, manifest, Path(name))))
-    for entry in manifest.shards:
-        if entry.name in broken:
-            continue
-        shard = directory / entry.name
-        faults.extend(
-            Fault(str(shard), p, _shard_repair(directory, manifest, shard))
-            for p in _shard_problems(directory, manifest, entry.name, entry.rows)
-        )
-    if manifest.kind == "teacher" and not manifest.complete:
-        missing = len(manifest.missing())
-        faults.append(
-            Fault(
-                str(directory),
-                f"incomplete: {missing} of {len(manifest.planned)} shards missing",
-                _extract_command(manifest),
-            )
-        )
-    return faults
-
-
-def _shard_problems(directory: Path, manifest: Manifest, name: str, rows: int) -> list[str]:
-    path = directory / name
-    try:
-        if manifest.kind == "corpus":
-            check_schema(path, CORPUS_SCHEMA)
-            table = pq.read_table(path, columns=["sample_id"])
-        else:
-            table = read_teacher_shard(path)
-    except RuntimeError as e:
-        return [str(e).split(": ", 1)[-1] if str(e).startswith(str(path)) else str(e)]
-    problems = []
-    if table.num_rows != rows:
-        problems.append(f"{table.num_rows} rows, manifest says {rows}")
-    if manifest.kind == "teacher":
-        problems.extend(check_teacher_table(table))
-        corpus_shard = corpus_shard_of(directory, manifest.header, name)
-        if not corpus_shard.exists():
-            problems.append(f"its corpus shard {corpus_shard} is missing")
-        elif (
-            pq.read_table(corpus_shard, columns=["sample_id"]).column(0).to_pylist()
-            != table.column("sample_id").to_pylist()
-        ):
-            problems.append(f"sample ids differ from the corpus shard {corpus_shard}")
-    return problems
-
-
-def _extract_command(manifest: Manifest) -> str:
-    teacher = manifest.header.get("teacher")
-    return (
-        f"polyfuse extract --config CONFIG --teacher {teacher}"
-        if teacher
-        else "polyfuse extract --config CONFIG"
-    )
-
-
-def _finalize_repair(manifest: Manifest) -> str:
-    if manifest.kind == "corpus":
-        return "polyfuse prepare --config CONFIG"
-    return f"polyfuse extract --config CONFIG --teacher {manifest.header.get('teacher')} --finalize"
-
-
-def _shard_repair(directory: Path, manifest: Manifest, shard: Path) -> str:
-    if manifest.kind == "corpus":
-        return _dir_repair(directory, manifest)
-    return f"rm {shard} {shard}.entry.json && {_extract_command(manifest)}"
-
-
-def _dir_repair(directory: Path, manifest: Manifest | None) -> str:
-    if manifest is not None and manifest.kind == "teacher":
-        return f"rm -r {directory} && {_extract_command(manifest)}"
-    if manifest is None and "teachers" in directory.parts:
-        return f"rm -r {directory} && polyfuse extract --config CONFIG"
-    return f"rm -r {directory} && polyfuse prepare --config CONFIG (then polyfuse extract)"

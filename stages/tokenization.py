@@ -78,6 +78,11 @@ class TokenizedText:
 def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
     """Load a fast (Rust-backed) tokenizer from a local folder; never touches a model hub."""
     folder = Path(path)
+    if folder.is_file():
+        raise ValueError(
+            f"{folder} is a file, not a tokenizer folder: point the config at the model folder that holds "
+            "tokenizer.json"
+        )
     if not (folder / "tokenizer.json").is_file() and not (folder / "tokenizer_config.json").is_file():
         raise ValueError(
             f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {folder}: "
@@ -85,7 +90,8 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
             "at a local Hugging Face tokenizer folder"
         )
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        # Never the folder's own code (an auto_map to its .py files), and never a question on stdin.
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot load a tokenizer from {folder}: {e}; run `make setup`") from e
     if not getattr(tokenizer, "is_fast", False):

@@ -97,6 +97,9 @@ class RecipeSettings:
     the tests kill a run at a known step."""
     progress: bool = True
     tensorboard: bool = True
+    export_files: dict[str, str] | None = None
+    """Further text files of the export, name → content: the resolved `config.yaml` the run was
+    started from (pipeline/distillation.py), so that every export says how to reproduce it."""
 
 
 @dataclass(frozen=True)
@@ -131,7 +134,10 @@ class DistillRecipe:
         self.dist = ds.prepare_distributed_env()
         seed_everything(cfg.seed)  # same on every rank: the gate's init must agree
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
-        student = AutoModelForCausalLM.from_pretrained(str(cfg.student_path), dtype=dtype)
+        # Never the folder's own code, and never a question on stdin (transformers asks when unset).
+        student = AutoModelForCausalLM.from_pretrained(
+            str(cfg.student_path), dtype=dtype, local_files_only=True, trust_remote_code=False
+        )
         module = FusionModule(
             student,
             self.strategy,
@@ -265,6 +271,7 @@ class DistillRecipe:
             "polyfuse_strategy": self.strategy.name,
             "polyfuse_teachers": list(self.teacher_names),
             "polyfuse_metrics": self.last_metrics,
+            "polyfuse_settings": self.resume_settings(),
         }
         # DeepSpeed writes `latest` in place, where a kill can leave it empty; it returns after a
         # barrier (every rank's files written), and rank 0 then points `latest` at the tag atomically.
@@ -299,6 +306,16 @@ class DistillRecipe:
                     f"--resume: the checkpoint was trained with {key.removeprefix('polyfuse_')} "
                     f"{state[key]!r}, this run has {want!r}: resume with the same settings or use another run name"
                 )
+        saved = state.get("polyfuse_settings", {})  # absent in checkpoints of older versions
+        changed = {
+            k: (saved[k], v) for k, v in self.resume_settings().items() if k in saved and saved[k] != v
+        }
+        if changed:
+            listed = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in sorted(changed.items()))
+            raise ValueError(
+                f"--resume: this run changes {listed} against its checkpoint: resume with the settings "
+                "it was started with, or start a new run (name=...) with the new ones"
+            )
         self.step = state["polyfuse_step"]
         self.stream.load_state_dict(state["polyfuse_loader"])
         self.batches_consumed = state["polyfuse_loader"]["batches"]
@@ -312,6 +329,18 @@ class DistillRecipe:
         self.last_metrics = state.get("polyfuse_metrics", {})
         self.last_checkpoint = Path(path).parent if Path(path).is_file() else Path(path)
         logger.info("resumed from %s at step %d", path, self.step)
+
+    def resume_settings(self) -> dict[str, Any]:
+        """What a resumed run must share with its checkpoint: the loss and optimiser settings. A
+        resume that changed them would silently train a run no single setting describes."""
+        c = self.cfg
+        names = ("lam", "beta", "tau", "lr", "gate_lr", "weight_decay", "warmup_steps", "max_steps")
+        names += ("micro_batch_size", "grad_accum_steps", "gate_features", "feedback_scope")
+        return {
+            **{n: getattr(c, n) for n in names},
+            "fusion_trains_gate": c.fusion_trains_gate,
+            "adam_betas": list(c.adam_betas),
+        }
 
     # ----------------------------------------------------------------------------------- export
     def export(self) -> Path | None:
@@ -333,7 +362,14 @@ class DistillRecipe:
                 {**info, "steps": self.step, "student": str(self.cfg.student_path)},
             )
             write_export(
-                export_dir, module.student, student_state, self.cfg.student_path, gate_state, info, stats
+                export_dir,
+                module.student,
+                student_state,
+                self.cfg.student_path,
+                gate_state,
+                info,
+                stats,
+                extra_files=self.cfg.export_files,
             )
         if self.dist.world_size > 1:
             torch.distributed.barrier()

@@ -3,18 +3,18 @@
 A cache is refused — with the teacher, the shard and the repair command in the message — when its
 manifest is missing or incomplete, was written over another corpus, lists a shard whose bytes or
 checksum differ, holds a shard whose row count or sample ids differ from the corpus shard it
-mirrors, or was extracted with another tokenizer than the teacher's folder now holds. Only then
+mirrors, or was extracted with another tokenizer than the teacher's folder now holds. The shard
+checks themselves are `data_schemas/shard_check.py`'s, the same that `polyfuse validate` runs
+(pipeline/distillation.py runs validate's whole checker first, for its repair commands). Only then
 do the loader's workers read the shards, without checking again.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
-from data_schemas.manifest import read_manifest, verify_shards
+from data_schemas.manifest import read_manifest
+from data_schemas.shard_check import sample_id_fault, shard_faults
 from stages.distill.loader import CorpusShard
 
 
@@ -41,6 +41,7 @@ def check_teacher_cache(
     max_shards: int | None = None,
     tokenizer_fingerprint: str | None = None,
     checksums: bool = True,
+    fix: str | None = None,
 ) -> dict[str, Path]:
     """Corpus shard name → teacher shard path of a sound cache; `TeacherCacheError` otherwise.
 
@@ -52,10 +53,13 @@ def check_teacher_cache(
         max_shards: the teacher covers only the first N corpus shards (TeacherConfig.max_shards).
         tokenizer_fingerprint: of the teacher tokenizer distill will use for the vocab map; must
             equal the one the cache was extracted with. None: not checked.
-        checksums: compare sha256 of every shard with the manifest (reads every byte once).
+        checksums: compare sha256 of every shard with the manifest and decode it in full (finite
+            values, sorted top-k, token counts); False: sizes only.
+        fix: the command that re-extracts the teacher (pipeline/cache_check.py builds it with the
+            user's --config); None: `polyfuse extract --teacher NAME`.
     """
     directory = Path(directory)
-    fix = repair_command(teacher)
+    fix = fix or repair_command(teacher)
     try:
         manifest = read_manifest(directory)
     except RuntimeError as e:
@@ -71,7 +75,7 @@ def check_teacher_cache(
     if manifest.kind != "teacher" or found_key != corpus_key:
         raise TeacherCacheError(
             f"teacher {teacher!r}: {directory} was extracted over corpus {found_key!r}, this run trains on "
-            f"{corpus_key!r}: run `{fix}`"
+            f"{corpus_key!r}: delete {directory} and run `{fix}`"
         )
     if (
         tokenizer_fingerprint is not None
@@ -96,28 +100,20 @@ def check_teacher_cache(
                 f"{corpus.name} has {corpus.rows}: delete {directory / name} and its .entry.json, then run `{fix}`"
             )
         shards[corpus.name] = directory / name
-    # Verify only the shards this run reads (a teacher may hold more than its max_shards).
-    used = tuple(e for e in manifest.shards if e.name in {p.name for p in shards.values()})
-    faults = verify_shards(directory, replace(manifest, shards=used, complete=False), checksums=checksums)
-    if faults:
-        raise TeacherCacheError(
-            f"teacher {teacher!r}: {faults[0]}{f' (and {len(faults) - 1} more)' if len(faults) > 1 else ''}: "
-            f"delete the damaged shard and its .entry.json, then run `{fix}`"
-        )
-    for corpus in covered:
-        _check_sample_ids(teacher, corpus, shards[corpus.name], fix)
+    for corpus in covered:  # only the shards this run reads (a teacher may hold more than max_shards)
+        path = shards[corpus.name]
+        entry = manifest.entry(path.name)
+        assert entry is not None
+        problems = shard_faults(path, entry, "teacher", checksums=checksums)
+        if problems:
+            raise TeacherCacheError(
+                f"teacher {teacher!r}: {path}: {problems[0]}: delete the damaged shard and its .entry.json, "
+                f"then run `{fix}`"
+            )
+        mismatch = sample_id_fault(path, corpus.path) if checksums else None
+        if mismatch:
+            raise TeacherCacheError(
+                f"teacher {teacher!r}: shard {path} does not mirror corpus shard {corpus.name} ({mismatch}): "
+                f"delete it and its .entry.json, then run `{fix}`"
+            )
     return shards
-
-
-def _check_sample_ids(teacher: str, corpus: CorpusShard, path: Path, fix: str) -> None:
-    want = pq.read_table(corpus.path, columns=["sample_id"]).column("sample_id").to_pylist()
-    got = pq.read_table(path, columns=["sample_id"]).column("sample_id").to_pylist()
-    if want != got:
-        first = next(
-            (i for i, (a, b) in enumerate(zip(want, got, strict=False)) if a != b), min(len(want), len(got))
-        )
-        raise TeacherCacheError(
-            f"teacher {teacher!r}: shard {path} does not mirror corpus shard {corpus.name} (row {first}: "
-            f"{got[first] if first < len(got) else None!r} vs {want[first] if first < len(want) else None!r}): "
-            f"delete it and its .entry.json, then run `{fix}`"
-        )

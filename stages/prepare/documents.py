@@ -11,6 +11,8 @@ from pathlib import Path
 from data_schemas.keys import sha256_file
 
 TEXT_SUFFIXES = (".txt", ".md", ".rst", ".py", ".text")
+JSONL_SUFFIXES = (".jsonl", ".json")
+_FOLDER_SUFFIXES = {"text": TEXT_SUFFIXES, "jsonl": JSONL_SUFFIXES, "parquet": (".parquet",)}
 
 
 @dataclass(frozen=True)
@@ -24,8 +26,14 @@ def resolve_format(path: Path, fmt: str) -> str:
     if fmt != "auto":
         return fmt
     if path.is_dir():
-        return "hf_disk" if (path / "dataset_info.json").exists() else "text"
-    if path.suffix in (".jsonl", ".json"):
+        if (path / "dataset_info.json").exists():
+            return "hf_disk"
+        # A folder of text files stays `text`; one of JSONL (or Parquet) files only is read as such.
+        for fmt, suffixes in (("text", TEXT_SUFFIXES), ("jsonl", JSONL_SUFFIXES), ("parquet", (".parquet",))):
+            if any(p.is_file() and p.suffix in suffixes for p in path.rglob("*")):
+                return fmt
+        return "text"
+    if path.suffix in JSONL_SUFFIXES:
         return "jsonl"
     if path.suffix == ".parquet":
         return "parquet"
@@ -38,12 +46,14 @@ def source_files(path: Path, fmt: str) -> list[Path]:
         raise ValueError(f"corpus source {path} does not exist: fix corpus.sources[].path")
     if path.is_file():
         return [path]
-    if fmt == "text":
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in TEXT_SUFFIXES)
-    else:
-        files = sorted(p for p in path.rglob("*") if p.is_file())
+    suffixes = _FOLDER_SUFFIXES.get(fmt)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (suffixes is None or p.suffix in suffixes))
     if not files:
-        raise ValueError(f"corpus source {path} holds no files: fix corpus.sources[].path")
+        wanted = f" ({', '.join(suffixes)})" if suffixes else ""
+        raise ValueError(
+            f"corpus source {path} holds no {fmt} files{wanted}: fix corpus.sources[].path or set "
+            "corpus.sources[].format"
+        )
     return files
 
 
@@ -61,8 +71,9 @@ def _decode(raw: bytes, where: str) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
         raise ValueError(
-            f"{where} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}): "
+            f"{where}:{line} is not UTF-8 (byte {e.start}: {raw[e.start : e.start + 1]!r}): "
             "convert it with e.g. `iconv -f latin1 -t utf-8`"
         ) from e
 
@@ -85,6 +96,13 @@ def _document(row: object, text_field: str, id_field: str | None, index: int, wh
     text = row[text_field]
     if not isinstance(text, str):
         raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not text")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:  # a JSON escape such as "\ud800" without its pair
+        raise ValueError(
+            f"{where}: field {text_field!r} holds a lone surrogate {text[e.start]!r} at character {e.start}, "
+            "which is not text: fix the \\u escape (a surrogate needs its pair)"
+        ) from e
     doc_id = row.get(id_field) if id_field else None
     return Document(str(doc_id) if doc_id is not None else str(index), text)
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from data_schemas.atomic import fsync_dir
+from data_schemas.atomic import fsync_dir, remove_stale_tmp
 from data_schemas.corpus_shard import CORPUS_SCHEMA, CORPUS_SCHEMA_VERSION, SPLITS, shard_name
 from data_schemas.keys import content_key
 from data_schemas.manifest import Manifest, read_manifest, write_manifest
@@ -167,6 +167,7 @@ def prepare_corpus(
 
     rows = build_rows(sources, max_chars, heldout_fraction, seed)
     tmp_dir = directory.with_name(f"{key}.{os.getpid()}.tmp")
+    remove_stale_tmp(directory.parent, f"{key}.*.tmp")  # killed prepares' folders, never a live one's
     shutil.rmtree(tmp_dir, ignore_errors=True)
     try:
         entries, planned = [], []
@@ -184,7 +185,16 @@ def prepare_corpus(
             entries
         )
         write_manifest(tmp_dir, manifest)
-        os.replace(tmp_dir, directory)
+        try:
+            os.replace(tmp_dir, directory)
+        except OSError:
+            # Another prepare of the same inputs renamed its directory first. The key is a hash
+            # of the inputs and the build is deterministic, so its shards are ours: take them.
+            winner = read_manifest(directory) if (directory / "manifest.json").is_file() else None
+            if winner is None or winner.shards != manifest.shards:
+                raise
+            logger.info("corpus %s: another process prepared it at the same time; using its files", key)
+            return PreparedCorpus(key, directory, winner, created=False)
         fsync_dir(directory.parent)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from pipeline.cli import app
+from pipeline.config import load_config
 from stages.distill.metrics import read_metrics
 from stages.distill.run_state import checkpoint_tags
 from tests.stages.distill.fake_world import GEMMA, SMOLLM2, FakeWorld, fake_world
@@ -70,6 +71,14 @@ def test_distill_trains_exports_and_loads_no_teacher_model(
     assert "smol" in result.output and "gemma" in result.output  # the per-teacher table
     assert loaded_models == [str(world.student)]  # the student, and nothing else
     assert (tmp_path / "runs" / "cli" / "export" / "model.safetensors").is_file()
+    # Provenance: the export's config.yaml is the run's config (with the strategy it ran) and
+    # names the caches it read.
+    exported = tmp_path / "runs" / "cli" / "export" / "config.yaml"
+    run_config = load_config(config)
+    assert load_config(exported) == dataclasses.replace(
+        run_config, distill=dataclasses.replace(run_config.distill, strategy="min_ce")
+    )
+    assert "# corpus_key: " in exported.read_text() and "# teacher_key gemma: " in exported.read_text()
 
 
 def test_unknown_strategy_and_single_teacher_are_user_errors(world: FakeWorld, tmp_path: Path) -> None:
@@ -88,10 +97,11 @@ def test_damaged_teacher_cache_is_refused_before_any_model_loads(
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
     config = dataclasses.replace(world.config_for(tmp_path / "runs"), cache_dir=str(cache))
-    result = CliRunner().invoke(app, ["distill", "--config", str(write_config(config, tmp_path / "c.yaml"))])
+    config_path = write_config(config, tmp_path / "c.yaml")
+    result = CliRunner().invoke(app, ["distill", "--config", str(config_path)])
     assert result.exit_code == 1
     assert "teacher 'gemma'" in result.output and "shard-00001.parquet" in result.output
-    assert "polyfuse extract --teacher gemma" in result.output
+    assert f"polyfuse extract --config {config_path} --teacher gemma" in result.output
     assert loaded_models == []
 
 

@@ -62,8 +62,8 @@ def test_validate_finds_a_truncated_file_and_a_flipped_byte(cache: tuple[Path, P
     assert "sha256 differs" in by_path["shard-00002.parquet"].problem
     for fault in faults:
         assert (
-            fault.repair.startswith(f"rm {teacher_dir}/shard-0000")
-            and "polyfuse extract --config CONFIG --teacher a" in fault.repair
+            fault.repair.startswith(f"rm -rf {teacher_dir}/shard-0000")
+            and "polyfuse extract --config configs/demo.yaml --teacher a" in fault.repair
         )
 
 

@@ -1,0 +1,181 @@
+"""The one checker of corpus and teacher caches, and the commands that repair them.
+
+``polyfuse validate`` reports every fault it returns; ``distill`` runs it over the corpus and the
+shards it will read, and refuses on the first fault before any model loads; ``extract`` names its
+repairs the same way. Every repair is a command line the user can paste, with the ``--config``
+(and overrides) they ran with; running it leaves ``validate`` clean (tests/pipeline/test_repairs.py
+runs each one).
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Collection
+from dataclasses import dataclass
+from pathlib import Path
+
+from data_schemas.manifest import ENTRY_SUFFIX, MANIFEST_NAME, Manifest, read_entry, read_manifest
+from data_schemas.shard_check import sample_id_fault, shard_faults, stray_tmp_files
+from pipeline.teacher_stats import corpus_dir_of, corpus_shard_of
+
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+@dataclass(frozen=True)
+class Fault:
+    path: str
+    problem: str
+    repair: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem} → repair: {self.repair}"
+
+
+@dataclass(frozen=True)
+class Repairs:
+    """Builds the repair commands for the config (and overrides) the user ran with."""
+
+    config: str = DEFAULT_CONFIG
+    overrides: tuple[str, ...] = ()
+
+    def command(self, verb: str, *args: str) -> str:
+        return shlex.join(["polyfuse", verb, "--config", self.config, *args, *self.overrides])
+
+    def extract(self, teacher: str | None = None, *, finalize: bool = False) -> str:
+        args = (["--teacher", teacher] if teacher else []) + (["--finalize"] if finalize else [])
+        return self.command("extract", *args)
+
+    def prepare(self) -> str:
+        return self.command("prepare")
+
+    @staticmethod
+    def remove(paths: list[Path], then: str | None = None) -> str:
+        """``rm -rf`` (never fails on a file already gone, so ``then`` always runs)."""
+        rm = shlex.join(["rm", "-rf", *(str(p) for p in paths)])
+        return f"{rm} && {then}" if then else rm
+
+
+def entry_path(shard: Path) -> Path:
+    return shard.with_name(f"{shard.name}{ENTRY_SUFFIX}")
+
+
+def cache_faults(
+    directory: Path,
+    repairs: Repairs,
+    *,
+    checksums: bool = True,
+    only: Collection[str] | None = None,
+    corpus_key: str | None = None,
+    strays: bool = True,
+) -> list[Fault]:
+    """Every fault of one manifest directory (corpus or teacher); empty: sound.
+
+    Args:
+        only: check only these shards (distill: the ones it reads); None: every listed shard.
+        corpus_key: the corpus the caller trains on; a teacher directory over another one is a fault.
+        strays: report leftover ``*.tmp`` files of killed writers (they waste disk, harm no data).
+    """
+    if not (directory / MANIFEST_NAME).is_file():
+        return [Fault(str(directory), "has no manifest (nothing extracted there yet)", repairs.extract())]
+    try:
+        manifest = read_manifest(directory)
+    except RuntimeError as e:
+        return [Fault(str(directory / MANIFEST_NAME), str(e), _manifest_repair(directory, repairs))]
+    if manifest.kind == "corpus":
+        rebuild = Repairs.remove([directory], repairs.prepare())
+        faults = [
+            Fault(str(directory / e.name), p, rebuild)
+            for e in manifest.shards
+            if only is None or e.name in only
+            for p in shard_faults(directory / e.name, e, "corpus", checksums=checksums)
+        ]
+        return faults + (_stray_faults(directory) if strays else [])
+    faults = _teacher_faults(directory, manifest, repairs, checksums, only, corpus_key)
+    return faults + (_stray_faults(directory) if strays else [])
+
+
+def _teacher_faults(
+    directory: Path,
+    manifest: Manifest,
+    repairs: Repairs,
+    checksums: bool,
+    only: Collection[str] | None,
+    corpus_key: str | None,
+) -> list[Fault]:
+    teacher = manifest.header.get("teacher")
+    extract = repairs.extract(teacher)
+    found_key = manifest.header.get("corpus_key")
+    if found_key != directory.name or (corpus_key is not None and found_key != corpus_key):
+        # Copied or moved under another corpus: nothing in it can be trusted for this one.
+        wanted = corpus_key or directory.name
+        return [
+            Fault(
+                str(directory),
+                f"was extracted over corpus {found_key!r} but lies under (or is used for) corpus {wanted!r}",
+                Repairs.remove([directory], extract),
+            )
+        ]
+    faults: list[Fault] = []
+    entries, listed = {}, {s.name: s for s in manifest.shards}
+    for path in sorted(directory.glob(f"*{ENTRY_SUFFIX}")):
+        shard = path.with_name(path.name.removesuffix(ENTRY_SUFFIX))
+        try:
+            entries[shard.name] = read_entry(path)
+        except RuntimeError as e:
+            faults.append(
+                Fault(str(path), str(e).removeprefix(f"{path} "), Repairs.remove([path, shard], extract))
+            )
+    finalize = repairs.extract(teacher, finalize=True)
+    unlisted = [n for n in entries if n not in listed and (directory / n).is_file()]
+    if unlisted:
+        faults.append(Fault(str(directory / MANIFEST_NAME), f"misses finished shards {unlisted}", finalize))
+    for name, entry in listed.items():
+        if only is not None and name not in only:
+            continue
+        shard = directory / name
+        redo = Repairs.remove([shard, entry_path(shard)], extract)
+        if name in entries and entries[name] != entry:
+            faults.append(Fault(str(shard), "its manifest entry differs from its .entry.json", finalize))
+            continue
+        problems = shard_faults(shard, entry, "teacher", checksums=checksums)
+        corpus_shard = corpus_shard_of(directory, manifest.header, name)
+        if not problems and checksums:
+            if not corpus_shard.is_file():
+                corpus_dir = corpus_dir_of(directory, manifest.header["corpus_key"])
+                faults.append(
+                    Fault(
+                        str(shard),
+                        f"its corpus shard {corpus_shard} is missing",
+                        _corpus_repair(corpus_dir, repairs),
+                    )
+                )
+                continue
+            mismatch = sample_id_fault(shard, corpus_shard)
+            problems = [mismatch] if mismatch else []
+        faults.extend(Fault(str(shard), p, redo) for p in problems)
+    if not manifest.complete:
+        missing = len(manifest.missing())
+        faults.append(
+            Fault(str(directory), f"incomplete: {missing} of {len(manifest.planned)} shards missing", extract)
+        )
+    return faults
+
+
+def _stray_faults(directory: Path) -> list[Fault]:
+    stray = stray_tmp_files(directory)
+    if not stray:
+        return []
+    names = ", ".join(p.name for p in stray[:3]) + (f" (and {len(stray) - 3} more)" if len(stray) > 3 else "")
+    return [Fault(str(directory), f"holds leftovers of killed writers: {names}", Repairs.remove(stray))]
+
+
+def _manifest_repair(directory: Path, repairs: Repairs) -> str:
+    if directory.parent.name == "corpus":
+        return _corpus_repair(directory, repairs)
+    # The entry files still say which shards are finished: extract rebuilds the manifest from them.
+    return Repairs.remove([directory / MANIFEST_NAME], repairs.extract())
+
+
+def _corpus_repair(corpus_dir: Path, repairs: Repairs) -> str:
+    # Preparation is deterministic: the rebuilt shards equal the ones the teachers mirror.
+    return Repairs.remove([corpus_dir], repairs.prepare())
