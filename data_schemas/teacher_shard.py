@@ -248,7 +248,9 @@ def _check_encodable(s: TeacherSample, top_k: int, layout: str) -> None:
         if rows and (counts.sum(axis=1) != top_k).any():
             raise ValueError(f"sample {s.sample_id}: the draw counts of a row must sum to {top_k}")
         values = s.target_logprobs
-        if values.size and not (np.isfinite(values).all() and values.min() >= MIN_LOGPROB and values.max() <= 0):
+        if values.size and not (
+            np.isfinite(values).all() and values.min() >= MIN_LOGPROB and values.max() <= 0
+        ):
             raise ValueError(f"sample {s.sample_id}: target_logprobs outside [{MIN_LOGPROB}, 0] or NaN/inf")
         return
     if (

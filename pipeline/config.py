@@ -105,7 +105,9 @@ class StudentConfig:
     """The target model trained by distill."""
 
     path: str = "models/smollm2-135m-instruct"
-    """Local HF model folder (config, weights, tokenizer). Never a hub id: there is no network."""
+    """Local HF model folder (config, weights, tokenizer), or a hub id ``org/name[@revision]``
+    resolved once to one commit (HF_HUB_OFFLINE=1: from the local HF cache only). A path that
+    exists locally wins."""
     add_special_tokens: bool | None = None
     """Whether the student's tokenizer adds its special tokens (BOS); None: the tokenizer's own."""
 
@@ -117,7 +119,8 @@ class TeacherConfig:
     name: str
     """Short unique name used in logs, strategies (``single:NAME``) and reports."""
     path: str
-    """Local HF model folder of the teacher."""
+    """Local HF model folder of the teacher, or a hub id ``org/name[@revision]``; its resolved
+    commit is part of the teacher key, so a moved branch is a new teacher (stages/model_source.py)."""
     add_special_tokens: bool | None = None
     """Whether to add the tokenizer's special tokens (BOS); None: the tokenizer's own default."""
     max_shards: int | None = None
@@ -160,6 +163,11 @@ class ExtractConfig:
     """How teacher shards store logprobs: ``quant`` (1/32-nat grid, error ≤ 0.0156 nat, 23–25
     bytes per token at k = 10 on the demo teachers) or ``fp16`` (the plain float16 columns,
     25–28 bytes per token). Part of the cache key."""
+    draws: int = 0
+    """0: store the top-k (the cache `distill.target` renormalised / residual read). N > 0: store
+    instead N tokens per position drawn from the teacher's full softmax (seeded, reproducible;
+    the cache `distill.target=sampled` reads; RS-KD). Its own teacher key; transformers or fake
+    backend only (vLLM returns no full softmax)."""
 
     def check(self) -> None:
         _require(
@@ -183,6 +191,13 @@ class ExtractConfig:
             "raise extract.batch_tokens",
         )
         _require(
+            0 <= self.draws <= 255,
+            "extract.draws",
+            self.draws,
+            "must be in [0, 255]",
+            "use 0 for a top-k cache or e.g. 12 drawn tokens per position",
+        )
+        _require(
             self.vllm_tensor_parallel_size >= 1,
             "extract.vllm_tensor_parallel_size",
             self.vllm_tensor_parallel_size,
@@ -204,6 +219,12 @@ class DistillConfig:
 
     strategy: str = "adaptive"
     """adaptive, min_ce, avg_ce, uniform, single:NAME, authors or none (CLM only)."""
+    target: Literal["renormalised", "residual", "sampled"] = "renormalised"
+    """The sparse teacher target (stages/align/sample.py): ``renormalised`` the stored top-k scaled
+    to sum 1 (FuseLLM; biased: every other token gets 0); ``residual`` the stored full-softmax
+    top-k probabilities plus one "rest" bucket holding 1 − Σ top-k; ``sampled`` the empirical
+    distribution of N tokens drawn from the full softmax (needs a cache extracted with
+    ``extract.draws`` = N, and that same setting here)."""
     lam: float = 0.9
     """λ: weight of the CLM loss; the fusion loss gets 1 − λ."""
     beta: float = 0.5
@@ -431,10 +452,44 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def check(self) -> None:
+        # Rules of every field first: YAML's `true` is an int to dacite, `.inf` a float.
+        sections = [("", self), ("corpus.", self.corpus), ("student.", self.student)]
+        sections += [("extract.", self.extract), ("distill.", self.distill), ("evaluate.", self.evaluate)]
+        sections += [(f"corpus.sources.{i}.", s) for i, s in enumerate(self.corpus.sources)]
+        sections += [(f"teachers.{i}.", t) for i, t in enumerate(self.teachers)]
+        for prefix, section in sections:
+            hints = typing.get_type_hints(type(section))
+            for f in dataclasses.fields(section):
+                value, hint = getattr(section, f.name), hints[f.name]
+                _require(
+                    not isinstance(value, bool) or hint is bool or bool in typing.get_args(hint),
+                    f"{prefix}{f.name}",
+                    value,
+                    "must be a number, not true/false",
+                    "write the number",
+                )
+                _require(
+                    not isinstance(value, float) or abs(value) < float("inf"),
+                    f"{prefix}{f.name}",
+                    value,
+                    "must be finite",
+                    "write a finite number",
+                )
         self.corpus.check()
         self.extract.check()
         self.distill.check()
         self.evaluate.check()
+        sampled_cache = self.extract.draws > 0
+        _require(
+            (self.distill.target == "sampled") == sampled_cache,
+            "distill.target",
+            self.distill.target,
+            f"does not match the teacher caches of extract.draws={self.extract.draws} "
+            f"({'drawn tokens' if sampled_cache else 'top-k'})",
+            "use distill.target=sampled with extract.draws=N (extract those caches first: "
+            "`polyfuse extract --config CONFIG extract.draws=12`), renormalised or residual with "
+            "extract.draws=0",
+        )
         names = [t.name for t in self.teachers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         _require(not dupes, "teachers[].name", dupes, "must be unique", "rename the teachers")
@@ -513,6 +568,12 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     try:
         config = dacite.from_dict(Config, data, config=dacite.Config(strict=True))
     except dacite.WrongTypeError as e:
+        choices = _literal_choices(e.field_type)
+        if choices:
+            raise ConfigError(
+                f"{source}: {e.field_path} must be one of {', '.join(map(repr, choices))}, "
+                f"got {e.value!r}: pick one of them"
+            ) from e
         raise ConfigError(
             f"{source}: {e.field_path} must be of type {_type_name(e.field_type)}, "
             f"got {e.value!r}: fix the value"
@@ -549,6 +610,13 @@ def _unknown_keys(cls: type, data: Any, prefix: str) -> list[str]:
     return unknown
 
 
+def _literal_choices(tp: Any) -> tuple[Any, ...]:
+    """The allowed values of a ``Literal[...]`` field (also inside ``Optional``); () otherwise."""
+    if typing.get_origin(tp) is Literal:
+        return typing.get_args(tp)
+    return tuple(c for arg in typing.get_args(tp) for c in _literal_choices(arg))
+
+
 def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
@@ -557,13 +625,38 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     """Read the YAML config at ``path``, apply ``key=value`` overrides, check everything."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = path.read_bytes()
+        data = yaml.safe_load(raw.decode("utf-8")) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file {path} does not exist: pass --config PATH") from e
+    except IsADirectoryError as e:
+        raise ConfigError(
+            f"--config {path} is a folder, not a YAML file: pass e.g. --config {path}/demo.yaml"
+        ) from e
+    except OSError as e:
+        raise ConfigError(f"cannot read config file {path} ({e.strerror}): fix its permissions") from e
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path}:{line} is not valid UTF-8 (byte {raw[e.start : e.start + 1]!r}): save the file as UTF-8"
+        ) from e
     except yaml.YAMLError as e:
         raise ConfigError(f"{path} is not valid YAML ({e}): fix the syntax") from e
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of sections, got {type(data).__name__}")
+    # A "\ud800" escape without its pair is a str Python holds but no file can: name its key.
+    stack: list[tuple[str, Any]] = [("", data)]
+    while stack:
+        key, node = stack.pop()
+        if isinstance(node, dict):
+            stack.extend((f"{key}.{k}".lstrip("."), v) for k, v in node.items())
+        elif isinstance(node, list):
+            stack.extend((f"{key}.{n}", v) for n, v in enumerate(node))
+        elif isinstance(node, str) and any("\ud800" <= ch <= "\udfff" for ch in node):
+            raise ConfigError(
+                f"{path}: {key} holds a surrogate escape (\\ud800-\\udfff), which is not text: write the "
+                "character itself or a \\U0001F600-style escape"
+            )
     for override in overrides or []:
         apply_override(data, override)
     return config_from_dict(data, str(path))

@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from data_schemas.atomic import write_json_atomic
+from data_schemas.atomic import remove_stale_tmp, write_json_atomic
 from data_schemas.keys import content_key
 from data_schemas.manifest import Manifest, read_entries, read_manifest, refresh_manifest
-from data_schemas.teacher_shard import TEACHER_SCHEMA_VERSION
-from pipeline.config import Config, TeacherConfig
+from data_schemas.teacher_shard import SAMPLED_LAYOUT, TEACHER_SCHEMA_VERSION
+from pipeline.config import Config, ExtractConfig, TeacherConfig
 from pipeline.corpus import prepare_from_config
+from stages.extract.draws import DRAW_SEED
+from stages.model_source import model_folder, resolve_model
 from stages.prepare.prepare import PreparedCorpus, split_shards
 
 logger = logging.getLogger(__name__)
@@ -148,6 +150,11 @@ def teacher_identity(teacher: TeacherConfig, backend: str) -> dict[str, Any]:
     return {"fingerprint": model_fingerprint(teacher.path)}
 
 
+def extraction_layout(ex: ExtractConfig) -> str:
+    """The shard layout extraction writes: ``sampled`` for drawn tokens, else ``logprob_layout``."""
+    return SAMPLED_LAYOUT if ex.draws else ex.logprob_layout
+
+
 def plan_teacher(
     config: Config, teacher: TeacherConfig, corpus: PreparedCorpus, tokenizer: Any
 ) -> TeacherPlan:
@@ -167,22 +174,27 @@ def plan_teacher(
         "max_tokens": ex.max_tokens,
         "dtype": dtype,
         "add_special_tokens": add_special,
-        "logprob_layout": ex.logprob_layout,
+        "logprob_layout": extraction_layout(ex),
         "schema_version": TEACHER_SCHEMA_VERSION,
     }
+    if ex.draws:  # keys of top-k caches stay what they were before draws existed
+        keyed["draws"] = ex.draws
+        keyed["draw_seed"] = DRAW_SEED
     key = content_key(keyed)
+    source = resolve_model(teacher.path)  # once per process; the fingerprint above holds its commit
     shards = tuple(split_shards(corpus.directory, TEACHER_SPLIT)[: teacher.max_shards])
     header = {
         **keyed,
         "teacher": teacher.name,
         "model_path": str(teacher.path),
+        **({"model_revision": source.revision} if source.revision else {}),  # a hub id's commit
         "vocab_size": len(tokenizer),
         "corpus_key": corpus.key,
         "corpus_split": TEACHER_SPLIT,
     }
     directory = Path(config.cache_dir) / "teachers" / key / corpus.key
     return TeacherPlan(
-        teacher.name, backend, Path(teacher.path), dtype, add_special, key, directory, header, shards
+        teacher.name, backend, source.folder, dtype, add_special, key, directory, header, shards
     )
 
 
@@ -193,7 +205,7 @@ def load_teacher_tokenizer(teacher: TeacherConfig, backend: str) -> Any:
     try:
         if backend != "fake":
             check_model_folder(teacher.path)
-        return load_tokenizer(teacher.path)
+        return load_tokenizer(model_folder(teacher.path))
     except ValueError as e:
         raise ValueError(f"teacher {teacher.name}: {e}") from e
 
@@ -204,7 +216,21 @@ def plan_units(plans: list[TeacherPlan]) -> list[Unit]:
 
 
 def finished_shards(plan: TeacherPlan) -> set[str]:
-    return {entry.name for entry in read_entries(plan.directory)} if plan.directory.exists() else set()
+    """Shards with an entry file and a file of the entry's size. A shard cut off (or resized) after
+    its entry was written is not finished: it is extracted again. Same-size damage is found by
+    ``polyfuse validate`` and ``distill``, which read every byte; this costs a stat per shard."""
+    if not plan.directory.exists():
+        return set()
+    remove_stale_tmp(plan.directory)  # leftovers of killed writers only, never a live one's
+    done = set()
+    for entry in read_entries(plan.directory):
+        if (plan.directory / entry.name).stat().st_size == entry.bytes:
+            done.add(entry.name)
+        else:
+            logger.warning(
+                "%s: size differs from its entry: extracting it again", plan.directory / entry.name
+            )
+    return done
 
 
 def publish_manifest(directory: Path, manifest: Manifest) -> Manifest:
@@ -339,6 +365,7 @@ def _run_teacher(
         vllm_tensor_parallel_size=ex.vllm_tensor_parallel_size,
         vllm_gpu_memory_utilization=ex.vllm_gpu_memory_utilization,
         vllm_kv_cache_gib=ex.vllm_kv_cache_gib,
+        draws=ex.draws,
     )
     run.load_seconds = time.perf_counter() - start
     run.backend = f"{backend.name} {backend.version}"
@@ -370,7 +397,8 @@ def _run_teacher(
                 top_k=ex.top_k,
                 max_tokens=ex.max_tokens,
                 add_special_tokens=plan.add_special_tokens,
-                layout=ex.logprob_layout,
+                layout=extraction_layout(ex),
+                draws=ex.draws,
                 on_tokens=bar.update,
             )
             run.units_done += 1

@@ -19,7 +19,6 @@ The draw itself is an inverse-CDF lookup in float64, a function of (probabilitie
 from __future__ import annotations
 
 import hashlib
-
 from typing import TYPE_CHECKING
 
 import numpy as np

@@ -121,3 +121,52 @@ def test_other_schema_version_is_refused(tmp_path: Path, samples: list[TeacherSa
     pq.write_table(table.replace_schema_metadata({**table.schema.metadata, SCHEMA_VERSION_KEY: b"0"}), path)
     with pytest.raises(RuntimeError, match="schema_version is 0, expected 1"):
         read_teacher_shard(path)
+
+
+def sampled_sample(rng: np.random.Generator, n: int, name: str, draws: int = 12) -> TeacherSample:
+    """A row of drawn tokens as extraction stores it: distinct ids by count, padded with 0."""
+    from data_schemas.teacher_shard import empirical_logprobs
+    from stages.extract.draws import count_draws
+
+    rows = max(n - 1, 0)
+    drawn = rng.integers(0, 6, (rows, draws)) * 9_000 + rng.integers(0, 3, (rows, 1))
+    ids, counts = count_draws(drawn)
+    return TeacherSample(
+        name,
+        rng.integers(0, 50_000, n).astype(np.int32),
+        np.arange(n, dtype=np.int32),
+        ids,
+        empirical_logprobs(counts),
+        -rng.exponential(2.0, rows).astype(np.float32),
+        1.5,
+        0.8,
+        0.9,
+        1.1,
+        truncated=False,
+        draw_counts=counts,
+    )
+
+
+def test_sampled_layout_round_trips_counts_exactly(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    samples = [sampled_sample(rng, n, f"d:{i}") for i, n in enumerate([30, 1, 9])]
+    entry = write_teacher_shard(samples, tmp_path / "s.parquet", layout="sampled", top_k=12)
+    table = read_teacher_shard(tmp_path / "s.parquet")
+    assert "topk_ids" not in table.column_names and "drawn_counts" in table.column_names
+    decoded = decode_table(table)
+    for a, b in zip(samples, decoded, strict=True):
+        np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+        np.testing.assert_array_equal(a.draw_counts, b.draw_counts)
+        np.testing.assert_array_equal(a.topk_logprobs, b.topk_logprobs)
+        assert np.abs(a.target_logprobs - b.target_logprobs).max(initial=0) <= LOGPROB_STEP / 2
+        assert b.draws == 12 and (b.draw_counts.sum(axis=1) == 12).all()
+    assert check_teacher_table(table) == [] and entry.rows == 3
+
+
+def test_sampled_rows_that_do_not_sum_to_n_are_refused(tmp_path: Path) -> None:
+    sample = sampled_sample(np.random.default_rng(4), 5, "bad")
+    sample.draw_counts[0, 0] += 1
+    with pytest.raises(ValueError, match="sum to 12"):
+        encode_table([sample], layout="sampled", top_k=12)
+    with pytest.raises(ValueError, match="draw counts"):
+        encode_table([sampled_sample(np.random.default_rng(4), 5, "x")], layout="quant", top_k=12)

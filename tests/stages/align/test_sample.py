@@ -63,7 +63,9 @@ def test_residual_keeps_the_stored_probabilities_and_the_rest():
     assert targets.support_ids.tolist() == [[7, 3, 0, 0]]
     np.testing.assert_allclose(targets.support_probs[0], [0.45, 0.2, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(targets.rest_mass, [0.35], rtol=1e-6)
-    renormalised = align_sample(student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map)
+    renormalised = align_sample(
+        student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map
+    )
     assert renormalised.rest_mass.tolist() == [0.0]
 
 
@@ -87,7 +89,14 @@ def test_residual_over_drawn_tokens_is_their_empirical_distribution():
 
 def test_unknown_target_kind_is_refused():
     with pytest.raises(ValueError, match="renormalised"):
-        align_sample(np.array([1, 2]), np.array([1, 2]), np.zeros((1, 2), int), np.zeros((1, 2)), np.arange(3), target="x")
+        align_sample(
+            np.array([1, 2]),
+            np.array([1, 2]),
+            np.zeros((1, 2), int),
+            np.zeros((1, 2)),
+            np.arange(3),
+            target="x",
+        )
 
 
 def test_shapes_are_checked():
