@@ -83,12 +83,16 @@ def sparse_fusion_clm(logits: torch.Tensor, x: dict[str, torch.Tensor]) -> torch
         loss_mask=x["loss_mask"],
         support_ids=x["support_ids"],
         support_probs=x["support_probs"],
+        rest_mass=torch.zeros(x["available"].shape),
         available=x["available"],
         features=torch.ones_like(x["weights"]).unsqueeze(-1),
         present=torch.ones_like(x["weights"], dtype=torch.bool),
         aligned_rows=torch.zeros(MEM_K, dtype=torch.int64),
         student_rows=torch.tensor(0),
         mapped_mass=torch.zeros(MEM_K, dtype=torch.float64),
+        bits_per_byte=torch.ones_like(x["weights"]),
+        span_loglik=torch.zeros((*x["weights"].shape, 0)),
+        span_mask=torch.zeros((x["weights"].shape[0], 0), dtype=torch.bool),
     )
     return micro_batch_losses(logits, batch, x["weights"], lam=0.9, beta=0.5).terms.total
 

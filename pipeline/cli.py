@@ -196,7 +196,8 @@ def distill(
         str | None,
         typer.Option(
             "--strategy",
-            help="Fusion strategy: adaptive, min_ce, avg_ce, uniform, single:NAME, authors or none "
+            help="Fusion strategy: adaptive, min_ce, avg_ce, min_bpb, avg_bpb, uniform, single:NAME, "
+            "authors or none "
             "(default: distill.strategy).",
         ),
     ] = None,
@@ -234,8 +235,9 @@ def experiment(
         str | None,
         typer.Option(
             "--methods",
-            help="Comma-separated subset of: none, min_ce, avg_ce, authors, adaptive, adaptive_tau0.1, "
-            "adaptive_tau0.3, no_feedback, gate_feedback_only, bpb_features (default: all).",
+            help="Comma-separated subset of: none, min_ce, avg_ce, min_bpb, avg_bpb, authors, adaptive, "
+            "adaptive_likelihood, adaptive_tau0.1, adaptive_tau0.3, no_feedback, gate_feedback_only, "
+            "bpb_features (default: all).",
         ),
     ] = None,
 ) -> None:

@@ -54,6 +54,12 @@ METHODS = {
         Method("none", "none", about="CLM-only continual training on the same text (λ = 1)"),
         Method("min_ce", "min_ce", about="FuseLLM MinCE: the teacher with the lowest CE per sample"),
         Method("avg_ce", "avg_ce", about="FuseLLM AvgCE as coded: softmax of exp(−CE) over teachers"),
+        Method(
+            "min_bpb", "min_bpb", about="tokenizer-neutral MinCE: the teacher with the lowest bits per byte"
+        ),
+        Method(
+            "avg_bpb", "avg_bpb", about="tokenizer-neutral AvgCE: softmax of 2^(−bits per byte) over teachers"
+        ),
         Method("authors", "authors", about="released code: a fresh untrained gate every step, τ applied"),
         Method(
             "adaptive", "adaptive", about="trained gate, threshold selection, feedback loss (τ from config)"
@@ -72,6 +78,12 @@ METHODS = {
             "adaptive",
             (("gate_features", "bits_per_byte"),),
             "ablation: gate fed 2^(−bits per byte)",
+        ),
+        Method(
+            "adaptive_likelihood",
+            "adaptive",
+            (("gate_objective", "likelihood"),),
+            "gate trained on the text's likelihood under the teacher mixture, not the fusion loss",
         ),
     )
 }

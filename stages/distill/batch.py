@@ -2,7 +2,9 @@
 
 Index convention (losses.py): row j predicts token j+1. A sample of n student tokens has n − 1
 rows; `AlignedTargets` arrays of the align stage are already `[n − 1, k]`, so collation only pads
-them to the batch's longest sample T (rows n − 1 … T − 1 stay unavailable).
+them to the batch's longest sample T (rows n − 1 … T − 1 stay unavailable). The spans of the
+`likelihood` gate objective (stages/align/spans.py) are padded the same way, to the batch's most
+spans S.
 """
 
 from __future__ import annotations
@@ -29,6 +31,12 @@ class AlignedSample:
     features: np.ndarray
     """[K, F] float32 per-teacher gate features, higher is better; 0 where absent. Column 0 is the
     teacher's score (exp(−ce) by default), the one the fixed rules min_ce / avg_ce rank by."""
+    bits_per_byte: np.ndarray | None = None
+    """[K] float32 each teacher's bits per byte on the sample (what min_bpb / avg_bpb rank by), +inf
+    where absent or not finite; None: unknown (+inf for every teacher)."""
+    span_loglik: np.ndarray | None = None
+    """[K, S] float32 each teacher's log-likelihood of the sample's S common-boundary spans (the
+    `likelihood` gate objective), 0 where absent; None: not computed (S = 0)."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +72,14 @@ class FusionBatch:
     """int64 scalar, student rows of the batch, n_b − 1 summed (denominator of the rates)."""
     mapped_mass: torch.Tensor
     """[K] float64, Σ over aligned rows of the share of top-k mass mapped to student ids."""
+    bits_per_byte: torch.Tensor
+    """[B, K] float32 per-sample teacher bits per byte (min_bpb / avg_bpb), whatever the gate
+    features; +inf where the teacher is absent."""
+    span_loglik: torch.Tensor
+    """[B, K, S] float32 ll_bks, teacher k's log-likelihood of span s of sample b (the `likelihood`
+    gate objective, gate_objective.py); 0 on padding and absent teachers. S = 0 unless computed."""
+    span_mask: torch.Tensor
+    """[B, S] bool, true on sample b's real spans."""
 
     @property
     def scores(self) -> torch.Tensor:
@@ -93,6 +109,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     widths = [t.support_ids.shape[1] for s in samples for t in s.teachers if t is not None]
     top_k = max(widths, default=1)
     num_features = samples[0].features.shape[1]
+    num_spans = max((s.span_loglik.shape[1] for s in samples if s.span_loglik is not None), default=0)
 
     input_ids = np.zeros((batch, length), dtype=np.int64)
     attention_mask = np.zeros((batch, length), dtype=np.int64)
@@ -103,6 +120,9 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     available = np.zeros((batch, num_teachers, length), dtype=bool)
     features = np.zeros((batch, num_teachers, num_features), dtype=np.float32)
     present = np.zeros((batch, num_teachers), dtype=bool)
+    bits_per_byte = np.full((batch, num_teachers), np.inf, dtype=np.float32)
+    span_loglik = np.zeros((batch, num_teachers, num_spans), dtype=np.float32)
+    span_mask = np.zeros((batch, num_spans), dtype=bool)
     aligned_rows = np.zeros(num_teachers, dtype=np.int64)
     mapped_mass = np.zeros(num_teachers, dtype=np.float64)
     student_rows = 0
@@ -117,6 +137,15 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         attention_mask[b, :n] = 1
         loss_mask[b, : n - 1] = True
         student_rows += n - 1
+        if sample.span_loglik is not None:
+            if sample.span_loglik.shape[0] != num_teachers:
+                raise ValueError(
+                    f"sample {sample.sample_id} has span log-likelihoods for {sample.span_loglik.shape[0]} "
+                    f"teachers, expected {num_teachers}"
+                )
+            spans = sample.span_loglik.shape[1]
+            span_loglik[b, :, :spans] = sample.span_loglik
+            span_mask[b, :spans] = True
         for k, targets in enumerate(sample.teachers):
             if targets is None:
                 continue
@@ -128,6 +157,8 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
             available[b, k, : n - 1] = targets.available
             features[b, k] = sample.features[k]
             present[b, k] = True
+            if sample.bits_per_byte is not None and np.isfinite(sample.bits_per_byte[k]):
+                bits_per_byte[b, k] = sample.bits_per_byte[k]
             aligned_rows[k] += targets.n_aligned
             mapped_mass[k] += targets.mapped_mass
     return FusionBatch(
@@ -144,4 +175,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         aligned_rows=torch.from_numpy(aligned_rows),
         student_rows=torch.tensor(student_rows, dtype=torch.int64),
         mapped_mass=torch.from_numpy(mapped_mass),
+        bits_per_byte=torch.from_numpy(bits_per_byte),
+        span_loglik=torch.from_numpy(span_loglik),
+        span_mask=torch.from_numpy(span_mask),
     )

@@ -14,6 +14,12 @@ beside it for a check on resume.
 teacher extracted over only the first shards, or with a NaN score for a sample, is absent for
 those samples, never replaced by a made-up target.
 
+**Gate objective.** Each sample carries every present teacher's bits per byte (what min_bpb /
+avg_bpb rank by, whatever the gate features). Under `gate_objective: likelihood` it also carries
+each present teacher's log-likelihood of the spans between the offsets where all present
+teachers have a token boundary (stages/align/spans.py); under `fusion` that work is skipped and
+the span tensors have S = 0.
+
 Workers build batches in numpy (alignment is vectorised, stages/align); the trainer never waits
 on them in practice (bench/distill_bench.py measures the margin).
 """
@@ -34,7 +40,9 @@ from data_schemas.corpus_shard import CORPUS_SCHEMA
 from data_schemas.parquet_io import check_schema
 from data_schemas.teacher_shard import TeacherSample, decode_table, read_teacher_shard
 from stages.align.sample import align_sample
+from stages.align.spans import common_boundaries, span_logliks
 from stages.distill.batch import AlignedSample, FusionBatch, collate_samples
+from stages.distill.gate_objective import GATE_OBJECTIVES
 from stages.tokenization import load_tokenizer, tokenize_many_with_ends
 
 logger = logging.getLogger(__name__)
@@ -121,6 +129,7 @@ class FusionStream(IterableDataset):
         features: gate features, one of `FEATURES` (`GATE_FEATURES` lists what each holds).
         target: the sparse target kind, one of `TARGET_KINDS` (stages/align/sample.py): `sampled`
             reads caches of drawn tokens, the others top-k caches.
+        gate_objective: one of `GATE_OBJECTIVES`; `likelihood` adds the span log-likelihoods.
         rank, world_size: this process's place in the job.
         seed: seeds the shard order of epochs ≥ 1.
     """
@@ -136,6 +145,7 @@ class FusionStream(IterableDataset):
         micro_batch_size: int,
         features: str = "exp_neg_ce",
         target: str = "renormalised",
+        gate_objective: str = "fusion",
         rank: int = 0,
         world_size: int = 1,
         seed: int = 0,
@@ -145,6 +155,11 @@ class FusionStream(IterableDataset):
         if target not in TARGET_KINDS:
             raise ValueError(f"distill.target must be one of {TARGET_KINDS}, got {target!r}")
         self.target = target
+        if gate_objective not in GATE_OBJECTIVES:
+            raise ValueError(
+                f"distill.gate_objective must be one of {GATE_OBJECTIVES}, got {gate_objective!r}"
+            )
+        self.gate_objective = gate_objective
         own = list(corpus_shards)[rank::world_size]
         if not own:
             raise ValueError(
@@ -255,8 +270,26 @@ class FusionStream(IterableDataset):
                     )
                 )
                 features[k] = values
-            samples.append(AlignedSample(sample_id, student.ids, tuple(targets), features))
+            # Teachers left out above (no data, non-finite features) are absent here too.
+            used = [t if a is not None else None for t, a in zip(teacher_rows, targets, strict=True)]
+            bits_per_byte = np.array([np.inf if t is None else t.bits_per_byte for t in used], np.float32)
+            span_loglik = present_span_logliks(used) if self.gate_objective == "likelihood" else None
+            samples.append(
+                AlignedSample(sample_id, student.ids, tuple(targets), features, bits_per_byte, span_loglik)
+            )
         return collate_samples(samples, len(self.teachers))
+
+
+def present_span_logliks(teachers: Sequence[TeacherSample | None]) -> np.ndarray:
+    """`[K, S]` float32: each present teacher's log-likelihood of the S spans between the offsets
+    where every present teacher has a token boundary (stages/align/spans.py); 0 in the rows of
+    absent (None) teachers, S = 0 when no teacher is present."""
+    present = [(k, t) for k, t in enumerate(teachers) if t is not None]
+    boundaries = common_boundaries([t.token_ends for _, t in present], [t.truncated for _, t in present])
+    loglik = np.zeros((len(teachers), max(len(boundaries) - 1, 0)), np.float32)
+    for k, teacher in present:
+        loglik[k] = span_logliks(teacher.token_ends, teacher.target_logprobs, boundaries)
+    return loglik
 
 
 class _ShardReader:

@@ -8,7 +8,9 @@ the token at j+1), so logits, teacher rows and `loss_mask` line up with no furth
 Gradient routing: L = λ·L_CLM + (1−λ)·L_fuse + β·L_feed. L_feed depends only on the gate
 weights, L_CLM only on the student, and L_fuse on both, so one backward of the total sends
 λ·CLM + (1−λ)·fusion to the student and β·feedback (+ (1−λ)·fusion through w, unless the caller
-detaches w, see `fuse_position_weights`) to the gate. A micro-batch reads, top to bottom:
+detaches w, see `fuse_position_weights`) to the gate. Under `gate_objective: likelihood` the
+caller detaches w in the fusion loss and adds L_gate (gate_objective.py), which depends on the
+gate alone. A micro-batch reads, top to bottom:
 
     lse = position_logsumexp(logits)                      # one logsumexp over V, shared
     clm = clm_loss(logits, input_ids, loss_mask, lse=lse)
@@ -159,26 +161,45 @@ def feedback_loss(importance: torch.Tensor) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class LossTerms:
-    """The three loss terms of a micro-batch and their weighted total (all scalar tensors)."""
+    """The loss terms of a micro-batch and their weighted total (all scalar tensors)."""
 
     clm: torch.Tensor
     fusion: torch.Tensor
     feedback: torch.Tensor
     total: torch.Tensor
+    gate_nll: torch.Tensor | None = None
+    """L_gate of `gate_objective: likelihood` (in the total with weight 1), else None."""
 
     def detached(self) -> dict[str, float]:
-        """Python floats for logging (one host sync for all four)."""
-        values = torch.stack([self.clm, self.fusion, self.feedback, self.total]).detach()
-        return dict(zip(("clm", "fusion", "feedback", "total"), values.float().tolist(), strict=True))
+        """Python floats for logging (one host sync for all terms); `gate_nll` only when there is one."""
+        names = ["clm", "fusion", "feedback", "total"]
+        terms = [self.clm, self.fusion, self.feedback, self.total]
+        if self.gate_nll is not None:
+            names.append("gate_nll")
+            terms.append(self.gate_nll)
+        values = torch.stack([t.detach().float() for t in terms])
+        return dict(zip(names, values.tolist(), strict=True))
 
 
 def combine_losses(
-    clm: torch.Tensor, fusion: torch.Tensor, feedback: torch.Tensor, *, lam: float, beta: float
+    clm: torch.Tensor,
+    fusion: torch.Tensor,
+    feedback: torch.Tensor,
+    *,
+    lam: float,
+    beta: float,
+    gate_nll: torch.Tensor | None = None,
 ) -> LossTerms:
-    """L = λ·L_CLM + (1−λ)·L_fuse + β·L_feed (DESIGN.md: λ = 0.9, β = 0.5; λ = 1 for `none`)."""
+    """L = λ·L_CLM + (1−λ)·L_fuse + β·L_feed (+ L_gate) (DESIGN.md: λ = 0.9, β = 0.5; λ = 1 for `none`).
+
+    `gate_nll` (the `likelihood` gate objective) depends on the gate only, so adding it with weight
+    1 changes no student gradient; pass it only where it trains a gate.
+    """
     if not 0.0 <= lam <= 1.0:
         raise ValueError(f"lam (the CLM weight) must be in [0, 1], got {lam}")
     if beta < 0.0:
         raise ValueError(f"beta (the feedback-loss weight) must be >= 0, got {beta}")
     total = lam * clm + (1.0 - lam) * fusion + beta * feedback
-    return LossTerms(clm=clm, fusion=fusion, feedback=feedback, total=total)
+    if gate_nll is not None:
+        total = total + gate_nll
+    return LossTerms(clm=clm, fusion=fusion, feedback=feedback, total=total, gate_nll=gate_nll)

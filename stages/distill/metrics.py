@@ -36,6 +36,8 @@ class StepStats:
             "fusion": 1,
             "feedback": 1,
             "total": 1,
+            "gate_nll": 1,
+            "gate_nll_batches": 1,
             "tokens": 1,
             "samples": 1,
             "student_rows": 1,
@@ -67,6 +69,7 @@ class StepStats:
         values = {
             "micro_batches": 1.0,
             **terms,
+            "gate_nll_batches": float("gate_nll" in terms),
             "tokens": float(batch.num_tokens),
             "samples": float(len(batch.sample_ids)),
             "student_rows": float(batch.student_rows),
@@ -104,6 +107,12 @@ class StepStats:
         out: dict[str, Any] = {
             **{f"loss/{t}": float(s[t]) / micro for t in ("total", "clm", "fusion", "feedback")},
             "gate/cv2": float(s["feedback"]) / micro,
+            # L_gate of `gate_objective: likelihood` (nats per sample), only in runs that have it.
+            **(
+                {"loss/gate_nll": float(s["gate_nll"]) / float(s["gate_nll_batches"])}
+                if float(s["gate_nll_batches"]) > 0
+                else {}
+            ),
             **{f"lr/{group}": lr for group, lr in lrs.items()},
             "throughput/tokens_per_s": float(s["tokens"]) / elapsed,
             "throughput/samples_per_s": float(s["samples"]) / elapsed,

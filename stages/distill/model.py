@@ -7,6 +7,7 @@ ZeRO partition and in every checkpoint — the reference code re-created it each
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from torch import nn
 
 from stages.distill.batch import FusionBatch
 from stages.distill.fusion import flat_support_ids, fuse_position_weights, fusion_cross_entropy
+from stages.distill.gate_objective import GATE_OBJECTIVES, mixture_span_nll
 from stages.distill.gating import SelectionGate
 from stages.distill.losses import (
     LossTerms,
@@ -26,6 +28,8 @@ from stages.distill.losses import (
     position_logsumexp,
 )
 from stages.distill.strategies import Strategy, sample_weights
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -51,7 +55,11 @@ class FusionModule(nn.Module):
         num_teachers: K, the columns of the batch's `[B, K]` tensors.
         num_features: F, the gate's features per teacher (`batch.features` is `[B, K, F]`).
         lam, beta, tau: λ, β, τ of DESIGN.md §6.
-        fusion_trains_gate: whether L_fuse reaches the gate through w (L_feed always does).
+        fusion_trains_gate: whether L_fuse reaches the gate through w (L_feed always does);
+            ignored under `gate_objective="likelihood"`, where it never does.
+        gate_objective: `fusion` (the gate learns from L_fuse, by `fusion_trains_gate`) or
+            `likelihood` (from L_gate = `mixture_span_nll` of the batch's spans; see
+            gate_objective.py). Only a strategy with a trained gate (`adaptive`) is affected.
         feedback_scope: `micro_batch` (importance of this micro-batch) or `step` (see
             `feedback_importance`).
     """
@@ -68,6 +76,7 @@ class FusionModule(nn.Module):
         fusion_trains_gate: bool,
         feedback_scope: str = "micro_batch",
         num_features: int = 1,
+        gate_objective: str = "fusion",
     ) -> None:
         super().__init__()
         self.student = student
@@ -78,6 +87,16 @@ class FusionModule(nn.Module):
         if feedback_scope not in ("micro_batch", "step"):
             raise ValueError(f"feedback_scope must be micro_batch or step, got {feedback_scope!r}")
         self.feedback_scope = feedback_scope
+        if gate_objective not in GATE_OBJECTIVES:
+            raise ValueError(
+                f"gate_objective must be one of {', '.join(GATE_OBJECTIVES)}, got {gate_objective!r}"
+            )
+        self.gate_objective = gate_objective
+        if gate_objective == "likelihood" and strategy.needs_gate and num_teachers == 1:
+            logger.warning(
+                "gate_objective likelihood with one teacher: its weight is always 1, so the gate "
+                "objective is a constant and trains nothing (training goes on)"
+            )
         self._earlier_importance: torch.Tensor | None = None
         # Only `adaptive` owns a gate; `authors` draws a throw-away one per step (strategies.py).
         self.gate = SelectionGate(num_teachers, num_features) if strategy.needs_gate else None
@@ -125,20 +144,28 @@ class FusionModule(nn.Module):
             batch.scores,
             batch.present,
             features=batch.features,
+            bits_per_byte=batch.bits_per_byte,
             gate=self.gate,
             tau=self.tau,
             generator=generator,
         )
+        likelihood = self.gate is not None and self.gate_objective == "likelihood"
+        fusion_trains_gate = self.fusion_trains_gate and not likelihood
         return micro_batch_losses(
             logits,
             batch,
-            weights if self.fusion_trains_gate else weights.detach(),
+            weights if fusion_trains_gate else weights.detach(),
             lam=self.strategy.clm_weight(self.lam),
             # β weighs the feedback loss only where it can train something: with no trainable
-            # gate (min_ce, avg_ce, uniform, single, authors) CV² is logged but adds no constant.
+            # gate (the fixed rules, authors) CV² is logged but adds no constant.
             beta=self.beta if self.gate is not None else 0.0,
             feedback_weights=weights,
             feedback_importance=self.feedback_importance(weights),
+            gate_nll=(
+                mixture_span_nll(weights, batch.span_loglik, batch.span_mask, batch.present)
+                if likelihood
+                else None
+            ),
         )
 
 
@@ -151,6 +178,7 @@ def micro_batch_losses(
     beta: float,
     feedback_weights: torch.Tensor | None = None,
     feedback_importance: torch.Tensor | None = None,
+    gate_nll: torch.Tensor | None = None,
 ) -> FusionOutput:
     """λ·CLM + (1−λ)·fusion + β·feedback of one micro-batch from the student's logits.
 
@@ -162,6 +190,8 @@ def micro_batch_losses(
         feedback_weights: w with its grad path for the feedback loss (default: `weights`).
         feedback_importance: `[K]` importance for the feedback loss (default: that of
             `feedback_weights`; `FusionModule.feedback_importance` gives the step-scope one).
+        gate_nll: L_gate of the `likelihood` gate objective, added to the total with weight 1;
+            None: no such term.
     """
     lse = position_logsumexp(logits)  # the step's single logsumexp over the vocabulary
     if weights is None:
@@ -191,5 +221,5 @@ def micro_batch_losses(
     if feedback_importance is None:
         feedback_importance = importance(feedback_weights)
     feedback = feedback_loss(feedback_importance)
-    terms = combine_losses(clm, fused.loss, feedback, lam=lam, beta=beta)
+    terms = combine_losses(clm, fused.loss, feedback, lam=lam, beta=beta, gate_nll=gate_nll)
     return FusionOutput(terms, feedback_weights.detach(), fused.fused_positions, fused.target_entropy)

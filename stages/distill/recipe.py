@@ -73,6 +73,8 @@ class RecipeSettings:
     fusion_trains_gate: bool = True
     feedback_scope: str = "micro_batch"
     gate_features: str = "exp_neg_ce"
+    gate_objective: str = "fusion"
+    """What trains the gate besides the feedback loss: `fusion` or `likelihood` (gate_objective.py)."""
     lr: float = 2e-5
     gate_lr: float = 1e-3
     weight_decay: float = 0.0
@@ -148,6 +150,7 @@ class DistillRecipe:
             fusion_trains_gate=cfg.fusion_trains_gate,
             feedback_scope=cfg.feedback_scope,
             num_features=feature_count(cfg.gate_features),
+            gate_objective=cfg.gate_objective,
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),
@@ -335,7 +338,7 @@ class DistillRecipe:
         resume that changed them would silently train a run no single setting describes."""
         c = self.cfg
         names = ("lam", "beta", "tau", "lr", "gate_lr", "weight_decay", "warmup_steps", "max_steps")
-        names += ("micro_batch_size", "grad_accum_steps", "gate_features", "feedback_scope")
+        names += ("micro_batch_size", "grad_accum_steps", "gate_features", "feedback_scope", "gate_objective")
         return {
             **{n: getattr(c, n) for n in names},
             "fusion_trains_gate": c.fusion_trains_gate,

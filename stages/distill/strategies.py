@@ -5,14 +5,19 @@
 | `adaptive`    | select_teachers(gate(x_b), tau) with the persistent, trained gate | Kong et al.  |
 | `min_ce`      | one-hot on the best score among present teachers               | FuseLLM MinCE   |
 | `avg_ce`      | softmax(r_b) over present teachers                             | FuseLLM AvgCE, as coded |
+| `min_bpb`     | one-hot on the lowest bits per byte among present teachers     | tokenizer-neutral MinCE |
+| `avg_bpb`     | softmax(2^(−bpb_b)) over present teachers                      | tokenizer-neutral AvgCE |
 | `uniform`     | 1/n over the n present teachers                                | baseline        |
 | `single:NAME` | one-hot on teacher NAME where present                          | baseline        |
 | `authors`     | select_teachers(fresh random gate(x_b), tau), nothing trained  | released code   |
 | `none`        | no fusion (λ = 1): CLM-only continual training                 | baseline        |
 
 Scores r are "higher is better" (default exp(−ce)); the gates read the features x (`[B, K, F]`,
-the scores alone when F = 1), the fixed rules rank by the scores. Absent teachers always get
-weight 0 and a sample with no teacher gets an all-zero row, which drops it from the fusion loss.
+the scores alone when F = 1), the fixed rules rank by the scores. FuseLLM's per-token CE is
+not comparable across tokenizers (a teacher with longer tokens has a higher CE per token on the
+same text); `min_bpb` / `avg_bpb` rank by each teacher's bits per byte instead, whatever the gate
+features are. Absent teachers always get weight 0 and a sample with no teacher gets an all-zero
+row, which drops it from the fusion loss.
 """
 
 from __future__ import annotations
@@ -25,7 +30,17 @@ import torch.nn.functional as F
 
 from stages.distill.gating import SelectionGate, masked_softmax, select_teachers
 
-STRATEGY_NAMES = ("adaptive", "min_ce", "avg_ce", "uniform", "single:NAME", "authors", "none")
+STRATEGY_NAMES = (
+    "adaptive",
+    "min_ce",
+    "avg_ce",
+    "min_bpb",
+    "avg_bpb",
+    "uniform",
+    "single:NAME",
+    "authors",
+    "none",
+)
 _SINGLE_PREFIX = "single:"
 
 
@@ -86,6 +101,7 @@ def sample_weights(
     present: torch.Tensor,
     *,
     features: torch.Tensor | None = None,
+    bits_per_byte: torch.Tensor | None = None,
     gate: SelectionGate | None = None,
     tau: float = 0.15,
     generator: torch.Generator | None = None,
@@ -98,6 +114,8 @@ def sample_weights(
         present: `[B, K]` bool, false where a teacher has no data for the sample.
         features: `[B, K, F]` what the gates of `adaptive` and `authors` read (`FusionBatch.features`);
             None: the scores, F = 1.
+        bits_per_byte: `[B, K]` each teacher's bits per byte on the sample (`FusionBatch.bits_per_byte`),
+            what `min_bpb` / `avg_bpb` rank by; any value (inf, NaN) where the teacher is absent.
         gate: the persistent gate; required when `strategy.needs_gate`, ignored otherwise.
         tau: selection threshold of `adaptive` and `authors`.
         generator: CPU RNG for the fresh gate of `authors` (global RNG when None); keep it in
@@ -106,6 +124,9 @@ def sample_weights(
     Returns:
         `[B, K]` fp32 weights, rows summing to 1 (0 for samples with no present teacher).
         Only `adaptive` returns weights with a grad path (to the gate); `none` returns zeros.
+
+    Raises:
+        ValueError: `adaptive` without `gate`, or `min_bpb` / `avg_bpb` without `bits_per_byte`.
     """
     present = present.bool()
     scores = scores.float()
@@ -122,6 +143,13 @@ def sample_weights(
             return _one_hot(best, present)
         case "avg_ce":
             return masked_softmax(scores, present)
+        case "min_bpb":
+            best = _bpb_ranking(bits_per_byte, present, strategy).argmax(dim=-1)
+            return _one_hot(best, present)
+        case "avg_bpb":
+            # avg_ce's formula on the per-byte probability 2^(−bpb) instead of exp(−ce).
+            bpb = _bits_per_byte(bits_per_byte, strategy)
+            return masked_softmax(torch.exp2(-bpb), present)
         case "uniform":
             counts = present.sum(dim=-1, keepdim=True).clamp_min(1)
             return present.float() / counts
@@ -132,6 +160,24 @@ def sample_weights(
         case "none":
             return torch.zeros_like(scores)
     raise AssertionError(f"unhandled strategy kind {strategy.kind!r}")
+
+
+def _bits_per_byte(bits_per_byte: torch.Tensor | None, strategy: Strategy) -> torch.Tensor:
+    """`[B, K]` fp32 bits per byte with NaN read as +inf (no data is the worst value)."""
+    if bits_per_byte is None:
+        raise ValueError(
+            f"strategy {strategy.name!r} needs each teacher's bits_per_byte; pass bits_per_byte="
+        )
+    return torch.nan_to_num(bits_per_byte.float(), nan=float("inf"))
+
+
+def _bpb_ranking(
+    bits_per_byte: torch.Tensor | None, present: torch.Tensor, strategy: Strategy
+) -> torch.Tensor:
+    """`[B, K]` higher-is-better key of `min_bpb`: −bpb, with every present teacher (even one of
+    infinite bpb) above every absent one, so that the argmax is absent only when all are."""
+    key = -_bits_per_byte(bits_per_byte, strategy).clamp_max(torch.finfo(torch.float32).max)
+    return key.masked_fill(~present, float("-inf"))
 
 
 def _one_hot(index: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

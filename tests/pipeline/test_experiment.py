@@ -63,6 +63,19 @@ def test_methods_change_only_their_own_fields(config) -> None:
         choose_methods(["adaptiv"])
 
 
+def test_bpb_baselines_and_the_likelihood_gate_change_only_their_own_fields(config) -> None:
+    for name in ("min_bpb", "avg_bpb"):
+        sub = method_config(config, METHODS[name])
+        assert sub.distill.strategy == name
+        assert dataclasses.replace(sub.distill, strategy=config.distill.strategy) == config.distill
+    sub = method_config(config, METHODS["adaptive_likelihood"])
+    assert sub.distill.strategy == "adaptive" and sub.distill.gate_objective == "likelihood"
+    restored = dataclasses.replace(
+        sub.distill, strategy=config.distill.strategy, gate_objective=config.distill.gate_objective
+    )
+    assert restored == config.distill
+
+
 def test_gate_weights_of_an_all_features_gate_rebuilt_from_gate_pt(config, tmp_path: Path) -> None:
     train = load_train_scores(config, "all")
     assert train.features.shape == (len(train.domains), 2, 4) and train.present.any()

@@ -18,8 +18,9 @@ from torch.utils.data import DataLoader
 from data_schemas.manifest import read_manifest, write_manifest
 from data_schemas.teacher_shard import decode_table, read_teacher_shard
 from pipeline.distillation import StreamInputs, build_stream
+from stages.align.spans import common_boundaries
 from stages.distill.batch import FusionBatch
-from stages.distill.loader import FusionStream, teacher_features
+from stages.distill.loader import FusionStream, present_span_logliks, teacher_features
 from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
 
 
@@ -155,6 +156,58 @@ def test_all_features_are_the_shards_four_scores_mapped_into_0_1(world, stream_i
             ]
             assert batch.features[b, k].tolist() == pytest.approx(by_hand, rel=1e-6)
     assert ((batch.features > 0) & (batch.features <= 1)).all()
+
+
+def test_likelihood_objective_adds_the_present_teachers_span_logliks(world, stream_inputs) -> None:
+    fusion = take(stream_of(world, stream_inputs, micro_batch_size=6), 3)
+    likelihood_stream = stream_of(world, stream_inputs, micro_batch_size=6, gate_objective="likelihood")
+    likelihood = take(likelihood_stream, 3)
+    # The default objective does no span work: S = 0. Everything else is the same batch.
+    assert fusion[0].span_loglik.shape == (6, 2, 0) and fusion[0].span_mask.shape == (6, 0)
+    for a, b in zip(fusion, likelihood, strict=True):
+        assert a.sample_ids == b.sample_ids and torch.equal(a.features, b.features)
+        assert torch.equal(a.bits_per_byte, b.bits_per_byte)
+    for index, batch in ((0, likelihood[0]), (2, likelihood[2])):  # both teachers; gemma absent
+        shard_name = likelihood_stream.shards[index].name
+        rows = []
+        for teacher in stream_inputs.teachers:
+            path = teacher.shards.get(shard_name)
+            rows.append({r.sample_id: r for r in decode_table(read_teacher_shard(path))} if path else {})
+        assert batch.span_loglik.dtype == torch.float32 and batch.span_mask.dtype == torch.bool
+        for b, sample_id in enumerate(batch.sample_ids):
+            present = [rows[k].get(sample_id) if batch.present[b, k] else None for k in range(2)]
+            used = [r for r in present if r is not None]
+            boundaries = common_boundaries([r.token_ends for r in used], [r.truncated for r in used])
+            spans = int(batch.span_mask[b].sum())
+            assert spans == len(boundaries) - 1 > 0 and batch.span_mask[b, :spans].all()
+            for k, row in enumerate(present):
+                if row is None:
+                    assert (batch.span_loglik[b, k] == 0).all() and batch.bits_per_byte[b, k] == math.inf
+                    continue
+                assert batch.bits_per_byte[b, k].item() == pytest.approx(row.bits_per_byte, rel=1e-6)
+                # Σ over spans = the teacher's target logprobs over the tokens the spans cover.
+                ends = row.token_ends[1:]
+                covered = (ends > boundaries[0]) & (ends <= boundaries[-1])
+                assert batch.span_loglik[b, k, :spans].double().sum().item() == pytest.approx(
+                    float(row.target_logprobs[covered].astype(np.float64).sum()), rel=1e-5, abs=1e-3
+                )
+    assert likelihood[0].present.all() and not likelihood[2].present[:, 1].any()
+
+
+def test_present_span_logliks_ignore_absent_teachers(world) -> None:
+    row = _any_teacher_row(world)
+    alone = present_span_logliks([row, None])
+    assert alone.shape[0] == 2 and (alone[1] == 0).all()
+    # One teacher: its own token ends are the boundaries; the spans add up to its tokens after the
+    # first boundary (a cut tokenisation drops its last end).
+    boundaries = common_boundaries([row.token_ends], [row.truncated])
+    assert alone.shape[1] == len(boundaries) - 1
+    assert present_span_logliks([None, None]).shape == (2, 0)
+
+
+def test_unknown_gate_objective_is_refused_by_the_loader(world, stream_inputs) -> None:
+    with pytest.raises(ValueError, match="gate_objective must be one of.*'likelihood'.*got 'student'"):
+        stream_of(world, stream_inputs, gate_objective="student")
 
 
 def test_non_finite_score_makes_the_teacher_absent(world) -> None:

@@ -3,14 +3,19 @@ gradients), `none` is CLM only, and the gate is a submodule (so DeepSpeed wraps 
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+import pytest
 import torch
 from torch import nn
 
 from stages.align.sample import AlignedTargets
 from stages.distill.batch import AlignedSample, collate_samples
 from stages.distill.fusion import fuse_position_weights, fusion_cross_entropy
+from stages.distill.gate_objective import mixture_span_nll
 from stages.distill.losses import clm_loss, combine_losses, feedback_loss, importance, position_logsumexp
+from stages.distill.metrics import StepStats
 from stages.distill.model import FusionModule
 from stages.distill.strategies import parse_strategy, sample_weights
 
@@ -29,8 +34,11 @@ class TinyLM(nn.Module):
         return type("Out", (), {"logits": self.head(self.embed(input_ids))})()
 
 
-def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None):
+def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None, spans: int = 0):
+    """Two samples (7 and 4 tokens; teacher 0 absent from the second); with `spans`, the first has
+    that many common-boundary spans and the second one fewer (padding), with random logliks."""
     rng = np.random.default_rng(seed)
+    extra = np.random.default_rng(seed + 1000)  # the optional arrays leave the others unchanged
     samples = []
     for b, n in enumerate((7, 4)):
         targets = []
@@ -51,22 +59,27 @@ def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None
                     n_unmapped=0,
                 )
             )
+        present = np.array([t is not None for t in targets])
+        span_loglik = None
+        if spans:
+            span_loglik = np.where(present[:, None], -extra.random((teachers, spans - b)) * 3, 0.0)
         samples.append(
             AlignedSample(
                 f"s{b}",
                 rng.integers(0, VOCAB, n).astype(np.int32),
                 tuple(targets),
                 rng.random((teachers, 1)).astype(np.float32),
+                bits_per_byte=np.where(present, 0.5 + extra.random(teachers), np.inf).astype(np.float32),
+                span_loglik=None if span_loglik is None else span_loglik.astype(np.float32),
             )
         )
     return collate_samples(samples, teachers)
 
 
-def module_for(strategy: str, teachers: int = 2) -> FusionModule:
+def module_for(strategy: str, teachers: int = 2, **kwargs) -> FusionModule:
     torch.manual_seed(0)
-    return FusionModule(
-        TinyLM(), parse_strategy(strategy), teachers, lam=0.9, beta=0.5, tau=0.15, fusion_trains_gate=True
-    )
+    settings = {"lam": 0.9, "beta": 0.5, "tau": 0.15, "fusion_trains_gate": True, **kwargs}
+    return FusionModule(TinyLM(), parse_strategy(strategy), teachers, **settings)
 
 
 def test_one_gather_equals_the_losses_one_by_one_with_the_same_gradients() -> None:
@@ -195,3 +208,81 @@ def test_step_scope_feedback_all_reduces_importance_over_ranks(tmp_path) -> None
         weights = sample_weights(module.strategy, batch.scores, batch.present, gate=module.gate, tau=0.15)
         feedback_loss(results[1 - rank][0] + importance(weights)).backward()
         torch.testing.assert_close(results[rank][2], module.gate.layers[0].weight.grad)
+
+
+def test_likelihood_objective_trains_the_gate_by_the_span_nll_and_the_student_as_before() -> None:
+    batch = batch_of(spans=4)
+    module = module_for("adaptive", gate_objective="likelihood", beta=0.0)
+    output = module(batch)
+    weights = sample_weights(module.strategy, batch.scores, batch.present, gate=module.gate, tau=0.15)
+    gate_nll = mixture_span_nll(weights, batch.span_loglik, batch.span_mask, batch.present)
+    torch.testing.assert_close(output.terms.gate_nll, gate_nll)
+    expected = 0.9 * output.terms.clm + 0.1 * output.terms.fusion + gate_nll
+    torch.testing.assert_close(output.terms.total, expected)
+    assert output.terms.detached()["gate_nll"] == pytest.approx(float(gate_nll))
+    output.terms.total.backward()
+    student_grads = {n: p.grad.clone() for n, p in module.student.named_parameters()}
+    # The gate's gradient is that of L_gate alone: the fusion loss reaches the student only
+    # (although fusion_trains_gate is on).
+    got = [p.grad.clone() for p in module.gate.parameters()]
+    module.zero_grad()
+    gate_nll.backward()
+    for g, p in zip(got, module.gate.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+    # The student learns exactly what it learns under the `fusion` objective (same init, same w).
+    fusion = module_for("adaptive", beta=0.0)
+    fusion(batch).terms.total.backward()
+    for name, parameter in fusion.student.named_parameters():
+        torch.testing.assert_close(student_grads[name], parameter.grad, msg=name)
+
+
+def test_fusion_objective_has_no_gate_term() -> None:
+    output = module_for("adaptive")(batch_of(spans=3))
+    assert output.terms.gate_nll is None and "gate_nll" not in output.terms.detached()
+
+
+def test_likelihood_objective_only_affects_a_trained_gate() -> None:
+    batch = batch_of(spans=3)
+    for strategy in ("min_ce", "uniform", "authors"):
+        output = module_for(strategy, gate_objective="likelihood")(batch)
+        assert output.terms.gate_nll is None
+
+
+def test_unknown_gate_objective_lists_the_choices() -> None:
+    with pytest.raises(ValueError, match="gate_objective must be one of fusion, likelihood, got 'student'"):
+        module_for("adaptive", gate_objective="student")
+
+
+def test_likelihood_with_one_teacher_warns_that_the_gate_is_a_constant(caplog) -> None:
+    with caplog.at_level(logging.WARNING, logger="stages.distill.model"):
+        module = module_for("adaptive", teachers=1, gate_objective="likelihood")
+    assert "one teacher" in caplog.text and "constant" in caplog.text
+    batch = batch_of(teachers=1, spans=2)
+    output = module(batch)
+    output.terms.total.backward()
+    assert torch.isfinite(output.terms.total)
+    assert all(p.grad is None or p.grad.abs().max() < 1e-6 for p in module.gate.parameters())
+
+
+def test_bpb_strategies_read_the_batchs_bits_per_byte() -> None:
+    batch = batch_of(teachers=3)
+    bpb = batch.bits_per_byte.masked_fill(~batch.present, float("inf"))
+    expected = torch.nn.functional.one_hot(bpb.argmin(-1), 3).float()
+    torch.testing.assert_close(module_for("min_bpb", teachers=3)(batch).weights, expected)
+    avg = module_for("avg_bpb", teachers=3)(batch).weights
+    assert (avg[~batch.present] == 0).all()
+    torch.testing.assert_close(avg.sum(-1), torch.ones(2))
+
+
+def test_step_stats_log_gate_nll_only_when_there_is_one() -> None:
+    names = ("a", "b")
+    batch = batch_of(spans=3)
+    stats = StepStats(names)
+    stats.add(batch, module_for("adaptive")(batch))
+    assert "loss/gate_nll" not in stats.summary({}, world_size=1)
+    outputs = [module_for("adaptive", gate_objective="likelihood")(batch) for _ in range(2)]
+    for output in outputs:
+        stats.add(batch, output)
+    summary = stats.summary({}, world_size=1)
+    mean = sum(float(o.terms.gate_nll) for o in outputs) / 2
+    assert summary["loss/gate_nll"] == pytest.approx(mean)

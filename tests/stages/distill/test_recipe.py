@@ -46,7 +46,10 @@ def stream_for(world, inputs: StreamInputs, settings: RecipeSettings, teachers=N
     if teachers is not None:
         inputs = dataclasses.replace(inputs, teachers=teachers)
     config = world.config_for(
-        settings.run_dir, micro_batch_size=settings.micro_batch_size, gate_features=settings.gate_features
+        settings.run_dir,
+        micro_batch_size=settings.micro_batch_size,
+        gate_features=settings.gate_features,
+        gate_objective=settings.gate_objective,
     )
     return build_stream(config, inputs, rank=0, world_size=1)
 
@@ -58,7 +61,8 @@ def trained(world, inputs, settings, teachers=None) -> DistillRecipe:
 
 
 @pytest.mark.parametrize(
-    "strategy", ["adaptive", "min_ce", "avg_ce", "uniform", "single:gemma", "authors", "none"]
+    "strategy",
+    ["adaptive", "min_ce", "avg_ce", "min_bpb", "avg_bpb", "uniform", "single:gemma", "authors", "none"],
 )
 def test_each_strategy_trains_three_steps_through_deepspeed(
     world, stream_inputs, tmp_path: Path, strategy: str
@@ -97,6 +101,24 @@ def test_each_strategy_trains_three_steps_through_deepspeed(
         assert records[0]["gate/mean_w/smol"] == 0.0
     lines = (tmp_path / "logs" / "samples-rank0.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
+
+
+def test_likelihood_gate_objective_trains_the_gate_and_logs_gate_nll(
+    world, stream_inputs, tmp_path: Path
+) -> None:
+    settings = settings_for(world, tmp_path, "adaptive", gate_objective="likelihood")
+    recipe = trained(world, stream_inputs, settings)
+    gate = recipe.engine.module.gate
+    before = [p.detach().clone() for p in gate.parameters()]
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    assert any(not torch.equal(a, b) for a, b in zip(before, gate.parameters(), strict=True))
+    records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3]
+    assert all(r["loss/gate_nll"] > 0 and torch.isfinite(torch.tensor(r["loss/gate_nll"])) for r in records)
+    assert recipe.resume_settings()["gate_objective"] == "likelihood"
 
 
 def test_adaptive_over_all_four_features_trains_and_exports_a_gate_that_rebuilds(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -14,6 +16,9 @@ TEACHERS = ("llama", "qwen", "phi")
 # Sample 0: all present, phi best. Sample 1: phi absent (its high score must be ignored).
 SCORES = torch.tensor([[0.2, 0.5, 0.9], [0.3, 0.6, 0.99]])
 PRESENT = torch.tensor([[1, 1, 1], [1, 1, 0]], dtype=torch.bool)
+# Bits per byte, lower is better: sample 0 ranks qwen best (not phi, the best by score); sample 1's
+# absent phi has the lowest value of all, which must be ignored.
+BITS_PER_BYTE = torch.tensor([[1.2, 0.8, 1.0], [0.9, 1.1, 0.1]])
 
 
 def test_parse_known_strategies() -> None:
@@ -47,6 +52,7 @@ def test_strategy_flags() -> None:
 
 
 def weights_of(spec: str, **kwargs) -> torch.Tensor:
+    kwargs.setdefault("bits_per_byte", BITS_PER_BYTE)
     return sample_weights(parse_strategy(spec, TEACHERS), SCORES, PRESENT, **kwargs)
 
 
@@ -61,6 +67,37 @@ def test_avg_ce_is_softmax_of_scores_over_present() -> None:
     torch.testing.assert_close(weights_of("avg_ce"), torch.stack([row0, row1]))
 
 
+def test_min_bpb_picks_the_lowest_bits_per_byte_among_present() -> None:
+    expected = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    torch.testing.assert_close(weights_of("min_bpb"), expected)
+
+
+def test_bpb_rules_never_pick_an_absent_teacher_whatever_its_value() -> None:
+    # Absent teachers with the best (or a NaN, or an infinite) value; a present teacher with NaN
+    # or infinite bits per byte is ranked last among the present, never dropped for an absent one.
+    bpb = torch.tensor([[float("nan"), 0.1, 0.5], [float("inf"), float("inf"), 0.0]])
+    present = torch.tensor([[1, 0, 1], [1, 0, 0]], dtype=torch.bool)
+    for spec in ("min_bpb", "avg_bpb"):
+        weights = sample_weights(parse_strategy(spec), SCORES, present, bits_per_byte=bpb)
+        assert torch.isfinite(weights).all() and (weights[~present] == 0).all()
+        torch.testing.assert_close(weights.sum(-1), torch.ones(2))
+    weights = sample_weights(parse_strategy("min_bpb"), SCORES, present, bits_per_byte=bpb)
+    torch.testing.assert_close(weights, torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
+
+
+def test_avg_bpb_is_softmax_of_two_to_the_minus_bpb_over_present() -> None:
+    # By hand: sample 0 over all three, sample 1 over llama and qwen only.
+    e0 = [math.exp(2**-1.2), math.exp(2**-0.8), math.exp(2**-1.0)]
+    e1 = [math.exp(2**-0.9), math.exp(2**-1.1)]
+    expected = torch.tensor([[v / sum(e0) for v in e0], [e1[0] / sum(e1), e1[1] / sum(e1), 0.0]])
+    torch.testing.assert_close(weights_of("avg_bpb"), expected)
+
+
+def test_bpb_rules_need_bits_per_byte() -> None:
+    with pytest.raises(ValueError, match="'min_bpb' needs each teacher's bits_per_byte"):
+        weights_of("min_bpb", bits_per_byte=None)
+
+
 def test_uniform_and_single() -> None:
     expected = torch.tensor([[1 / 3, 1 / 3, 1 / 3], [0.5, 0.5, 0.0]])
     torch.testing.assert_close(weights_of("uniform"), expected)
@@ -72,7 +109,7 @@ def test_none_gives_zero_weights() -> None:
     assert (weights_of("none") == 0).all()
 
 
-@pytest.mark.parametrize("spec", ["adaptive", "authors", "min_ce", "avg_ce", "uniform"])
+@pytest.mark.parametrize("spec", ["adaptive", "authors", "min_ce", "avg_ce", "min_bpb", "avg_bpb", "uniform"])
 def test_weights_sum_to_one_and_absent_get_zero(spec: str) -> None:
     weights = weights_of(spec, gate=SelectionGate(3), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))

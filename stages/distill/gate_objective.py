@@ -1,0 +1,56 @@
+"""What trains the selection gate (`distill.gate_objective`, DESIGN.md §6).
+
+`fusion` (the paper's): the gate gets L_fuse through the weights w. ∂L_fuse/∂w_bk is, up to a
+term shared by all teachers, the student's cross-entropy against teacher k, so descent moves
+weight toward the teacher the student already imitates, not toward the one that knows the text.
+
+`likelihood`: the gate maximises the likelihood of the training text under the w-mixture of the
+teachers, span by span (stages/align/spans.py: spans between offsets where every present teacher
+has a token boundary, ll_bks = log p_k(text of span s | text before s)):
+
+    L_gate = −mean_b Σ_s log Σ_k w_bk exp(ll_bks)        (present teachers only)
+
+Tokenizer-neutral and read from the cache alone: no student in it. The fusion loss then reaches
+the student only (w is detached there) and the gate gets L_gate + β·L_feed.
+"""
+
+from __future__ import annotations
+
+import torch
+
+GATE_OBJECTIVES = ("fusion", "likelihood")
+"""`distill.gate_objective`: what the gate is trained by, besides the feedback loss."""
+
+
+def mixture_span_nll(
+    weights: torch.Tensor, span_loglik: torch.Tensor, span_mask: torch.Tensor, present: torch.Tensor
+) -> torch.Tensor:
+    """−mean_b Σ_s log Σ_k w_bk exp(ll_bks): the text's NLL (nats) under the teachers' w-mixture.
+
+    Args:
+        weights: `[B, K]` sample weights w (rows sum to 1 over present teachers), with their grad
+            path to the gate.
+        span_loglik: `[B, K, S]` ll_bks, teacher k's log-likelihood of span s of sample b; any
+            finite value where the span is padding or the teacher absent.
+        span_mask: `[B, S]` bool, true on the real spans of sample b.
+        present: `[B, K]` bool, teacher k has data for sample b.
+
+    Returns:
+        Scalar fp32. A sample with one present teacher adds a constant (its w is 1); one with no
+        teacher, no spans or all-zero weights adds 0. Teachers with w = 0 (not selected) drop out
+        of the mixture and get a zero gradient, never NaN.
+    """
+    w = weights.float()
+    ll = span_loglik.float()
+    used = present.bool() & (w > 0)  # [B, K]
+    active = used.any(dim=-1)  # [B]
+    # log w where used, −inf elsewhere; the clamp keeps log(0)'s infinite slope out of backward.
+    log_w = torch.where(used, w.clamp_min(torch.finfo(w.dtype).tiny).log(), float("-inf"))
+    terms = log_w.unsqueeze(-1) + torch.where(used.unsqueeze(-1), ll, 0.0)  # [B, K, S]
+    # Rows with no used teacher would be all −inf (NaN gradient through logsumexp): make them finite
+    # and drop them below.
+    terms = torch.where(active[:, None, None], terms, 0.0)
+    span_ll = torch.logsumexp(terms, dim=1)  # [B, S]
+    keep = span_mask.bool() & active.unsqueeze(-1)
+    per_sample = torch.where(keep, span_ll, 0.0).sum(dim=-1)  # [B]
+    return -per_sample.sum() / max(w.shape[0], 1)
