@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +17,18 @@ from typing import Any, Literal
 
 import dacite
 import yaml
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats: ``5e-5`` and ``1E3`` are numbers, as a user
+    writing a learning rate expects, not the strings YAML 1.1 makes of exponents without a dot."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class ConfigError(ValueError):
@@ -218,7 +231,8 @@ class DistillConfig:
     """Stage two: fusion strategy, losses and the DeepSpeed training loop."""
 
     strategy: str = "adaptive"
-    """adaptive, min_ce, avg_ce, uniform, single:NAME, authors or none (CLM only)."""
+    """adaptive, min_ce, avg_ce, min_bpb, avg_bpb (tokenizer-neutral: by bits per byte), uniform,
+    single:NAME, authors or none (CLM only)."""
     target: Literal["renormalised", "residual", "sampled"] = "renormalised"
     """The sparse teacher target (stages/align/sample.py): ``renormalised`` the stored top-k scaled
     to sum 1 (FuseLLM; biased: every other token gets 0); ``residual`` the stored full-softmax
@@ -238,6 +252,14 @@ class DistillConfig:
     first gate layer Linear(4K, 2K). The first feature is also the score min_ce / avg_ce rank by."""
     fusion_trains_gate: bool = True
     """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
+    gate_objective: Literal["fusion", "likelihood"] = "fusion"
+    """What trains the gate of ``adaptive`` besides the feedback loss. ``fusion`` (the paper's): the
+    fusion loss through the weights (by ``fusion_trains_gate``), which pulls weight toward the
+    teacher the student already imitates. ``likelihood``: the gate maximises the likelihood of the
+    training text under the weight-mixture of the teachers, over spans where every present
+    teacher has a token boundary (tokenizer-neutral, from the teacher caches alone); the fusion
+    loss then trains the student only (``fusion_trains_gate`` is ignored). With one teacher the
+    objective is a constant."""
     feedback_scope: Literal["micro_batch", "step"] = "micro_batch"
     """Over what the feedback loss sums gate importance: each micro-batch on its own, or the whole
     optimizer step on every rank (earlier micro-batches and other ranks enter as constants)."""
@@ -527,7 +549,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {override!r} is not key=value: write e.g. extract.top_k=10")
-    value = yaml.safe_load(raw) if raw else None
+    value = yaml.load(raw, Loader=ConfigLoader) if raw else None
     parts = key.split(".")
     node: Any = data
     for depth, part in enumerate(parts):
@@ -626,7 +648,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     path = Path(path)
     try:
         raw = path.read_bytes()
-        data = yaml.safe_load(raw.decode("utf-8")) or {}
+        data = yaml.load(raw.decode("utf-8"), Loader=ConfigLoader) or {}
     except FileNotFoundError as e:
         raise ConfigError(f"config file {path} does not exist: pass --config PATH") from e
     except IsADirectoryError as e:

@@ -91,3 +91,17 @@ def test_every_field_is_documented() -> None:
     undocumented = [key for key, _, doc in rows if not doc and key not in ("corpus", "student", "teachers")]
     assert undocumented == [], undocumented
     assert config_from_dict({}) == Config()
+
+
+def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path: Path) -> None:
+    # YAML 1.1 (PyYAML's default) reads 5e-5 as a string; a learning rate written so is a number.
+    path = tmp_path / "c.yaml"
+    path.write_text("distill:\n  lr: 5e-5\n  gate_lr: 1E-3\n")
+    config = load_config(path, ["distill.beta=2e-1"])
+    assert (config.distill.lr, config.distill.gate_lr, config.distill.beta) == (5e-5, 1e-3, 0.2)
+    assert load_config(path, ["name=1e5x"]).name == "1e5x"  # not a number: still a string
+
+
+def test_a_choice_field_names_its_choices(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="'renormalised', 'residual', 'sampled', got 'topp'"):
+        config_from_dict({"distill": {"target": "topp"}})
