@@ -74,6 +74,7 @@ RUNS = {
         _kd("qwen_renorm_lr5e-5", "renormalised", "5e-5"),
         _kd("qwen_residual_lr5e-5", "residual", "5e-5"),
         _kd("qwen_sampled_lr5e-5", "sampled", "5e-5"),
+        _kd("qwen_sampled_lam0.5_lr5e-5", "sampled", "5e-5", lam="0.5"),
         _none("2e-4"),
         _kd("qwen_renorm_lr2e-4", "renormalised", "2e-4"),
         _kd("qwen_residual_lr2e-4", "residual", "2e-4"),

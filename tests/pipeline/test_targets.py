@@ -12,15 +12,9 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import ConfigError, config_from_dict
-from tests.stages.distill.fake_world import GEMMA, SMOLLM2, FakeWorld, fake_world
+from tests.stages.distill.fake_world import FakeWorld
 
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> FakeWorld:
-    for folder in (SMOLLM2, GEMMA):
-        if not (folder / "tokenizer.json").is_file():
-            pytest.fail(f"{folder} is missing: run `make tokenizers`")
-    return fake_world(tmp_path_factory.getbasetemp() / "distill-world")
+# `world`: the small distill world of tests/pipeline/conftest.py.
 
 
 def _write(config, path: Path) -> Path:

@@ -72,6 +72,7 @@ def dense_fusion_reference(
 
 
 def sparse_loss(batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None):
+    """The fusion loss of a `random_sparse_batch` (with its `rest_mass` when it has one)."""
     position_weights = fuse_position_weights(
         batch["weights"] if weights is None else weights, batch["available"]
     )
@@ -81,6 +82,7 @@ def sparse_loss(batch: dict[str, torch.Tensor], weights: torch.Tensor | None = N
         batch["support_probs"],
         position_weights,
         batch["loss_mask"],
+        rest_mass=batch.get("rest_mass"),
     )
 
 
@@ -266,18 +268,7 @@ def with_rest(batch: dict[str, torch.Tensor], seed: int = 0) -> dict[str, torch.
     return {**batch, "support_probs": batch["support_probs"] * kept[..., None], "rest_mass": 1.0 - kept}
 
 
-def rest_loss(batch: dict[str, torch.Tensor], weights: torch.Tensor | None = None):
-    position_weights = fuse_position_weights(
-        batch["weights"] if weights is None else weights, batch["available"]
-    )
-    return fusion_cross_entropy(
-        batch["logits"],
-        batch["support_ids"],
-        batch["support_probs"],
-        position_weights,
-        batch["loss_mask"],
-        rest_mass=batch["rest_mass"],
-    )
+rest_loss = sparse_loss
 
 
 def dense_rest_reference(batch: dict[str, torch.Tensor], weights: torch.Tensor) -> torch.Tensor:
