@@ -501,17 +501,6 @@ class Config:
         self.extract.check()
         self.distill.check()
         self.evaluate.check()
-        sampled_cache = self.extract.draws > 0
-        _require(
-            (self.distill.target == "sampled") == sampled_cache,
-            "distill.target",
-            self.distill.target,
-            f"does not match the teacher caches of extract.draws={self.extract.draws} "
-            f"({'drawn tokens' if sampled_cache else 'top-k'})",
-            "use distill.target=sampled with extract.draws=N (extract those caches first: "
-            "`polyfuse extract --config CONFIG extract.draws=12`), renormalised or residual with "
-            "extract.draws=0",
-        )
         names = [t.name for t in self.teachers]
         dupes = sorted({n for n in names if names.count(n) > 1})
         _require(not dupes, "teachers[].name", dupes, "must be unique", "rename the teachers")
@@ -530,6 +519,21 @@ class Config:
                 "must be at least 1 or null",
                 "remove it to extract every shard",
             )
+
+    def check_distill_target(self) -> None:
+        """``distill.target`` must read the kind of cache ``extract.draws`` selects (distill and the
+        experiment check this before anything loads; extraction needs only ``extract.draws``)."""
+        sampled_cache = self.extract.draws > 0
+        _require(
+            (self.distill.target == "sampled") == sampled_cache,
+            "distill.target",
+            self.distill.target,
+            f"does not match the teacher caches of extract.draws={self.extract.draws} "
+            f"({'drawn tokens' if sampled_cache else 'top-k'})",
+            "use distill.target=sampled with extract.draws=N (extract those caches first: "
+            "`polyfuse extract --config CONFIG extract.draws=12`), renormalised or residual with "
+            "extract.draws=0",
+        )
 
     def teacher(self, name: str) -> TeacherConfig:
         for teacher in self.teachers:

@@ -63,6 +63,7 @@ def distill_from_config(
     # Workers fork after the parent used the Rust tokenizer (vocab maps): keep it single-threaded
     # there instead of letting `tokenizers` warn and disable itself in every worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    config.check_distill_target()
     d = config.distill
     spec = strategy or d.strategy
     names = [t.name for t in config.teachers]

@@ -207,7 +207,9 @@ def score_model(
     tokenizer = load_tokenizer(folder)
     dtype = getattr(torch, settings.dtype)
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype, local_files_only=True)
+        model = AutoModelForCausalLM.from_pretrained(
+            str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False
+        )
     except (OSError, ValueError) as e:
         raise RuntimeError(f"cannot load the model in {folder}: {e}") from e
     model.eval()

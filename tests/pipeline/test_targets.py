@@ -4,6 +4,7 @@ each kind, and mismatched settings are user errors that write nothing."""
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from pathlib import Path
 
 import pytest
@@ -22,10 +23,11 @@ def _write(config, path: Path) -> Path:
     return path
 
 
-def _sampled(config, runs: Path):
+def _sampled(config, runs: Path, cache: Path):
     return dataclasses.replace(
         config,
         runs_dir=str(runs),
+        cache_dir=str(cache),
         extract=dataclasses.replace(config.extract, draws=12),
         distill=dataclasses.replace(config.distill, target="sampled", max_steps=2),
     )
@@ -34,11 +36,14 @@ def _sampled(config, runs: Path):
 def test_drawn_tokens_get_their_own_cache_and_train(world: FakeWorld, tmp_path: Path) -> None:
     from pipeline.extraction import run_extraction
 
-    config = _sampled(world.config, tmp_path / "runs")
+    # A copy of the world's cache: the other tests expect one cache per teacher in the world's own.
+    cache = tmp_path / "cache"
+    shutil.copytree(world.config.cache_dir, cache)
+    config = _sampled(world.config, tmp_path / "runs", cache)
     path = _write(config, tmp_path / "c.yaml")
-    before = {p.parent.parent.name for p in Path(world.config.cache_dir).glob("teachers/*/*/manifest.json")}
+    before = {p.parent.parent.name for p in cache.glob("teachers/*/*/manifest.json")}
     run_extraction(config, progress=False)
-    after = {p.parent.parent.name for p in Path(world.config.cache_dir).glob("teachers/*/*/manifest.json")}
+    after = {p.parent.parent.name for p in cache.glob("teachers/*/*/manifest.json")}
     assert len(after - before) == 2  # both teachers: new keys, the top-k caches untouched
     result = CliRunner().invoke(app, ["distill", "--config", str(path)])
     assert result.exit_code == 0, result.output
@@ -67,7 +72,9 @@ def test_sampled_asked_of_a_top_k_cache_names_the_extract_command(world: FakeWor
     assert "polyfuse extract" in result.output and "extract.draws=12" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert not (tmp_path / "runs").exists()
+    # Extraction needs only extract.draws; reading drawn tokens as a top-k is refused too.
+    data = dataclasses.asdict(world.config)
+    data["extract"]["draws"] = 12
+    config = config_from_dict(data)
     with pytest.raises(ConfigError, match="distill.target"):
-        data = dataclasses.asdict(world.config)
-        data["extract"]["draws"] = 12  # drawn tokens read as a top-k
-        config_from_dict(data)
+        config.check_distill_target()

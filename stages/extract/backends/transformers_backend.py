@@ -69,7 +69,9 @@ class TransformersBackend:
         draws: int = 0,
     ) -> None:
         folder = check_model_folder(model_path)
-        config = AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
+        config = AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        ).get_text_config()
         check_top_k(top_k, config.vocab_size, self.name, "lower extract.top_k")
         if max_tokens is not None:
             check_max_tokens(max_tokens, getattr(config, "max_position_embeddings", None), self.name)
@@ -80,7 +82,9 @@ class TransformersBackend:
         """N > 0: also draw N tokens per row from the full softmax (the `sampled` cache)."""
         self.batch_tokens = batch_tokens
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = AutoModelForCausalLM.from_pretrained(folder, dtype=DTYPES[dtype], local_files_only=True)
+        self.model = AutoModelForCausalLM.from_pretrained(
+            folder, dtype=DTYPES[dtype], local_files_only=True, trust_remote_code=False
+        )
         self.model.to(self.device).eval()
         self._split = self._body_and_head_match()
         if not self._split:

@@ -59,7 +59,9 @@ class VllmBackend:
         check_top_k(top_k, max_logprobs, self.name, "raise extract.vllm_max_logprobs or lower extract.top_k")
         from transformers import AutoConfig
 
-        config = AutoConfig.from_pretrained(folder, local_files_only=True).get_text_config()
+        config = AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=False
+        ).get_text_config()
         # vLLM needs a position for the one generated token (discarded) beyond the prompt.
         check_max_tokens(max_tokens, getattr(config, "max_position_embeddings", None), self.name, extra=1)
         on_gpu = torch.cuda.is_available()
@@ -85,6 +87,7 @@ class VllmBackend:
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=max_tokens + 1,  # the prompt plus the one generated token
             skip_tokenizer_init=True,
+            trust_remote_code=False,  # never the folder's own code
             enable_prefix_caching=False,  # every position's logprobs must be computed, not reused
             seed=0,
             **kwargs,
