@@ -235,9 +235,10 @@ def experiment(
         str | None,
         typer.Option(
             "--methods",
-            help="Comma-separated subset of: none, min_ce, avg_ce, min_bpb, avg_bpb, authors, adaptive, "
-            "adaptive_likelihood, adaptive_tau0.1, adaptive_tau0.3, no_feedback, gate_feedback_only, "
-            "bpb_features (default: all).",
+            help="Comma-separated methods (default: none, single:qwen-coder, uniform, min_ce, avg_ce, "
+            "min_bpb, authors, adaptive, adaptive_likelihood); also any single:NAME of the config and "
+            "the ablations avg_bpb, adaptive_tau0.1, adaptive_tau0.3, no_feedback, gate_feedback_only, "
+            "bpb_features.",
         ),
     ] = None,
 ) -> None:

@@ -407,6 +407,9 @@ class EvaluateConfig:
     target: str | None = None
     """Model folder of the target before fusion, for knowledge interference. None: student.path
     when it is among the evaluated models."""
+    teachers: bool = True
+    """`polyfuse experiment`: score each teacher (real model folders other than the target) beside
+    the methods. Off saves their scoring time (a 1.5B teacher scores ≈ 10× slower than a 135M one)."""
 
     def check(self) -> None:
         _require(

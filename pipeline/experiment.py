@@ -46,38 +46,58 @@ class Method:
     strategy: str
     overrides: tuple[tuple[str, Any], ...] = ()
     about: str = ""
+    ablation: bool = False
+    """Run only when asked for by name (`--methods`), not in the default comparison."""
+
+    @property
+    def folder(self) -> str:
+        """The run folder's name under runs/<experiment>/methods/ (no `:` in paths)."""
+        return self.name.replace(":", "_")
 
 
 METHODS = {
     m.name: m
     for m in (
         Method("none", "none", about="CLM-only continual training on the same text (λ = 1)"),
+        Method(
+            "single:qwen-coder",
+            "single:qwen-coder",
+            about="distillation from the strongest demo teacher alone (any `single:NAME` of the config runs)",
+        ),
+        Method("uniform", "uniform", about="every present teacher with weight 1/n"),
         Method("min_ce", "min_ce", about="FuseLLM MinCE: the teacher with the lowest CE per sample"),
         Method("avg_ce", "avg_ce", about="FuseLLM AvgCE as coded: softmax of exp(−CE) over teachers"),
         Method(
             "min_bpb", "min_bpb", about="tokenizer-neutral MinCE: the teacher with the lowest bits per byte"
         ),
         Method(
-            "avg_bpb", "avg_bpb", about="tokenizer-neutral AvgCE: softmax of 2^(−bits per byte) over teachers"
+            "avg_bpb",
+            "avg_bpb",
+            about="tokenizer-neutral AvgCE: softmax of 2^(−bits per byte) over teachers",
+            ablation=True,
         ),
         Method("authors", "authors", about="released code: a fresh untrained gate every step, τ applied"),
         Method(
             "adaptive", "adaptive", about="trained gate, threshold selection, feedback loss (τ from config)"
         ),
-        Method("adaptive_tau0.1", "adaptive", (("tau", 0.1),), "ablation: τ = 0.1"),
-        Method("adaptive_tau0.3", "adaptive", (("tau", 0.3),), "ablation: τ = 0.3"),
-        Method("no_feedback", "adaptive", (("beta", 0.0),), "ablation: feedback loss off (β = 0)"),
+        Method("adaptive_tau0.1", "adaptive", (("tau", 0.1),), "ablation: τ = 0.1", ablation=True),
+        Method("adaptive_tau0.3", "adaptive", (("tau", 0.3),), "ablation: τ = 0.3", ablation=True),
+        Method(
+            "no_feedback", "adaptive", (("beta", 0.0),), "ablation: feedback loss off (β = 0)", ablation=True
+        ),
         Method(
             "gate_feedback_only",
             "adaptive",
             (("fusion_trains_gate", False),),
             "ablation: the gate trained by the feedback loss only",
+            ablation=True,
         ),
         Method(
             "bpb_features",
             "adaptive",
             (("gate_features", "bits_per_byte"),),
             "ablation: gate fed 2^(−bits per byte)",
+            ablation=True,
         ),
         Method(
             "adaptive_likelihood",
@@ -112,16 +132,38 @@ def method_config(config: Config, method: Method) -> Config:
     distill = dataclasses.replace(config.distill, strategy=method.strategy, **dict(method.overrides))
     distill.check()
     return dataclasses.replace(
-        config, name=method.name, runs_dir=str(experiment_dir(config) / "methods"), distill=distill
+        config, name=method.folder, runs_dir=str(experiment_dir(config) / "methods"), distill=distill
     )
 
 
-def choose_methods(names: list[str] | None) -> list[Method]:
-    """The methods to run, in table order; ``None``: all of them."""
-    unknown = [n for n in names or [] if n not in METHODS]
+def choose_methods(names: list[str] | None, teacher_names: list[str]) -> list[Method]:
+    """The methods to run, in table order (`single:NAME` rows of other teachers after those of
+    `METHODS`). ``None``: the default comparison, every row that is not an ablation and whose
+    `single:` teacher is among ``teacher_names``."""
+    if names is None:
+        return [m for m in METHODS.values() if not m.ablation and _teachers_exist(m, teacher_names)]
+    singles = {f"single:{t}" for t in teacher_names}
+    unknown = [n for n in names if n not in METHODS and n not in singles]
     if unknown:
-        raise ValueError(f"unknown method(s) {unknown}: choose from {', '.join(METHODS)}")
-    return [m for name, m in METHODS.items() if names is None or name in names]
+        choices = ", ".join([*(n for n in METHODS if not n.startswith("single:")), "single:NAME"])
+        raise ValueError(
+            f"unknown method(s) {unknown}: choose from {choices} (NAME: one of {', '.join(teacher_names)})"
+        )
+    chosen = [m for name, m in METHODS.items() if name in names]
+    missing = [m for m in chosen if not _teachers_exist(m, teacher_names)]
+    if missing:
+        raise ValueError(
+            f"method {missing[0].name} names a teacher the config lacks: use single:NAME with NAME one "
+            f"of {', '.join(teacher_names)}"
+        )
+    extra = [
+        Method(n, n, about=f"distillation from {n.split(':', 1)[1]} alone") for n in names if n not in METHODS
+    ]
+    return chosen + extra
+
+
+def _teachers_exist(method: Method, teacher_names: list[str]) -> bool:
+    return not method.strategy.startswith("single:") or method.strategy.split(":", 1)[1] in teacher_names
 
 
 def train_method(config: Config, method: Method, *, progress: bool = True) -> Path:
@@ -153,7 +195,7 @@ def evaluated_models(config: Config, exports: dict[str, Path]) -> tuple[list[Pat
     target itself, not tokenizer-only folders), then each method's export."""
     target = Path(config.student.path)
     folders, labels = [target], [TARGET_LABEL]
-    for teacher in config.teachers:
+    for teacher in config.teachers if config.evaluate.teachers else ():
         folder = Path(teacher.path)
         if (folder / "config.json").is_file() and folder.resolve() != target.resolve():
             folders.append(folder)
@@ -267,7 +309,7 @@ def run_experiment(
     from stages.distill.metrics import read_metrics
     from stages.evaluate import plots
 
-    chosen = choose_methods(methods)
+    chosen = choose_methods(methods, [t.name for t in config.teachers])
     if config.teachers:
         run_extraction(config, progress=progress)
     exports = {m.name: train_method(config, m, progress=progress) for m in chosen}
@@ -286,7 +328,7 @@ def run_experiment(
     report_dir = experiment_dir(config) / "report"
     train_scores: dict[str, TrainScores] = {}  # per gate feature: read once for all methods
     logs = {
-        m.name: read_metrics(Path(method_config(config, m).runs_dir) / m.name / "logs" / "metrics.jsonl")
+        m.name: read_metrics(Path(method_config(config, m).runs_dir) / m.folder / "logs" / "metrics.jsonl")
         for m in chosen
     }
     gate_weights = {m.name: method_gate_weights(config, m, exports[m.name], train_scores) for m in chosen}

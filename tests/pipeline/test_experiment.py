@@ -58,9 +58,31 @@ def test_methods_change_only_their_own_fields(config) -> None:
         == config.distill
     )
     assert Path(sub.runs_dir, sub.name) == Path(config.runs_dir) / "exp" / "methods" / "no_feedback"
-    assert [m.name for m in choose_methods(["adaptive", "none"])] == ["none", "adaptive"]
+    teachers = [t.name for t in config.teachers]
+    assert [m.name for m in choose_methods(["adaptive", "none"], teachers)] == ["none", "adaptive"]
     with pytest.raises(ValueError, match="unknown method"):
-        choose_methods(["adaptiv"])
+        choose_methods(["adaptiv"], teachers)
+
+
+def test_the_default_comparison_and_single_teacher_rows() -> None:
+    default = [m.name for m in choose_methods(None, ["smollm2", "gemma3", "qwen-coder"])]
+    assert default == [
+        "none",
+        "single:qwen-coder",
+        "uniform",
+        "min_ce",
+        "avg_ce",
+        "min_bpb",
+        "authors",
+        "adaptive",
+        "adaptive_likelihood",
+    ]
+    # Without a qwen-coder teacher its row drops out of the default and is refused by name.
+    assert "single:qwen-coder" not in [m.name for m in choose_methods(None, ["a", "b"])]
+    with pytest.raises(ValueError, match="single:NAME with NAME one of a, b"):
+        choose_methods(["single:qwen-coder"], ["a", "b"])
+    (extra,) = choose_methods(["single:b"], ["a", "b"])
+    assert (extra.strategy, extra.folder) == ("single:b", "single_b")
 
 
 def test_bpb_baselines_and_the_likelihood_gate_change_only_their_own_fields(config) -> None:
