@@ -93,6 +93,7 @@ def sparse_fusion_clm(logits: torch.Tensor, x: dict[str, torch.Tensor]) -> torch
         bits_per_byte=torch.ones_like(x["weights"]),
         span_loglik=torch.zeros((*x["weights"].shape, 0)),
         span_mask=torch.zeros((x["weights"].shape[0], 0), dtype=torch.bool),
+        span_bytes=torch.zeros(x["weights"].shape[0], dtype=torch.int64),
     )
     return micro_batch_losses(logits, batch, x["weights"], lam=0.9, beta=0.5).terms.total
 

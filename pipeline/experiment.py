@@ -208,7 +208,8 @@ def evaluated_models(config: Config, exports: dict[str, Path]) -> tuple[list[Pat
 
 @dataclass(frozen=True)
 class TrainScores:
-    """Per-sample teacher features of the train split, as the loader feeds them to the gate."""
+    """Per-sample teacher data of the train split as the loader builds it for the gate: features,
+    bits per byte and the span log-likelihoods of the gate objective and diagnostics."""
 
     teacher_names: list[str]
     domains: list[str]
@@ -216,6 +217,14 @@ class TrainScores:
     """[N, K, F] float32 gate features (0 where absent); `[..., 0]` is the teacher's score."""
     present: np.ndarray
     """[N, K] bool."""
+    bits_per_byte: np.ndarray
+    """[N, K] float32 each teacher's stored bits per byte (+inf where absent)."""
+    span_loglik: np.ndarray
+    """[N, K, S] float32 log-likelihoods of the common-boundary spans (0 on padding)."""
+    span_mask: np.ndarray
+    """[N, S] bool."""
+    span_bytes: np.ndarray
+    """[N] int64 UTF-8 bytes the spans cover."""
 
     @property
     def scores(self) -> np.ndarray:
@@ -224,50 +233,57 @@ class TrainScores:
 
 
 def load_train_scores(config: Config, features: str) -> TrainScores:
-    """Read every teacher's per-sample scores over the train split (no token data) and turn them
-    into gate features as the loader does."""
-    from data_schemas.teacher_shard import TeacherSample
+    """Read every teacher's rows over the train split and compute, as the loader does, the gate
+    features, bits per byte and span log-likelihoods (no student, no alignment)."""
+    from data_schemas.teacher_shard import decode_table, read_teacher_shard
     from pipeline.distillation import resolve_stream_inputs
-    from stages.distill.loader import feature_count, teacher_features
+    from stages.distill.loader import feature_count, present_span_logliks, teacher_features
 
     inputs = resolve_stream_inputs(config, checksums=False)
     names = [t.name for t in inputs.teachers]
-    sample_ids, domains = [], []
+    sample_ids, domains, texts = [], [], []
     for shard in inputs.corpus_shards:
-        table = pq.read_table(shard.path, columns=["sample_id", "domain"])
+        table = pq.read_table(shard.path, columns=["sample_id", "domain", "text"])
         sample_ids += table["sample_id"].to_pylist()
         domains += table["domain"].to_pylist()
+        texts += table["text"].to_pylist()
     index = {sid: i for i, sid in enumerate(sample_ids)}
     values = np.zeros((len(sample_ids), len(names), feature_count(features)), dtype=np.float32)
-    present = np.zeros(values.shape[:2], dtype=bool)
-    empty = np.zeros(0)
-    stored = ["ce", "bits_per_byte", "topk_mass", "entropy_topk"]
+    rows: list[list] = [[None] * len(names) for _ in sample_ids]
     for k, teacher in enumerate(inputs.teachers):
         for path in teacher.shards.values():
-            for row in pq.read_table(path, columns=["sample_id", *stored]).to_pylist():
-                # The loader's own feature function, on a sample holding only the per-sample scores.
-                sample = TeacherSample(row["sample_id"], *[empty] * 5, *[row[c] for c in stored], False)
+            for sample in decode_table(read_teacher_shard(path)):
                 sample_values = teacher_features(sample, features)
-                if np.isfinite(sample_values).all():
-                    i = index[row["sample_id"]]
-                    values[i, k], present[i, k] = sample_values, True
-    return TrainScores(names, domains, values, present)
+                if np.isfinite(sample_values).all():  # else absent, as in the loader
+                    i = index[sample.sample_id]
+                    values[i, k], rows[i][k] = sample_values, sample
+    spans = [present_span_logliks(teachers, text) for teachers, text in zip(rows, texts, strict=True)]
+    width = max((ll.shape[1] for ll, _ in spans), default=0)
+    span_loglik = np.zeros((len(sample_ids), len(names), width), np.float32)
+    span_mask = np.zeros((len(sample_ids), width), bool)
+    for i, (ll, _) in enumerate(spans):
+        span_loglik[i, :, : ll.shape[1]], span_mask[i, : ll.shape[1]] = ll, True
+    present = np.array([[t is not None for t in teachers] for teachers in rows], bool).reshape(
+        values.shape[:2]
+    )
+    bits_per_byte = np.array(
+        [[np.inf if t is None else t.bits_per_byte for t in teachers] for teachers in rows], np.float32
+    ).reshape(values.shape[:2])
+    span_bytes = np.array([size for _, size in spans], np.int64)
+    return TrainScores(names, domains, values, present, bits_per_byte, span_loglik, span_mask, span_bytes)
 
 
-def gate_weights_by_domain(
-    method: Method, train: TrainScores, tau: float, export: Path
-) -> dict[str, dict[str, float]]:
-    """Mean fusion weight per teacher per domain over the train split, with the method's final
-    gate (`export/gate.pt`) or fixed rule; empty for `none` and `authors` (a random gate)."""
+def train_weights(method: Method, train: TrainScores, tau: float, export: Path) -> np.ndarray | None:
+    """`[N, K]` fusion weights of the train split with the method's final gate (`export/gate.pt`) or
+    fixed rule; None for `none` and `authors` (a random gate)."""
     import torch
 
     from stages.distill.gating import SelectionGate
     from stages.distill.loader import feature_count
     from stages.distill.strategies import parse_strategy, sample_weights
-    from stages.evaluate.training_summary import domain_weights
 
     if method.strategy in ("none", "authors") or not train.teacher_names:
-        return {}
+        return None
     gate = None
     if method.strategy == "adaptive":
         saved = torch.load(export / "gate.pt", map_location="cpu", weights_only=True)
@@ -280,23 +296,116 @@ def gate_weights_by_domain(
             torch.from_numpy(train.scores),
             torch.from_numpy(train.present),
             features=torch.from_numpy(train.features),
+            bits_per_byte=torch.from_numpy(train.bits_per_byte),
             gate=gate,
             tau=tau,
         )
-    return domain_weights(train.domains, weights.numpy(), train.teacher_names)
+    return weights.numpy()
 
 
-def method_gate_weights(
-    config: Config, method: Method, export: Path, train_scores: dict[str, TrainScores]
+def gate_weights_by_domain(
+    method: Method, train: TrainScores, tau: float, export: Path
 ) -> dict[str, dict[str, float]]:
-    """``gate_weights_by_domain`` of one method; ``train_scores`` caches the features per kind."""
+    """Mean fusion weight per teacher per domain over the train split (`train_weights`); empty for
+    `none` and `authors`."""
+    from stages.evaluate.training_summary import domain_weights
+
+    weights = train_weights(method, train, tau, export)
+    return {} if weights is None else domain_weights(train.domains, weights, train.teacher_names)
+
+
+def gate_diagnostics_by_domain(train: TrainScores, weights: np.ndarray) -> dict[str, dict[str, float | int]]:
+    """`gate_diagnostics` of `weights` (`[N, K]`) per domain of the train split and over all of it."""
+    import torch
+
+    from stages.distill.gate_diagnostics import gate_diagnostics
+
+    domains = np.array(train.domains)
+    groups = {**{d: domains == d for d in sorted(set(train.domains))}, "all": np.ones(len(domains), bool)}
+    tensors = [
+        torch.from_numpy(a)
+        for a in (
+            weights,
+            train.span_loglik,
+            train.span_mask,
+            train.span_bytes,
+            train.bits_per_byte,
+            train.present,
+        )
+    ]
+    return {
+        group: gate_diagnostics(*(t[torch.from_numpy(rows)] for t in tensors), train.teacher_names)
+        for group, rows in groups.items()
+    }
+
+
+def method_gate_report(
+    config: Config, method: Method, export: Path, train_scores: dict[str, TrainScores]
+) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | int]]]:
+    """(mean weight per domain and teacher, `gate_diagnostics_by_domain`) of one method's final
+    weights; both empty for `none` and `authors`. ``train_scores`` caches the reads per feature kind."""
     sub = method_config(config, method)
     if method.strategy in ("none", "authors") or not config.teachers:
-        return {}
-    features = sub.distill.gate_features
-    if features not in train_scores:
-        train_scores[features] = load_train_scores(config, features)
-    return gate_weights_by_domain(method, train_scores[features], sub.distill.tau, export)
+        return {}, {}
+    train = _train_scores(config, sub.distill.gate_features, train_scores)
+    weights = train_weights(method, train, sub.distill.tau, export)
+    if weights is None:
+        return {}, {}
+    from stages.evaluate.training_summary import domain_weights
+
+    return domain_weights(train.domains, weights, train.teacher_names), gate_diagnostics_by_domain(
+        train, weights
+    )
+
+
+def _train_scores(config: Config, features: str, cache: dict[str, TrainScores]) -> TrainScores:
+    if features not in cache:
+        cache[features] = load_train_scores(config, features)
+    return cache[features]
+
+
+DIAGNOSTIC_COLUMNS = {
+    "samples": "samples",
+    "agreement": "agreement",
+    "bpb/gate": "bpb gate",
+    "bpb/best_single": "bpb best single",
+    "bpb/oracle_teacher": "bpb oracle teacher",
+    "bpb/oracle_mixture": "bpb oracle mixture",
+}
+"""`gate_diagnostics` keys shown per method and domain, and their column names."""
+
+
+def diagnostics_frames(
+    diagnostics: dict[str, dict[str, dict[str, float | int]]], teacher_names: list[str]
+) -> list[tuple[str, Any]]:
+    """The report's two gate-diagnostic tables: per method and domain, the agreement with the
+    oracle teacher and the bits per byte of the method's mixture against the oracles; per domain,
+    the oracles themselves (method-independent: taken from the first method that has them)."""
+    rows = [
+        {"method": name, "domain": domain, **{c: _rounded(d[k]) for k, c in DIAGNOSTIC_COLUMNS.items()}}
+        for name, per_domain in diagnostics.items()
+        for domain, d in per_domain.items()
+    ]
+    first = next((per_domain for per_domain in diagnostics.values() if per_domain), {})
+    oracle_rows = [
+        {
+            "domain": domain,
+            **{f"oracle teacher share {t}": _rounded(d[f"oracle_share/{t}"]) for t in teacher_names},
+            **{f"EM mixture w {t}": _rounded(d[f"oracle_mixture_w/{t}"]) for t in teacher_names},
+        }
+        for domain, d in first.items()
+    ]
+    return [
+        (
+            "Gate against its oracles (train split, final weights; bits per byte on the teachers' spans)",
+            _frame(rows),
+        ),
+        ("Oracles per domain (train split)", _frame(oracle_rows)),
+    ]
+
+
+def _rounded(value: float | int) -> float | int:
+    return value if isinstance(value, int) else round(float(value), 4)
 
 
 def run_experiment(
@@ -331,7 +440,9 @@ def run_experiment(
         m.name: read_metrics(Path(method_config(config, m).runs_dir) / m.folder / "logs" / "metrics.jsonl")
         for m in chosen
     }
-    gate_weights = {m.name: method_gate_weights(config, m, exports[m.name], train_scores) for m in chosen}
+    gate_reports = {m.name: method_gate_report(config, m, exports[m.name], train_scores) for m in chosen}
+    gate_weights = {name: weights for name, (weights, _) in gate_reports.items()}
+    diagnostics = {name: per_domain for name, (_, per_domain) in gate_reports.items() if per_domain}
     gate_rows = [
         {"method": name, "domain": domain, **{t: round(w, 3) for t, w in per_teacher.items()}}
         for name, per_domain in gate_weights.items()
@@ -366,6 +477,11 @@ def run_experiment(
         reductions=reductions,
         method=PROPOSED,
         gate_table=_frame(gate_rows),
+        diagnostics=[
+            (t, f)
+            for t, f in diagnostics_frames(diagnostics, [t.name for t in config.teachers])
+            if f is not None
+        ],
         plots=[(title, path.name) for title, path in figures],
         comparisons=comparison_sections(comparisons, TARGET_LABEL, REPORT_METRICS),
         notes=[
@@ -390,6 +506,7 @@ def run_experiment(
         "interference": evaluation.payload["interference"],
         "reduction": {"method": PROPOSED, "against": reductions},
         "gate_weights": gate_weights,
+        "gate_diagnostics": diagnostics,
         "final_metrics": {name: records[-1] if records else {} for name, records in logs.items()},
         "exports": {name: str(path) for name, path in exports.items()},
     }

@@ -3,8 +3,8 @@
 Index convention (losses.py): row j predicts token j+1. A sample of n student tokens has n − 1
 rows; `AlignedTargets` arrays of the align stage are already `[n − 1, k]`, so collation only pads
 them to the batch's longest sample T (rows n − 1 … T − 1 stay unavailable). The spans of the
-`likelihood` gate objective (stages/align/spans.py) are padded the same way, to the batch's most
-spans S.
+`likelihood` gate objective and the gate diagnostics (stages/align/spans.py) are padded the same
+way, to the batch's most spans S.
 """
 
 from __future__ import annotations
@@ -36,7 +36,9 @@ class AlignedSample:
     where absent or not finite; None: unknown (+inf for every teacher)."""
     span_loglik: np.ndarray | None = None
     """[K, S] float32 each teacher's log-likelihood of the sample's S common-boundary spans (the
-    `likelihood` gate objective), 0 where absent; None: not computed (S = 0)."""
+    `likelihood` gate objective, gate diagnostics), 0 where absent; None: not computed (S = 0)."""
+    span_bytes: int = 0
+    """UTF-8 bytes of the text the spans cover (0 without spans)."""
 
 
 @dataclass(frozen=True)
@@ -80,6 +82,8 @@ class FusionBatch:
     gate objective, gate_objective.py); 0 on padding and absent teachers. S = 0 unless computed."""
     span_mask: torch.Tensor
     """[B, S] bool, true on sample b's real spans."""
+    span_bytes: torch.Tensor
+    """[B] int64 UTF-8 bytes the spans of sample b cover (the gate diagnostics' bits per byte)."""
 
     @property
     def scores(self) -> torch.Tensor:
@@ -123,6 +127,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     bits_per_byte = np.full((batch, num_teachers), np.inf, dtype=np.float32)
     span_loglik = np.zeros((batch, num_teachers, num_spans), dtype=np.float32)
     span_mask = np.zeros((batch, num_spans), dtype=bool)
+    span_bytes = np.array([s.span_bytes for s in samples], dtype=np.int64)
     aligned_rows = np.zeros(num_teachers, dtype=np.int64)
     mapped_mass = np.zeros(num_teachers, dtype=np.float64)
     student_rows = 0
@@ -178,4 +183,5 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         bits_per_byte=torch.from_numpy(bits_per_byte),
         span_loglik=torch.from_numpy(span_loglik),
         span_mask=torch.from_numpy(span_mask),
+        span_bytes=torch.from_numpy(span_bytes),
     )

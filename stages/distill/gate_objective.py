@@ -40,8 +40,16 @@ def mixture_span_nll(
         teacher, no spans or all-zero weights adds 0. Teachers with w = 0 (not selected) drop out
         of the mixture and get a zero gradient, never NaN.
     """
-    w = weights.float()
-    ll = span_loglik.float()
+    per_sample = mixture_span_nll_per_sample(weights.float(), span_loglik.float(), span_mask, present)
+    return per_sample.sum() / max(weights.shape[0], 1)
+
+
+def mixture_span_nll_per_sample(
+    weights: torch.Tensor, span_loglik: torch.Tensor, span_mask: torch.Tensor, present: torch.Tensor
+) -> torch.Tensor:
+    """`[B]` −Σ_s log Σ_k w_bk exp(ll_bks) per sample, in the dtype of `weights` (arguments and
+    the zero cases as in `mixture_span_nll`)."""
+    w, ll = weights, span_loglik.to(weights.dtype)
     used = present.bool() & (w > 0)  # [B, K]
     active = used.any(dim=-1)  # [B]
     # log w where used, −inf elsewhere; the clamp keeps log(0)'s infinite slope out of backward.
@@ -52,5 +60,4 @@ def mixture_span_nll(
     terms = torch.where(active[:, None, None], terms, 0.0)
     span_ll = torch.logsumexp(terms, dim=1)  # [B, S]
     keep = span_mask.bool() & active.unsqueeze(-1)
-    per_sample = torch.where(keep, span_ll, 0.0).sum(dim=-1)  # [B]
-    return -per_sample.sum() / max(w.shape[0], 1)
+    return -torch.where(keep, span_ll, 0.0).sum(dim=-1)

@@ -15,10 +15,12 @@ teacher extracted over only the first shards, or with a NaN score for a sample, 
 those samples, never replaced by a made-up target.
 
 **Gate objective.** Each sample carries every present teacher's bits per byte (what min_bpb /
-avg_bpb rank by, whatever the gate features). Under `gate_objective: likelihood` it also carries
-each present teacher's log-likelihood of the spans between the offsets where all present
-teachers have a token boundary (stages/align/spans.py); under `fusion` that work is skipped and
-the span tensors have S = 0.
+avg_bpb rank by, whatever the gate features) and, with two or more teachers or under
+`gate_objective: likelihood`, each present teacher's log-likelihood of the spans between the
+offsets where all present teachers have a token boundary (stages/align/spans.py): what the
+likelihood objective trains the gate on and what the gate diagnostics (gate_diagnostics.py) of
+every run's log measure it by. With one teacher and the fusion objective the span tensors have
+S = 0.
 
 Workers build batches in numpy (alignment is vectorised, stages/align); the trainer never waits
 on them in practice (bench/distill_bench.py measures the margin).
@@ -244,7 +246,7 @@ class FusionStream(IterableDataset):
             max_tokens=self.max_seq_tokens,
         )
         samples = []
-        for (sample_id, _, teacher_rows), student in zip(rows, tokenized, strict=True):
+        for (sample_id, text, teacher_rows), student in zip(rows, tokenized, strict=True):
             targets = []
             features = np.zeros((len(self.teachers), self.num_features), np.float32)
             for k, (source, teacher) in enumerate(zip(self.teachers, teacher_rows, strict=True)):
@@ -273,23 +275,28 @@ class FusionStream(IterableDataset):
             # Teachers left out above (no data, non-finite features) are absent here too.
             used = [t if a is not None else None for t, a in zip(teacher_rows, targets, strict=True)]
             bits_per_byte = np.array([np.inf if t is None else t.bits_per_byte for t in used], np.float32)
-            span_loglik = present_span_logliks(used) if self.gate_objective == "likelihood" else None
+            spans = self.gate_objective == "likelihood" or len(self.teachers) >= 2
+            span_loglik, span_bytes = present_span_logliks(used, text) if spans else (None, 0)
             samples.append(
-                AlignedSample(sample_id, student.ids, tuple(targets), features, bits_per_byte, span_loglik)
+                AlignedSample(
+                    sample_id, student.ids, tuple(targets), features, bits_per_byte, span_loglik, span_bytes
+                )
             )
         return collate_samples(samples, len(self.teachers))
 
 
-def present_span_logliks(teachers: Sequence[TeacherSample | None]) -> np.ndarray:
-    """`[K, S]` float32: each present teacher's log-likelihood of the S spans between the offsets
-    where every present teacher has a token boundary (stages/align/spans.py); 0 in the rows of
-    absent (None) teachers, S = 0 when no teacher is present."""
+def present_span_logliks(teachers: Sequence[TeacherSample | None], text: str) -> tuple[np.ndarray, int]:
+    """(`[K, S]` float32, bytes): each present teacher's log-likelihood of the S spans between the
+    offsets where every present teacher has a token boundary (stages/align/spans.py), 0 in the rows
+    of absent (None) teachers, S = 0 when no teacher is present; and the UTF-8 bytes of `text`
+    (the sample's) those spans cover."""
     present = [(k, t) for k, t in enumerate(teachers) if t is not None]
     boundaries = common_boundaries([t.token_ends for _, t in present], [t.truncated for _, t in present])
     loglik = np.zeros((len(teachers), max(len(boundaries) - 1, 0)), np.float32)
     for k, teacher in present:
         loglik[k] = span_logliks(teacher.token_ends, teacher.target_logprobs, boundaries)
-    return loglik
+    covered = text[boundaries[0] : boundaries[-1]] if len(boundaries) >= 2 else ""
+    return loglik, len(covered.encode("utf-8"))
 
 
 class _ShardReader:

@@ -15,8 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from stages.distill.batch import FusionBatch
+from stages.distill.gate_diagnostics import contested, em_mixture_weights, mixture_bits, oracle_teacher
 from stages.distill.model import FusionOutput
 
 
@@ -49,6 +51,15 @@ class StepStats:
             "aligned_rows": k,
             "mapped_mass": k,
             "selected_hist": k + 1,
+            # gate diagnostics (gate_diagnostics.py) over the contested samples
+            "contested": 1,
+            "agree": 1,
+            "span_bytes": 1,
+            "bits_gate": 1,
+            "bits_oracle_teacher": 1,
+            "bits_oracle_mixture": 1,
+            "bits_single": k,
+            "bytes_single": k,
         }
         self._sums = torch.zeros(sum(self._layout.values()), dtype=torch.float64)
         self._started = time.perf_counter()
@@ -87,6 +98,34 @@ class StepStats:
         self._sums[self._slot("selected_hist")] += torch.bincount(
             selected, minlength=len(self.teacher_names) + 1
         ).to(torch.float64)
+        self._add_gate_diagnostics(batch, weights)
+
+    def _add_gate_diagnostics(self, batch: FusionBatch, weights: torch.Tensor) -> None:
+        """Sums of the gate's agreement with the oracle teacher and of the bits of the gate's
+        mixture, the oracle teacher, the EM oracle mixture and each single teacher (on the CPU)."""
+        keep = contested(batch.present.cpu(), batch.span_mask.cpu()) & (weights.sum(dim=-1) > 0)
+        if not bool(keep.any()):
+            return
+        w = weights[keep]
+        ll, mask = batch.span_loglik.cpu()[keep], batch.span_mask.cpu()[keep]
+        here, span_bytes = batch.present.cpu()[keep], batch.span_bytes.cpu()[keep].double()
+        oracle = oracle_teacher(batch.bits_per_byte.cpu()[keep], here)
+        one_hot = F.one_hot(oracle, len(self.teacher_names)).double()
+        values = {
+            "contested": float(keep.sum()),
+            "agree": float((w.argmax(dim=-1) == oracle).sum()),
+            "span_bytes": float(span_bytes.sum()),
+            "bits_gate": float(mixture_bits(w, ll, mask).sum()),
+            "bits_oracle_teacher": float(mixture_bits(one_hot, ll, mask).sum()),
+            "bits_oracle_mixture": float(mixture_bits(em_mixture_weights(ll, mask, here), ll, mask).sum()),
+        }
+        for name, value in values.items():
+            self._sums[self._slot(name)] += value
+        for k in range(len(self.teacher_names)):
+            has = here[:, k]
+            alone = F.one_hot(torch.full_like(oracle[has], k), len(self.teacher_names)).double()
+            self._sums[self._slot("bits_single")][k] += float(mixture_bits(alone, ll[has], mask[has]).sum())
+            self._sums[self._slot("bytes_single")][k] += float(span_bytes[has].sum())
 
     def summary(
         self, lrs: dict[str, float], world_size: int, device: torch.device | str = "cpu"
@@ -123,6 +162,7 @@ class StepStats:
             "samples": int(s["samples"]),
             "student_rows": int(s["student_rows"]),
         }
+        out.update(_gate_diagnostics_summary(s))
         for k, name in enumerate(self.teacher_names):
             aligned = float(s["aligned_rows"][k])
             out[f"gate/mean_w/{name}"] = float(s["weight_sum"][k]) / samples
@@ -132,6 +172,28 @@ class StepStats:
             out[f"align/mapped_mass_rate/{name}"] = float(s["mapped_mass"][k]) / aligned if aligned else 0.0
         self.reset()
         return out
+
+
+def _gate_diagnostics_summary(s: dict[str, torch.Tensor]) -> dict[str, float]:
+    """`gate/oracle_agreement` and the bits per byte on the teachers' spans of the gate's mixture,
+    the best single teacher of the window, the per-sample oracle teacher and the EM oracle mixture
+    (gate_diagnostics.py); nothing in a window without a contested sample (`none`, one teacher)."""
+    contested_samples, span_bytes = float(s["contested"]), float(s["span_bytes"])
+    if contested_samples == 0 or span_bytes == 0:
+        return {}
+    singles = [
+        float(bits) / float(size)
+        for bits, size in zip(s["bits_single"].tolist(), s["bytes_single"].tolist(), strict=True)
+        if size > 0
+    ]
+    return {
+        "gate/contested_samples": int(contested_samples),
+        "gate/oracle_agreement": float(s["agree"]) / contested_samples,
+        "gate/bpb/gate": float(s["bits_gate"]) / span_bytes,
+        "gate/bpb/best_single": min(singles),
+        "gate/bpb/oracle_teacher": float(s["bits_oracle_teacher"]) / span_bytes,
+        "gate/bpb/oracle_mixture": float(s["bits_oracle_mixture"]) / span_bytes,
+    }
 
 
 class MetricsLogger:

@@ -155,10 +155,12 @@ def experiment_markdown(
     plots: Sequence[tuple[str, str]],
     comparisons: Sequence[tuple[str, pl.DataFrame]] = (),
     notes: Sequence[str] = (),
+    diagnostics: Sequence[tuple[str, pl.DataFrame]] = (),
 ) -> str:
     """``report.md`` of an experiment: the results table (rows = methods, as the paper's figure),
     each (title, `delta_frame`) of ``comparisons`` (paired Δ against the target, against `none`),
-    the KI reduction of ``method`` against each baseline, what the gate learned, the plots."""
+    the KI reduction of ``method`` against each baseline, what the gate learned and each
+    (title, frame) of ``diagnostics`` (the gate against its oracles), the plots."""
     parts = ["# Fusion experiment", "", f"Reproduce: `{command}`", ""]
     parts += markdown_sections([(SCORES_TITLE, table), *comparisons])
     if reductions:
@@ -174,6 +176,7 @@ def experiment_markdown(
         parts += markdown_sections(
             [("Mean fusion weight per teacher (train split, final weights)", gate_table)]
         )
+    parts += markdown_sections([(title, frame) for title, frame in diagnostics if frame.height])
     for title, file in plots:
         parts += [f"## {title}", "", f"![{title}]({file})", ""]
     parts += [note + "\n" for note in notes]

@@ -158,15 +158,17 @@ def test_all_features_are_the_shards_four_scores_mapped_into_0_1(world, stream_i
     assert ((batch.features > 0) & (batch.features <= 1)).all()
 
 
-def test_likelihood_objective_adds_the_present_teachers_span_logliks(world, stream_inputs) -> None:
+def test_spans_come_with_two_teachers_under_either_objective(world, stream_inputs) -> None:
     fusion = take(stream_of(world, stream_inputs, micro_batch_size=6), 3)
     likelihood_stream = stream_of(world, stream_inputs, micro_batch_size=6, gate_objective="likelihood")
     likelihood = take(likelihood_stream, 3)
-    # The default objective does no span work: S = 0. Everything else is the same batch.
-    assert fusion[0].span_loglik.shape == (6, 2, 0) and fusion[0].span_mask.shape == (6, 0)
+    # Two teachers: the spans feed the gate diagnostics under `fusion` too; the batches are equal.
+    assert fusion[0].span_loglik.shape[:2] == (6, 2) and fusion[0].span_loglik.shape[2] > 0
     for a, b in zip(fusion, likelihood, strict=True):
         assert a.sample_ids == b.sample_ids and torch.equal(a.features, b.features)
         assert torch.equal(a.bits_per_byte, b.bits_per_byte)
+        assert torch.equal(a.span_loglik, b.span_loglik) and torch.equal(a.span_bytes, b.span_bytes)
+    assert (fusion[0].span_bytes > 0).all()
     for index, batch in ((0, likelihood[0]), (2, likelihood[2])):  # both teachers; gemma absent
         shard_name = likelihood_stream.shards[index].name
         rows = []
@@ -196,13 +198,17 @@ def test_likelihood_objective_adds_the_present_teachers_span_logliks(world, stre
 
 def test_present_span_logliks_ignore_absent_teachers(world) -> None:
     row = _any_teacher_row(world)
-    alone = present_span_logliks([row, None])
+    # A two-byte character at every offset: the spans' bytes are twice the characters they cover.
+    text = "é" * int(row.token_ends.max())
+    alone, covered = present_span_logliks([row, None], text)
     assert alone.shape[0] == 2 and (alone[1] == 0).all()
     # One teacher: its own token ends are the boundaries; the spans add up to its tokens after the
     # first boundary (a cut tokenisation drops its last end).
     boundaries = common_boundaries([row.token_ends], [row.truncated])
     assert alone.shape[1] == len(boundaries) - 1
-    assert present_span_logliks([None, None]).shape == (2, 0)
+    assert covered == 2 * int(boundaries[-1] - boundaries[0])
+    nothing, no_bytes = present_span_logliks([None, None], text)
+    assert nothing.shape == (2, 0) and no_bytes == 0
 
 
 def test_unknown_gate_objective_is_refused_by_the_loader(world, stream_inputs) -> None:

@@ -4,6 +4,7 @@ gradients), `none` is CLM only, and the gate is a submodule (so DeepSpeed wraps 
 from __future__ import annotations
 
 import logging
+import math
 
 import numpy as np
 import pytest
@@ -71,6 +72,7 @@ def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None
                 rng.random((teachers, 1)).astype(np.float32),
                 bits_per_byte=np.where(present, 0.5 + extra.random(teachers), np.inf).astype(np.float32),
                 span_loglik=None if span_loglik is None else span_loglik.astype(np.float32),
+                span_bytes=10 * spans,
             )
         )
     return collate_samples(samples, teachers)
@@ -286,3 +288,24 @@ def test_step_stats_log_gate_nll_only_when_there_is_one() -> None:
     summary = stats.summary({}, world_size=1)
     mean = sum(float(o.terms.gate_nll) for o in outputs) / 2
     assert summary["loss/gate_nll"] == pytest.approx(mean)
+
+
+def test_step_stats_log_the_gate_against_its_oracles() -> None:
+    batch = batch_of(teachers=3, spans=4)  # sample 0: all three teachers; sample 1: teacher 0 absent
+    stats = StepStats(("a", "b", "c"))
+    output = module_for("min_bpb", teachers=3)(batch)
+    stats.add(batch, output)
+    summary = stats.summary({}, world_size=1)
+    # min_bpb picks the oracle teacher by definition; the EM mixture can only do better.
+    assert summary["gate/contested_samples"] == 2 and summary["gate/oracle_agreement"] == 1.0
+    assert summary["gate/bpb/gate"] == pytest.approx(summary["gate/bpb/oracle_teacher"])
+    assert summary["gate/bpb/oracle_mixture"] <= summary["gate/bpb/oracle_teacher"] + 1e-9
+    assert summary["gate/bpb/oracle_mixture"] <= summary["gate/bpb/best_single"] + 1e-9
+    # Each teacher alone over the samples it is present on (padding spans hold 0), best of three.
+    nats = -(batch.span_loglik.double() * batch.span_mask.unsqueeze(1)).sum(-1)  # [B, K]
+    present = batch.present.double()
+    single = (nats * present).sum(0) / (batch.span_bytes.double().unsqueeze(1) * present).sum(0)
+    assert summary["gate/bpb/best_single"] == pytest.approx(float(single.min()) / math.log(2))
+    # `none` has no weights: nothing to diagnose, no keys.
+    stats.add(batch, module_for("none", teachers=3)(batch))
+    assert not any(key.startswith("gate/bpb") for key in stats.summary({}, world_size=1))
