@@ -106,7 +106,13 @@ def extract(
 @app.command()
 @user_errors
 def inspect(
-    path: Annotated[Path, typer.Argument(help="Cache dir, teacher/corpus dir, manifest or shard.")],
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="Cache dir, teacher/corpus dir, manifest or shard; or a distill export folder (its "
+            "gate against the oracles on the train split)."
+        ),
+    ],
     decode: Annotated[
         Path | None,
         typer.Option(
@@ -117,7 +123,8 @@ def inspect(
         ),
     ] = None,
 ) -> None:
-    """Summarise a cache: per teacher, per domain and per shard (or one shard's samples)."""
+    """Summarise a cache: per teacher, per domain and per shard (or one shard's samples); or an
+    export's gate diagnostics (agreement with the oracle teacher, mixture bits per byte)."""
     from pipeline.inspection import decode_path, inspect_path
 
     if decode is not None:

@@ -404,6 +404,25 @@ def diagnostics_frames(
     ]
 
 
+def export_gate_diagnostics(export: Path) -> list[tuple[str, Any]]:
+    """`polyfuse inspect EXPORT`: the gate diagnostics of an exported student's final weights over
+    the train split, from the config it was trained with (`export/config.yaml`) and its
+    `gate.pt`; run from the working directory of that config's relative paths."""
+    from pipeline.config import load_config
+
+    config = load_config(export / "config.yaml")
+    method = Method(config.name, config.distill.strategy)
+    if method.strategy in ("none", "authors") or len(config.teachers) < 2:
+        raise ValueError(
+            f"{export} was trained with strategy {method.strategy} and {len(config.teachers)} teacher(s): "
+            "it has no fusion weights to diagnose; pass the export of a run that fuses two or more teachers"
+        )
+    train = load_train_scores(config, config.distill.gate_features)
+    weights = train_weights(method, train, config.distill.tau, export)
+    assert weights is not None  # every other strategy has weights
+    return diagnostics_frames({method.name: gate_diagnostics_by_domain(train, weights)}, train.teacher_names)
+
+
 def _rounded(value: float | int) -> float | int:
     return value if isinstance(value, int) else round(float(value), 4)
 

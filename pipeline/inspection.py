@@ -1,7 +1,8 @@
 """``polyfuse inspect`` and ``polyfuse validate``: what a cache holds, and whether it is sound.
 
 Both accept any path of a cache: the root, ``cache/teachers``, one teacher/corpus directory (or its
-``manifest.json``), or a single shard. Directories are searched for ``manifest.json`` files; each
+``manifest.json``), or a single shard; ``inspect`` also takes a distill export folder and shows
+its gate against the oracles (pipeline/experiment.py, stages/distill/gate_diagnostics.py). Directories are searched for ``manifest.json`` files; each
 one is a corpus split set or a teacher over a corpus. Tables are polars DataFrames.
 
 ``validate`` collects every fault instead of stopping at the first one, and gives each one the
@@ -59,6 +60,10 @@ def inspect_path(path: Path) -> list[tuple[str, pl.DataFrame]]:
         raise ValueError(f"{path} does not exist: pass a cache directory, manifest or shard")
     if path.is_file() and path.suffix == ".parquet":
         return _inspect_shard(path)
+    if (path / "config.yaml").is_file() and (path / "config.json").is_file():  # a distill export
+        from pipeline.experiment import export_gate_diagnostics
+
+        return export_gate_diagnostics(path)
     dirs = manifest_dirs(path)
     if not dirs:
         raise ValueError(f"{path} holds no polyfuse cache (no {MANIFEST_NAME} below it): pass e.g. cache/")
