@@ -123,9 +123,16 @@ def test_multiple_choice_through_lm_eval_equals_the_oracle(tmp_path: Path) -> No
     assert scores["acc/toy"].observations["cat-wrong-gold"] == (0.0, 1.0)
 
 
-def _local_task(directory: Path, name: str, data: Path) -> Path:
-    """A multiple-choice task YAML over a local JSONL: it stands for an installed lm-eval task."""
+def local_mc_task(directory: Path, name: str, n_items: int = 5) -> Path:
+    """A multiple-choice task YAML over a local JSONL (``<name>.jsonl`` beside it): it stands for
+    an installed lm-eval task whose data is in the cache. Shared with tests/pipeline."""
     directory.mkdir(parents=True, exist_ok=True)
+    data = directory / f"{name}.jsonl"
+    rows = [
+        {"question": f"{a} plus {a} is", "choices": [f" {2 * a}", f" {2 * a + 1}"], "answer": 0}
+        for a in range(n_items)
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = {
         "task": name,
         "dataset_path": "json",
@@ -146,13 +153,7 @@ def _local_task(directory: Path, name: str, data: Path) -> Path:
 def test_a_named_task_with_local_data_scores_and_a_missing_one_fails(
     smollm2_folder: Path, tmp_path: Path
 ) -> None:
-    data = tmp_path / "questions.jsonl"
-    rows = [
-        {"question": f"{a} plus {a} is", "choices": [f" {2 * a}", f" {2 * a + 1}"], "answer": 0}
-        for a in range(5)
-    ]
-    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    task = _local_task(tmp_path / "tasks", "toy_named_mc", data)
+    task = local_mc_task(tmp_path / "tasks", "toy_named_mc")
 
     harness.check_named_tasks([str(task)])
     scores, _ = harness.score_model(
@@ -162,7 +163,7 @@ def test_a_named_task_with_local_data_scores_and_a_missing_one_fails(
     assert acc.n == 5 and set(acc.observations) == {"0", "1", "2", "3", "4"}
     assert acc.value == pytest.approx(sum(y for y, _ in acc.observations.values()) / 5)
 
-    data.unlink()
+    task.with_suffix(".jsonl").unlink()
     with pytest.raises(
         ValueError, match=r"the data of lm-eval task .*toy_named_mc.* is not available offline"
     ):
