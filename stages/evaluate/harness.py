@@ -199,6 +199,8 @@ def score_model(
     include = tuple(
         sorted({str(Path(p).resolve().parent) for p in [*rolling_tasks.values(), *mc_tasks.values()]})
     )
+    indexing = time.perf_counter()
+    _task_manager(include)  # lm-eval's task index, once per process: timed apart from scoring
     started = time.perf_counter()
     lm = load_lm(folder, dtype=dtype, batch_size=batch_size, max_length=max_length)
     loaded = time.perf_counter()
@@ -234,6 +236,7 @@ def score_model(
         "bpb_samples": n_samples,
         "bpb_bytes": n_bytes,
         "bpb_windowed_samples": windowed,
+        "task_index_seconds": round(started - indexing, 1),
         "load_seconds": round(loaded - started, 1),
         "bpb_seconds": round(bpb_done - loaded, 1),
         "mc_seconds": round(mc_done - bpb_done, 1),
