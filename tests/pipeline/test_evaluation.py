@@ -161,6 +161,7 @@ def test_cli_evaluate_on_a_tiny_model_folder(workspace: Path) -> None:
     assert out.returncode == 0, out.stderr
     payload = json.loads((workspace / "runs" / "cli" / "eval" / "eval.json").read_text())
     assert set(payload["models"]) == {"fused"} and payload["target"] is None
+    assert payload["models"]["fused"]["facts"]["scorer"].startswith("lm-eval ")
     assert "acc_norm/cloze_code" in payload["models"]["fused"]["scores"]
     assert "bpb/math" in out.stdout
 
