@@ -180,8 +180,9 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Held-out bits per byte per domain and multiple-choice accuracy of HF model folders, with
-    knowledge interference against the target; writes runs/NAME/eval/{eval.json,eval.md}."""
+    """Held-out bits per byte per domain and multiple-choice accuracy of HF model folders, scored by
+    lm-evaluation-harness, with knowledge interference against the target; writes
+    runs/NAME/eval/{eval.json,eval.md}."""
     from pipeline.config import load_config
     from pipeline.evaluation import evaluate_from_config
 

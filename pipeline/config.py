@@ -367,17 +367,21 @@ class DistillConfig:
 @dataclass
 class EvaluateConfig:
     """``polyfuse evaluate``: held-out bits per byte per domain and multiple-choice accuracy on
-    local sets built from the held-out split (stages/evaluate/mc_sets.py)."""
+    local sets built from the held-out split (stages/evaluate/mc_sets.py), both scored by
+    lm-evaluation-harness (stages/evaluate/harness.py), plus any lm-eval task named in
+    ``lm_eval_tasks``."""
 
     max_samples_per_domain: int | None = 32
     """Held-out samples per domain scored for bits per byte: the first N in the split's seeded
     order (a random sample). None: all. Cost is linear in it (Qwen2.5-1.5B: ~85 tok/s on 2 cores)."""
     max_tokens: int = 1024
-    """Longest scored sequence in tokens; longer samples are truncated (counted in eval.json),
-    not slid."""
+    """lm-eval's max_length: the longest sequence one forward pass sees, in tokens. Longer
+    held-out samples are scored in lm-eval's rolling windows (counted in eval.json), not
+    truncated; longer multiple-choice contexts lose their start."""
     batch_tokens: int = 2048
-    """Token budget of one forward batch for bits per byte (padded length × batch size). The
-    batch's logits take batch_tokens × vocabulary × 4 bytes: 2.1 GB for Gemma's 262k at 2048."""
+    """Token budget of one forward batch (padded length × batch size): lm-eval's batch size is
+    batch_tokens // max_tokens. The batch's logits take batch_tokens × vocabulary × 4 bytes:
+    2.1 GB for Gemma's 262k at 2048."""
     dtype: Literal["float32", "bfloat16"] = "float32"
     """Compute dtype of the evaluated models; log-softmax is always fp32."""
     threads: int | None = None
@@ -389,6 +393,12 @@ class EvaluateConfig:
     )
     """Multiple-choice sets: ``cloze`` (one per corpus domain), ``math_answer`` (held-out math
     questions), ``humaneval`` (HumanEval prompts and solutions). Empty: bits per byte only."""
+    lm_eval_tasks: list[str] = field(default_factory=list)
+    """lm-eval tasks by name (``hellaswag``, ``mmlu``, …) or by the path of a task YAML, scored
+    zero-shot beside the local sets, as ``<metric>/<task>`` units (a
+    task's bits_per_byte as ``bpb/<task>``, which then enters mean bpb and KI). Their data must be
+    available offline (the Hugging Face datasets cache, or local files the YAML names): a task
+    that is not fails the run before any model is scored."""
     mc_items_per_task: int = 40
     """Items per multiple-choice set (fewer where the held-out text does not yield that many)."""
     mc_choices: int = 4
@@ -454,6 +464,13 @@ class EvaluateConfig:
             (self.cloze_context_chars, self.cloze_continuation_chars),
             "must be positive",
             "use e.g. 400 and 100",
+        )
+        _require(
+            all(self.lm_eval_tasks) and len(set(self.lm_eval_tasks)) == len(self.lm_eval_tasks),
+            "evaluate.lm_eval_tasks",
+            self.lm_eval_tasks,
+            "must name each task once",
+            "list each task name once, e.g. [hellaswag]",
         )
 
 

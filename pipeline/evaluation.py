@@ -2,15 +2,17 @@
 
     corpus (prepare) ──► held-out passages ──► multiple-choice sets   cache/mc_sets/<key>/
                                    │                   │               (built once, content-keyed)
-    each MODEL folder ──► bits per byte per domain + accuracy per set  cache/eval/<key>/<model>.json
+    each MODEL folder ──► lm-eval: bits per byte per domain + accuracy per set (+ named lm-eval
+                                   │      tasks)           cache/eval/<key>/<model>.json
                                    │                  (a model is scored once; per-document and
                                    │                   per-item data kept, for paired deltas)
                                    ▼
                scores table, paired Δ against the target and `none`,  runs/<name>/eval/
                KI against the target before fusion
 
-A model's scores are cached under (evaluation settings, corpus, sets) × (model fingerprint), so
-the experiment driver re-scores only the models it has not seen.
+Scoring is lm-evaluation-harness's (stages/evaluate/harness.py). A model's scores are cached
+under (scorer and its version, evaluation settings, corpus, sets) × (model fingerprint), so the
+experiment driver re-scores only the models it has not seen, and a new scorer re-scores all.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from data_schemas.keys import content_key, sha256_file
 from pipeline.config import Config, EvaluateConfig
 from pipeline.corpus import prepare_from_config
 from stages.evaluate import mc_sets
+from stages.evaluate.harness import check_named_tasks, score_model, scorer_version
 from stages.evaluate.interference import Interference, knowledge_interference
 from stages.evaluate.mc_sets import Passage
 from stages.evaluate.paired_delta import compare_to_references, comparisons_to_dict
@@ -41,6 +43,7 @@ from stages.evaluate.report import (
     results_frame,
     write_report,
 )
+from stages.evaluate.rolling_tasks import write_rolling_task
 from stages.evaluate.unit_score import UnitScore
 from stages.extract.model_fingerprint import model_fingerprint
 from stages.model_source import model_folder
@@ -49,7 +52,7 @@ from stages.prepare.prepare import PreparedCorpus, split_shards
 logger = logging.getLogger(__name__)
 
 MC_SETS_VERSION = 1  # bump when set construction changes: it changes the sets' key
-EVAL_VERSION = 1  # bump when scoring changes: cached model scores are then recomputed
+EVAL_VERSION = 2  # bump when scoring changes: cached model scores are then recomputed (2: lm-eval)
 NONE_LABEL = "none"
 """A model with this label (the experiment's CLM-only method) is a second reference: every other
 model's paired deltas against it are reported too, separating fusion from continual training."""
@@ -190,82 +193,6 @@ def _check_model_folder(folder: Path) -> None:
         )
 
 
-def score_model(
-    folder: Path, settings: EvaluateConfig, passages: dict[str, list[Passage]], sets: McSets
-) -> tuple[dict[str, UnitScore], dict]:
-    """Every unit's score of one model folder, and run facts (tokens, truncations, seconds)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    from stages.evaluate.bits_per_byte import domain_bits_per_byte, score_texts
-    from stages.evaluate.multiple_choice import score_items, task_accuracy
-    from stages.tokenization import load_tokenizer
-
-    if settings.threads is not None:
-        torch.set_num_threads(settings.threads)
-    started = time.perf_counter()
-    tokenizer = load_tokenizer(folder)
-    dtype = getattr(torch, settings.dtype)
-    try:
-        model = AutoModelForCausalLM.from_pretrained(
-            str(folder), dtype=dtype, local_files_only=True, trust_remote_code=False
-        )
-    except (OSError, ValueError) as e:
-        raise RuntimeError(f"cannot load the model in {folder}: {e}") from e
-    model.eval()
-    loaded = time.perf_counter()
-
-    samples = [
-        (domain, p)
-        for domain, domain_passages in passages.items()
-        for p in domain_passages[: settings.max_samples_per_domain]
-    ]
-    scored = score_texts(
-        model,
-        tokenizer,
-        [p.text for _, p in samples],
-        max_tokens=settings.max_tokens,
-        batch_tokens=settings.batch_tokens,
-    )
-    scores = domain_bits_per_byte([d for d, _ in samples], [p.doc_id for _, p in samples], scored)
-    n_tokens = sum(s.n_tokens for s in scored)
-    bpb_done = time.perf_counter()
-    logger.info(
-        "%s: bits per byte on %d samples (%d tokens, %.0f tok/s)",
-        folder,
-        len(samples),
-        n_tokens,
-        n_tokens / max(bpb_done - loaded, 1e-9),
-    )
-    truncated_contexts = 0
-    for task, path in sets.tasks.items():
-        task_started = time.perf_counter()
-        results = score_items(model, tokenizer, mc_sets.read_task(path), max_tokens=settings.max_tokens)
-        truncated_contexts += sum(r.context_truncated for r in results)
-        scores.update(task_accuracy(task, results))
-        logger.info(
-            "%s: %s acc_norm %.3f on %d items (%.0f s)",
-            folder,
-            task,
-            scores[f"acc_norm/{task}"].value,
-            len(results),
-            time.perf_counter() - task_started,
-        )
-    logger.info(
-        "%s: %d multiple-choice sets in %.0f s", folder, len(sets.tasks), time.perf_counter() - bpb_done
-    )
-    facts = {
-        "bpb_samples": len(samples),
-        "bpb_tokens": n_tokens,
-        "bpb_truncated_samples": sum(s.truncated for s in scored),
-        "mc_truncated_contexts": truncated_contexts,
-        "load_seconds": round(loaded - started, 1),
-        "bpb_seconds": round(bpb_done - loaded, 1),
-        "mc_seconds": round(time.perf_counter() - bpb_done, 1),
-    }
-    return scores, facts
-
-
 def display_names(folders: list[Path]) -> list[str]:
     """Shortest trailing path parts that tell the folders apart (``smollm2-135m-instruct``,
     ``adaptive/export`` …)."""
@@ -304,17 +231,27 @@ def evaluate_from_config(
     prepared = prepare_from_config(config)
     passages = heldout_passages(prepared)
     sets = build_mc_sets(settings, prepared, passages, Path(config.cache_dir))
+    check_named_tasks(settings.lm_eval_tasks)  # before any model is loaded: a missing one exits 2
     eval_key = content_key(
         {
             "version": EVAL_VERSION,
+            "scorer": scorer_version(),
             "corpus_key": prepared.key,
             "mc_sets": sets.key,
             "max_samples_per_domain": settings.max_samples_per_domain,
             "max_tokens": settings.max_tokens,
             "dtype": settings.dtype,
+            "lm_eval_tasks": settings.lm_eval_tasks,
         }
     )
     score_dir = Path(config.cache_dir) / "eval" / eval_key
+    # The held-out samples scored for bits per byte, as lm-eval tasks: content-keyed like the scores.
+    rolling_tasks = {
+        domain: write_rolling_task(
+            score_dir / "tasks", domain, domain_passages[: settings.max_samples_per_domain]
+        )
+        for domain, domain_passages in passages.items()
+    }
 
     if labels is not None and (len(labels) != len(folders) or len(set(labels)) != len(labels)):
         raise ValueError(f"labels {labels} must name each of the {len(folders)} models once")
@@ -328,7 +265,16 @@ def evaluate_from_config(
             record = json.loads(cached.read_text())
             logger.info("%s: scores found in %s", folder, cached)
         else:
-            scores, facts = score_model(folder, settings, passages, sets)
+            scores, facts = score_model(
+                folder,
+                rolling_tasks=rolling_tasks,
+                mc_tasks={task: path.with_suffix(".yaml") for task, path in sets.tasks.items()},
+                named_tasks=settings.lm_eval_tasks,
+                dtype=settings.dtype,
+                batch_size=max(1, settings.batch_tokens // settings.max_tokens),
+                max_length=settings.max_tokens,
+                threads=settings.threads,
+            )
             record = {"facts": facts, "scores": {u: s.to_dict() for u, s in scores.items()}}
             write_json_atomic(cached, record)
         model_scores[name] = {u: UnitScore.from_dict(s) for u, s in record["scores"].items()}
@@ -365,9 +311,10 @@ def evaluate_from_config(
     }
     out_dir = Path(config.runs_dir) / config.name / "eval"
     notes = [
-        "bpb: held-out bits per byte per domain (lower is better), byte-weighted over samples, "
+        "Scored by lm-evaluation-harness. bpb: held-out bits per byte per domain (lower is better; "
+        "lm-eval's loglikelihood_rolling, every byte predicted), byte-weighted over samples, "
         "± the standard error with documents as observations. acc / acc_norm: multiple-choice "
-        "accuracy by log-likelihood (acc_norm: per-character normalised, as lm-eval), ± lm-eval's "
+        "accuracy by log-likelihood (acc_norm: per-character normalised), ± lm-eval's "
         f"standard error. Sets: {sets.directory} (`lm_eval --include_path` runs them). "
         "These standard errors describe one model; they are not for comparing two.",
         PAIRED_NOTE,

@@ -1,18 +1,21 @@
 """Held-out bits per byte of a causal LM, per domain: tokenizer-neutral, so models with different
 tokenizers compare on the same text.
 
-The predicted span of a sample, exactly (the extract stage's per-sample `bits_per_byte` uses the
-same definition): the text is tokenised as the model's tokenizer does by default (BOS where it adds
-one), truncated to ``max_tokens`` tokens (not slid: corpus chunks are at most `corpus.max_chars`
-characters, so truncation is rare and every truncated sample is counted). Token 0 is never scored;
-tokens 1 … n−1 are, each from all tokens before it. With `ends[t]` the character up to which the
-text is covered once token t is emitted (stages/tokenization.py), the predicted span is
-`text[ends[0] : ends[n−1]]`:
-- with a BOS, `ends[0] = 0`, so the first text token is scored from BOS and every byte counts;
-- without one, the first token's bytes are context, not prediction, and are left out.
-A sample's bits per byte = Σ next-token NLL (nats) / ln 2 / UTF-8 bytes of that span. A domain's
-is the byte-weighted mean over its samples, with the standard error of unit_score.py, documents
-as the independent observations.
+`polyfuse evaluate` gets each sample's log-likelihood from lm-evaluation-harness's
+``loglikelihood_rolling`` (harness.py); ``score_texts`` here is the hand-written oracle the tests
+hold lm-eval to, and the baseline of bench/eval_bench.py. Both follow one convention, lm-eval's:
+
+- the text is encoded *without* special tokens, ids t₀ … tₙ₋₁, and every token is predicted:
+  t₀ from the prefix token (the tokenizer's BOS, else its EOS), tᵢ from the prefix and t₀ … tᵢ₋₁;
+  so every UTF-8 byte of the text is predicted, and a sample's bytes are those of its whole text;
+- a text longer than ``max_tokens`` is scored in lm-eval's disjoint rolling windows, never
+  truncated: the first window predicts t₀ … t_{M−1} from ``[prefix] + t₀ … t_{M−2}`` (M =
+  max_tokens); each next window predicts the next min(M, rest) tokens from the M tokens that end
+  just before its last one (`rolling_windows`), so every token is predicted exactly once.
+
+A sample's bits per byte = Σ NLL (nats) / ln 2 / UTF-8 bytes. A domain's is the byte-weighted
+mean over its samples, with the standard error of unit_score.py, documents as the independent
+observations (`domain_bits_per_byte`).
 """
 
 from __future__ import annotations
@@ -26,24 +29,50 @@ from transformers import PreTrainedTokenizerFast
 
 from stages.evaluate.token_logprobs import sequence_logprobs
 from stages.evaluate.unit_score import UnitScore
-from stages.tokenization import tokenize_many_with_ends
 
 
 @dataclass(frozen=True)
 class ScoredText:
-    """One sample's predicted span and its negative log-likelihood."""
+    """One sample's negative log-likelihood and the bytes it covers."""
 
     nats: float
-    """Σ −log p(token t | tokens < t) over the predicted tokens 1 … n−1."""
+    """Σ −log p(token) over every token of the text."""
     n_bytes: int
-    """UTF-8 bytes of the predicted span `text[ends[0]:ends[n−1]]`."""
-    n_tokens: int
-    """Predicted tokens (n − 1)."""
-    truncated: bool
+    """UTF-8 bytes of the text."""
+    n_tokens: int = 0
+    """Tokens of the text (0 where not counted: lm-eval does not report them)."""
+    windowed: bool = False
+    """Longer than max_tokens: scored in more than one rolling window."""
 
     @property
     def bits_per_byte(self) -> float:
         return self.nats / math.log(2) / self.n_bytes if self.n_bytes else math.nan
+
+
+def prefix_token_id(tokenizer: PreTrainedTokenizerFast) -> int:
+    """The token the first text token is predicted from: BOS, else EOS (lm-eval's rule)."""
+    if tokenizer.bos_token_id is not None:
+        return tokenizer.bos_token_id
+    if tokenizer.eos_token_id is None:
+        raise ValueError("the tokenizer has neither a BOS nor an EOS token to predict the first token from")
+    return tokenizer.eos_token_id
+
+
+def rolling_windows(n_tokens: int, max_tokens: int) -> list[tuple[int, int]]:
+    """(end, n_predicted) per window over ``seq = [prefix] + ids`` (len n_tokens + 1): the window
+    feeds ``seq[max(0, end − max_tokens) : end]`` and scores its last n_predicted next-token
+    predictions, i.e. ``seq[end − n_predicted + 1 : end + 1]``."""
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
+    if n_tokens == 0:
+        return []
+    first = min(max_tokens, n_tokens)
+    windows, predicted = [(first, first)], first
+    while predicted < n_tokens:
+        width = min(max_tokens, n_tokens - predicted)
+        predicted += width
+        windows.append((predicted, width))
+    return windows
 
 
 def score_texts(
@@ -51,37 +80,31 @@ def score_texts(
     tokenizer: PreTrainedTokenizerFast,
     texts: Sequence[str],
     *,
-    add_special_tokens: bool = True,
     max_tokens: int = 1024,
     batch_tokens: int = 4096,
 ) -> list[ScoredText]:
-    """Next-token NLL of each text over its predicted span (module docstring); fp32 log-softmax."""
-    tokenized = tokenize_many_with_ends(
-        tokenizer, texts, add_special_tokens=add_special_tokens, max_tokens=max_tokens
-    )
-    appended = set(tokenizer.all_special_ids)
-    sequences = []
-    for tok in tokenized:
-        n = len(tok.ids)
-        # A tokenizer that appends EOS would make the model "predict" the end of a chunk that
-        # does not end there: such trailing zero-width special tokens are not scored.
-        while n > 1 and int(tok.ids[n - 1]) in appended and tok.ends[n - 1] == tok.ends[n - 2]:
-            n -= 1
-        sequences.append(tok.ids[:n].tolist())
-    logprobs = sequence_logprobs(model, sequences, batch_tokens=batch_tokens)
-    scored = []
-    for text, tok, ids, lp in zip(texts, tokenized, sequences, logprobs, strict=True):
-        n = len(ids)
-        span = text[int(tok.ends[0]) : int(tok.ends[n - 1])] if n >= 2 else ""
-        scored.append(
-            ScoredText(
-                nats=float(-lp.sum(dtype="float64")),
-                n_bytes=len(span.encode("utf-8")),
-                n_tokens=max(n - 1, 0),
-                truncated=tok.truncated,
-            )
+    """NLL of each whole text by the convention of the module docstring; fp32 log-softmax."""
+    prefix = prefix_token_id(tokenizer)
+    encoded = [[prefix, *tokenizer.encode(text, add_special_tokens=False)] for text in texts]
+    # One row per window: (text, tokens predicted, the window's tokens with the one it predicts last).
+    rows = [
+        (i, width, seq[max(0, end - max_tokens) : end + 1])
+        for i, seq in enumerate(encoded)
+        for end, width in rolling_windows(len(seq) - 1, max_tokens)
+    ]
+    logprobs = sequence_logprobs(model, [r[2] for r in rows], batch_tokens=batch_tokens)
+    nats = [0.0] * len(texts)
+    for (i, width, _), lp in zip(rows, logprobs, strict=True):
+        nats[i] -= float(lp[-width:].sum(dtype="float64"))
+    return [
+        ScoredText(
+            nats=nats[i],
+            n_bytes=len(text.encode("utf-8")),
+            n_tokens=len(encoded[i]) - 1,
+            windowed=len(encoded[i]) - 1 > max_tokens,
         )
-    return scored
+        for i, text in enumerate(texts)
+    ]
 
 
 def domain_bits_per_byte(

@@ -1,5 +1,7 @@
-"""Multiple-choice accuracy by log-likelihood, the way lm-evaluation-harness (0.4.x, `hf` model,
-`output_type: multiple_choice`, zero-shot) scores it, so the numbers can be checked against it:
+"""Multiple-choice accuracy by log-likelihood, written by hand the way lm-evaluation-harness (0.4.x,
+`hf` model, `output_type: multiple_choice`, zero-shot) scores it. `polyfuse evaluate` runs lm-eval
+itself on these sets (harness.py); this is the oracle the tests hold it to and the baseline of
+bench/eval_bench.py. `ChoiceItem` and `ACCURACY_METRICS` are the sets' records (mc_sets.py).
 
 - request: (context, choice), the task's `target_delimiter` being "" in our task files;
 - encoding (lm-eval `_encode_pair`): trailing whitespace of the context moves to the front of the

@@ -10,6 +10,8 @@ import yaml
 import pipeline.evaluation as evaluation
 from pipeline.config import config_from_dict
 from pipeline.corpus import prepare_from_config
+from stages.evaluate import harness
+from tests.stages.evaluate.test_harness import local_mc_task
 from tests.stages.evaluate.tiny_model import one_torch_thread, save_model_folder  # noqa: F401 (autouse fixture)
 
 REPO = Path(__file__).resolve().parents[2]
@@ -83,6 +85,8 @@ def test_evaluate_writes_table_json_and_interference(workspace: Path, monkeypatc
     assert {"mean bpb", "acc_norm/cloze_code", "acc/cloze_code"} <= set(paired["target"]["fused"])
     assert "Paired Δ vs the target `target`" in (result.directory / "eval.md").read_text()
     assert "Paired Δ vs the target" in result.table
+    assert payload["models"]["fused"]["facts"]["scorer"] == harness.scorer_version()
+    assert payload["models"]["fused"]["facts"]["bpb_samples"] == 3 * EVALUATE["max_samples_per_domain"]
 
     # A second evaluation finds every score in the cache: nothing is loaded or scored again.
     def refuse(*args, **kwargs):
@@ -91,6 +95,11 @@ def test_evaluate_writes_table_json_and_interference(workspace: Path, monkeypatc
     monkeypatch.setattr(evaluation, "score_model", refuse)
     again = evaluation.evaluate_from_config(config, [workspace / "fused"], target=workspace / "target")
     assert again.payload["models"]["fused"]["scores"] == payload["models"]["fused"]["scores"]
+
+    # Another scorer (an upgraded lm-eval) is another cache key: the cached scores are not reused.
+    monkeypatch.setattr(evaluation, "scorer_version", lambda: "lm-eval 99.0")
+    with pytest.raises(AssertionError, match="scored again"):
+        evaluation.evaluate_from_config(config, [workspace / "fused"], target=workspace / "target")
 
 
 def test_every_heldout_document_is_paired_with_max_samples_null(workspace: Path) -> None:
@@ -152,9 +161,45 @@ def test_cli_evaluate_on_a_tiny_model_folder(workspace: Path) -> None:
     assert out.returncode == 0, out.stderr
     payload = json.loads((workspace / "runs" / "cli" / "eval" / "eval.json").read_text())
     assert set(payload["models"]) == {"fused"} and payload["target"] is None
+    assert payload["models"]["fused"]["facts"]["scorer"].startswith("lm-eval ")
     assert "acc_norm/cloze_code" in payload["models"]["fused"]["scores"]
     assert "bpb/math" in out.stdout
 
     bad = _polyfuse("evaluate", "--config", config, str(workspace), cwd=workspace)
     assert bad.returncode == 2
     assert "is not a Hugging Face model folder" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_evaluate_adds_a_named_lm_eval_task_and_refuses_a_missing_one(workspace: Path) -> None:
+    config = str(workspace / "config.yaml")
+    task = local_mc_task(workspace / "named", "toy_named_mc")
+    out = _polyfuse(
+        "evaluate",
+        "--config",
+        config,
+        str(workspace / "fused"),
+        "name=named",
+        "evaluate.tasks=[]",
+        f"evaluate.lm_eval_tasks=[{task}]",
+        cwd=workspace,
+    )
+    assert out.returncode == 0, out.stderr
+    scores = json.loads((workspace / "runs" / "named" / "eval" / "eval.json").read_text())["models"]["fused"][
+        "scores"
+    ]
+    assert scores["acc/toy_named_mc"]["n"] == 5 and "bpb/prose" in scores
+
+    # hellaswag is installed with lm-eval, its data is not here (offline, nothing cached).
+    missing = _polyfuse(
+        "evaluate",
+        "--config",
+        config,
+        str(workspace / "fused"),
+        "evaluate.lm_eval_tasks=[hellaswag]",
+        cwd=workspace,
+    )
+    assert missing.returncode == 2, missing.stderr
+    lines = missing.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in missing.stderr
+    assert "lm-eval task hellaswag is not available offline" in lines[0]
+    assert "remove hellaswag from evaluate.lm_eval_tasks" in lines[0]

@@ -32,57 +32,67 @@ def model(tokenizer):
     return tiny_llama(len(tokenizer))
 
 
-def _hand_nats(model, ids: list[int]) -> float:
-    """Σ −log p(token t | tokens < t), t ≥ 1, from one unbatched forward in float64."""
+def _hand_nats(model, ids: list[int], scored_from: int = 1) -> float:
+    """Σ −log p(token t | tokens < t) for t ≥ scored_from, from one unbatched forward in float64."""
     with torch.no_grad():
         logits = model(input_ids=torch.tensor([ids])).logits[0].double()
     logprobs = torch.log_softmax(logits, dim=-1)
-    return -sum(logprobs[t - 1, ids[t]].item() for t in range(1, len(ids)))
+    return -sum(logprobs[t - 1, ids[t]].item() for t in range(scored_from, len(ids)))
 
 
 def test_matches_hand_computation_in_a_padded_batch(model, tokenizer) -> None:
-    # SmolLM2 adds no BOS: token 0 is context, the predicted span is the text after it.
+    # No special tokens in the text; every token is predicted, the first from the prefix token
+    # (SmolLM2 has a BOS token, though it adds none by default), so every byte counts.
+    prefix = tokenizer.bos_token_id
+    assert prefix is not None and tokenizer.encode(TEXTS[2])[0] != prefix
     scored = score_texts(model, tokenizer, TEXTS, max_tokens=256, batch_tokens=10_000)
     for text, s in zip(TEXTS, scored):
-        ids = tokenizer.encode(text)
-        first = tokenizer.decode(ids[:1])
-        assert text.startswith(first)
-        assert s.n_tokens == len(ids) - 1 and not s.truncated
-        assert s.n_bytes == len(text.encode()) - len(first.encode())
-        assert s.nats == pytest.approx(_hand_nats(model, ids), rel=1e-5)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert s.n_tokens == len(ids) and not s.windowed
+        assert s.n_bytes == len(text.encode())
+        assert s.nats == pytest.approx(_hand_nats(model, [prefix, *ids]), rel=1e-5)
         assert s.bits_per_byte == pytest.approx(s.nats / math.log(2) / s.n_bytes)
     # One text per batch gives the same numbers: padding never leaks into real tokens.
     alone = score_texts(model, tokenizer, TEXTS, max_tokens=256, batch_tokens=256)
     assert [a.nats for a in alone] == pytest.approx([s.nats for s in scored], rel=1e-5)
 
 
-def test_with_bos_every_byte_is_predicted() -> None:
+def test_with_bos_the_first_token_is_predicted_from_one_bos() -> None:
     tokenizer = gemma_tokenizer()
     model = tiny_gemma3(len(tokenizer))
     scored = score_texts(model, tokenizer, TEXTS, max_tokens=256, batch_tokens=1024)
     for text, s in zip(TEXTS, scored):
-        ids = tokenizer.encode(text)
-        assert ids[0] == tokenizer.bos_token_id
-        assert s.n_bytes == len(text.encode()) and s.n_tokens == len(ids) - 1
-        assert s.nats == pytest.approx(_hand_nats(model, ids), rel=1e-5)
+        ids = tokenizer.encode(text, add_special_tokens=False)
+        assert tokenizer.encode(text) == [tokenizer.bos_token_id, *ids]  # the default adds BOS
+        assert s.n_bytes == len(text.encode()) and s.n_tokens == len(ids)
+        assert s.nats == pytest.approx(_hand_nats(model, [tokenizer.bos_token_id, *ids]), rel=1e-5)
 
 
-def test_truncation_scores_only_the_kept_tokens(model, tokenizer) -> None:
+def test_long_texts_are_scored_in_rolling_windows(model, tokenizer) -> None:
     (s,) = score_texts(model, tokenizer, TEXTS[:1], max_tokens=6, batch_tokens=64)
-    ids = tokenizer.encode(TEXTS[0])[:6]
-    assert s.truncated and s.n_tokens == 5
-    assert s.n_bytes == len(tokenizer.decode(ids[1:]).encode())
-    assert s.nats == pytest.approx(_hand_nats(model, ids), rel=1e-5)
+    ids = tokenizer.encode(TEXTS[0], add_special_tokens=False)
+    assert s.windowed and s.n_tokens == len(ids) > 12 and s.n_bytes == len(TEXTS[0].encode())
+    # By hand, lm-eval's windows: the first predicts ids[0:6] from [prefix] + ids[0:5]; each next
+    # one predicts the next ≤ 6 tokens from the 6 tokens before its last one.
+    seq = [tokenizer.bos_token_id, *ids]
+    expected = _hand_nats(model, seq[:7])
+    done = 6
+    while done < len(ids):
+        width = min(6, len(ids) - done)
+        done += width
+        window = seq[done - 6 : done + 1]
+        expected += _hand_nats(model, window, scored_from=len(window) - width)
+    assert s.nats == pytest.approx(expected, rel=1e-5)
 
 
 def test_domain_score_is_byte_weighted_with_documents_as_observations() -> None:
     ln2 = math.log(2)
     scored = [
-        ScoredText(nats=10 * ln2, n_bytes=10, n_tokens=3, truncated=False),  # doc a: 1.0 bpb
-        ScoredText(nats=30 * ln2, n_bytes=10, n_tokens=3, truncated=False),  # doc a: 3.0 bpb
-        ScoredText(nats=20 * ln2, n_bytes=40, n_tokens=9, truncated=False),  # doc b: 0.5 bpb
-        ScoredText(nats=5 * ln2, n_bytes=5, n_tokens=1, truncated=False),  # other domain
-        ScoredText(nats=0.0, n_bytes=0, n_tokens=0, truncated=False),  # nothing predicted
+        ScoredText(nats=10 * ln2, n_bytes=10, n_tokens=3),  # doc a: 1.0 bpb
+        ScoredText(nats=30 * ln2, n_bytes=10, n_tokens=3),  # doc a: 3.0 bpb
+        ScoredText(nats=20 * ln2, n_bytes=40, n_tokens=9),  # doc b: 0.5 bpb
+        ScoredText(nats=5 * ln2, n_bytes=5, n_tokens=1),  # other domain
+        ScoredText(nats=0.0, n_bytes=0, n_tokens=0),  # an empty text
     ]
     scores = domain_bits_per_byte(["p", "p", "p", "q", "p"], ["a", "a", "b", "c", "d"], scored)
     p = scores["bpb/p"]
