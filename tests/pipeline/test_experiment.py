@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import pytest
 import torch
 
@@ -21,6 +22,7 @@ from pipeline.experiment import (
     method_config,
     run_experiment,
 )
+from pipeline.inspection import inspect_path
 from stages.distill.gating import SelectionGate, select_teachers
 from tests.stages.distill.fake_world import GEMMA, SMOLLM2, fake_world
 
@@ -132,6 +134,26 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
     for method in ("min_ce", "avg_ce", "adaptive", "bpb_features"):
         assert set(weights[method]) == {"mixed", "all"}
         assert sum(weights[method]["all"].values()) == pytest.approx(1.0, abs=1e-5)
+    # The gate against its oracles, per domain: every fused method but the random-gate `authors`.
+    diagnostics = results["gate_diagnostics"]
+    assert set(diagnostics) == {"min_ce", "avg_ce", "adaptive", "bpb_features"}
+    for per_domain in diagnostics.values():
+        assert set(per_domain) == {"mixed", "all"}
+        d = per_domain["all"]
+        assert d["samples"] > 0 and 0.0 <= d["agreement"] <= 1.0
+        assert (
+            d["bpb/oracle_mixture"]
+            <= min(d["bpb/gate"], d["bpb/oracle_teacher"], d["bpb/best_single"]) + 1e-9
+        )
+    assert "## Gate against its oracles" in report and "## Oracles per domain" in report
+    # `polyfuse inspect EXPORT` shows the same figures from the export alone.
+    export = Path(results["exports"]["adaptive"])
+    tables = dict(inspect_path(export))
+    (gate_title,) = [t for t in tables if t.startswith("Gate against")]
+    row = tables[gate_title].filter(pl.col("domain") == "all").to_dicts()[0]
+    assert row["agreement"] == pytest.approx(diagnostics["adaptive"]["all"]["agreement"], abs=1e-4)
+    with pytest.raises(ValueError, match="no fusion weights to diagnose"):
+        inspect_path(Path(results["exports"]["none"]))
     # A finished method keeps its export and logs, not its checkpoints (gigabytes per method).
     methods_dir = Path(config.runs_dir) / "exp" / "methods"
     assert not any((methods_dir / m / "checkpoints").exists() for m in RUN_METHODS)

@@ -279,3 +279,38 @@ def test_resume_with_a_changed_setting_is_refused(world, tmp_path) -> None:
         distill_from_config(changed, strategy="min_ce", resume=True, progress=False)
     with pytest.raises(ValueError, match="strategy"):
         distill_from_config(config, strategy="avg_ce", resume=True, progress=False)
+
+
+# -- issue 13: the likelihood gate objective needs every teacher's target log-probabilities -----
+
+
+def test_a_teacher_shard_without_target_logprobs_is_refused_before_any_model_loads(
+    world, tmp_path, loaded_models
+) -> None:
+    """Every layout stores the target log-probability of each token (what the spans of the
+    likelihood gate objective sum); a shard without those columns, checksums made to match, is a
+    fault named with its repair, before any model loads."""
+    import pyarrow.parquet as pq
+
+    cache, config = damaged_copy(world, tmp_path)
+    corpus_key = prepare_from_config(load_config(config)).key
+    smol = next(
+        p.parent
+        for p in (cache / "teachers").glob(f"*/{corpus_key}/manifest.json")
+        if read_manifest(p.parent).header["teacher"] == "smol"
+    )
+    shard = smol / "shard-00000.parquet"
+    table = pq.read_table(shard)
+    targets = [n for n in table.column_names if n.startswith("target_")]
+    assert targets, "the shard stores target log-probabilities"
+    pq.write_table(table.drop_columns(targets), shard)
+    manifest = read_manifest(smol)
+    assert manifest.shards[0].name == shard.name
+    entry = dataclasses.replace(manifest.shards[0], bytes=shard.stat().st_size, sha256=sha256_file(shard))
+    (smol / "shard-00000.parquet.entry.json").write_text(json.dumps(dataclasses.asdict(entry)))
+    write_manifest(smol, manifest.with_entries([entry, *manifest.shards[1:]]))
+    result = distill(config, "distill.gate_objective=likelihood")
+    assert result.exit_code == 1, result.output
+    assert "shard-00000.parquet" in result.output and "target_" in result.output
+    assert "polyfuse extract" in result.output or "delete" in result.output, result.output
+    assert loaded_models == []

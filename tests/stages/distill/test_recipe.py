@@ -283,3 +283,24 @@ def test_other_zero_stages_and_bf16_train_and_export(
     model = AutoModelForCausalLM.from_pretrained(result.export_dir)  # ZeRO-3: gathered, not partitioned
     assert model.model.embed_tokens.weight.shape == (49152, 64)
     assert model.dtype == (torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+
+
+def test_a_finished_run_frees_its_engine(world, stream_inputs, tmp_path: Path) -> None:
+    """`cleanup` destroys the DeepSpeed engine, so a process that trains several runs (the
+    experiment driver) holds at most the current one's student and optimizer states."""
+    import gc
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    def alive() -> int:
+        gc.collect()
+        return sum(isinstance(o, DeepSpeedEngine) for o in gc.get_objects())
+
+    before = alive()
+    recipe = trained(world, stream_inputs, settings_for(world, tmp_path, "adaptive"))
+    try:
+        recipe.train()
+    finally:
+        recipe.cleanup()
+    del recipe
+    assert alive() == before
