@@ -281,7 +281,9 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
 
     from pipeline.distillation import build_stream
     from stages.distill import engine as ds
+    from stages.distill.loader import feature_count
     from stages.distill.model import FusionModule
+    from stages.distill.recipe import ADAM_EPS
     from stages.distill.strategies import parse_strategy
 
     d = config.distill
@@ -300,7 +302,10 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
             lam=d.lam,
             beta=d.beta,
             tau=d.tau,
-            fusion_trains_gate=True,
+            fusion_trains_gate=d.fusion_trains_gate,
+            feedback_scope=d.feedback_scope,
+            num_features=feature_count(d.gate_features),
+            gate_objective=d.gate_objective,
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),
@@ -309,7 +314,7 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
             gate_lr=d.gate_lr,
             weight_decay=0.0,
             betas=(d.adam_beta1, d.adam_beta2),
-            eps=1e-8,
+            eps=ADAM_EPS,
         )
         scheduler = ds.cosine_with_warmup(optimizer, warmup_steps=1, max_steps=1000)
         config_ds = ds.build_deepspeed_config(

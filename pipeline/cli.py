@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import DEBUG, user_errors
+from stages.distill.settings import STRATEGY_NAMES
 
 app = typer.Typer(
     name="polyfuse",
@@ -196,9 +197,7 @@ def distill(
         str | None,
         typer.Option(
             "--strategy",
-            help="Fusion strategy: adaptive, min_ce, avg_ce, min_bpb, avg_bpb, uniform, single:NAME, "
-            "authors or none "
-            "(default: distill.strategy).",
+            help=f"Fusion strategy: {', '.join(STRATEGY_NAMES)} (default: distill.strategy).",
         ),
     ] = None,
     resume: Annotated[

@@ -57,19 +57,21 @@ def distill_from_config(
     """Check the inputs, then train and export (see the module docstring). ``repairs``: the
     user's --config and overrides, for the repair commands of cache faults."""
     from stages.distill import engine
-    from stages.distill.recipe import RecipeSettings, run_distill
+    from stages.distill.recipe import RecipeRun, run_distill
     from stages.distill.strategies import parse_strategy
 
     # Workers fork after the parent used the Rust tokenizer (vocab maps): keep it single-threaded
     # there instead of letting `tokenizers` warn and disable itself in every worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config.check_distill_target()
-    d = config.distill
-    spec = strategy or d.strategy
+    if strategy:  # --strategy: the section as if the YAML had said it
+        config = replace(config, distill=replace(config.distill, strategy=strategy))
     names = [t.name for t in config.teachers]
-    parsed = parse_strategy(spec, names)
+    parsed = parse_strategy(config.distill.strategy, names)
     if not names and parsed.uses_fusion:
-        raise ValueError(f"strategy {spec!r} needs teachers: add a `teachers:` list or use --strategy none")
+        raise ValueError(
+            f"strategy {parsed.name!r} needs teachers: add a `teachers:` list or use --strategy none"
+        )
     run_dir = Path(config.runs_dir) / config.name
     check_writable(config.runs_dir, "runs_dir")  # before anything loads: a model takes minutes
     check_writable(config.cache_dir, "cache_dir")
@@ -80,41 +82,18 @@ def distill_from_config(
         env, lambda: resolve_stream_inputs(config, checksums=env.is_main, repairs=repairs)
     )
     stream = build_stream(config, stream_inputs, rank=env.rank, world_size=env.world_size)
-    settings = RecipeSettings(
+    run = RecipeRun(
         run_dir=run_dir,
         student_path=model_folder(config.student.path),
-        strategy=parsed.name,
-        lam=d.lam,
-        beta=d.beta,
-        tau=d.tau,
-        fusion_trains_gate=d.fusion_trains_gate,
-        feedback_scope=d.feedback_scope,
-        gate_features=d.gate_features,
-        gate_objective=d.gate_objective,
-        lr=d.lr,
-        gate_lr=d.gate_lr,
-        weight_decay=d.weight_decay,
-        adam_betas=(d.adam_beta1, d.adam_beta2),
-        warmup_steps=d.warmup_steps,
-        max_steps=d.max_steps,
-        micro_batch_size=d.micro_batch_size,
-        grad_accum_steps=d.grad_accum_steps,
-        grad_clip=d.grad_clip,
-        zero_stage=d.zero_stage,
-        dtype=d.dtype,
-        deepspeed_config=Path(d.deepspeed_config) if d.deepspeed_config else None,
-        loader_workers=d.loader_workers,
-        checkpoint_every=d.checkpoint_every,
-        keep_checkpoints=d.keep_checkpoints,
-        log_every=d.log_every,
+        strategy=parsed,
         seed=config.seed,
         resume=resume,
         stop_after_steps=stop_after_steps,
         progress=progress,
-        export_files={"config.yaml": export_config_yaml(config, spec, stream_inputs)},
+        export_files={"config.yaml": export_config_yaml(config, stream_inputs)},
     )
     with run_lock(run_dir) if env.is_main else contextlib.nullcontext():
-        result = run_distill(settings, stream)
+        result = run_distill(config.distill, run, stream)
     return DistillRun(
         strategy=parsed.name,
         teacher_names=tuple(names),
@@ -210,7 +189,7 @@ def resolve_stream_inputs(
     return StreamInputs(corpus.key, shards, teachers, keys)
 
 
-def export_config_yaml(config: Config, strategy: str, inputs: StreamInputs) -> str:
+def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
     """The export's ``config.yaml``: every field of the run's config (with the strategy it ran,
     e.g. from --strategy, and hub ids pinned to the commit they resolved to), headed by the cache
     keys it read, so that ``polyfuse distill --config export/config.yaml`` reproduces the run."""
@@ -220,7 +199,6 @@ def export_config_yaml(config: Config, strategy: str, inputs: StreamInputs) -> s
         config,
         student=replace(config.student, path=resolve_model(config.student.path).pinned),
         teachers=[replace(t, path=resolve_model(t.path).pinned) for t in config.teachers],
-        distill=replace(config.distill, strategy=strategy),
     )
     header = [
         "# The resolved config this export was trained with. Reproduce it from the same working",

@@ -27,9 +27,10 @@ from data_schemas.atomic import remove_stale_tmp, write_json_atomic
 from data_schemas.keys import content_key
 from data_schemas.manifest import Manifest, read_entries, read_manifest, refresh_manifest
 from data_schemas.teacher_shard import SAMPLED_LAYOUT, TEACHER_SCHEMA_VERSION
-from pipeline.config import Config, ExtractConfig, TeacherConfig
+from pipeline.config import Config, TeacherConfig
 from pipeline.corpus import prepare_from_config
 from stages.extract.draws import DRAW_SEED
+from stages.extract.settings import ExtractSettings
 from stages.model_source import model_folder, resolve_model
 from stages.prepare.prepare import PreparedCorpus, split_shards
 
@@ -150,7 +151,7 @@ def teacher_identity(teacher: TeacherConfig, backend: str) -> dict[str, Any]:
     return {"fingerprint": model_fingerprint(teacher.path)}
 
 
-def extraction_layout(ex: ExtractConfig) -> str:
+def extraction_layout(ex: ExtractSettings) -> str:
     """The shard layout extraction writes: ``sampled`` for drawn tokens, else ``logprob_layout``."""
     return SAMPLED_LAYOUT if ex.draws else ex.logprob_layout
 
@@ -355,17 +356,9 @@ def _run_teacher(
         backend_name,
         teacher=plan.name,
         model_path=plan.model_path,
-        top_k=ex.top_k,
-        max_tokens=ex.max_tokens,
+        settings=ex,
         dtype=plan.dtype,
-        batch_tokens=ex.batch_tokens,
         vocab_size=plan.header["vocab_size"],
-        vllm_max_logprobs=ex.vllm_max_logprobs,
-        vllm_enforce_eager=ex.vllm_enforce_eager,
-        vllm_tensor_parallel_size=ex.vllm_tensor_parallel_size,
-        vllm_gpu_memory_utilization=ex.vllm_gpu_memory_utilization,
-        vllm_kv_cache_gib=ex.vllm_kv_cache_gib,
-        draws=ex.draws,
     )
     run.load_seconds = time.perf_counter() - start
     run.backend = f"{backend.name} {backend.version}"
