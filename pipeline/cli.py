@@ -93,8 +93,7 @@ def extract(
     """Run every teacher once over the corpus (preparing it first) into the top-k cache; resumable,
     and a rerun with nothing to do loads no model."""
     from pipeline.config import load_config
-    from pipeline.extraction import run_extraction
-    from pipeline.teacher_stats import summary_tables
+    from pipeline.extraction import run_extraction, summary_tables
 
     cfg = load_config(config, overrides)
     report = run_extraction(cfg, teacher=teacher, rank=rank, world_size=world_size, finalize=finalize)

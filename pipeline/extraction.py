@@ -29,6 +29,7 @@ from data_schemas.manifest import Manifest, read_entries, read_manifest, refresh
 from data_schemas.teacher_shard import SAMPLED_LAYOUT, TEACHER_SCHEMA_VERSION
 from pipeline.config import Config, TeacherConfig
 from pipeline.corpus import prepare_from_config
+from pipeline.teacher_stats import domain_table, round_stat, teacher_sample_frame, teacher_summary
 from stages.extract.draws import DRAW_SEED
 from stages.extract.settings import ExtractSettings
 from stages.model_source import model_folder, resolve_model
@@ -422,8 +423,6 @@ def peak_rss_mib() -> float:
 def write_stats(plan: TeacherPlan, run: TeacherRun, world: World) -> None:
     """``stats.json`` beside the manifest: totals and per-domain means over every present shard,
     and this run's throughput."""
-    from pipeline.teacher_stats import teacher_sample_frame, teacher_summary
-
     frame = teacher_sample_frame(plan.directory)
     stats = teacher_summary(frame, plan.directory)
     stats["last_run"] = {
@@ -438,3 +437,35 @@ def write_stats(plan: TeacherPlan, run: TeacherRun, world: World) -> None:
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
     write_json_atomic(plan.directory / STATS_NAME, stats)
+
+
+def summary_tables(report: ExtractionReport) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The end-of-run tables: one row per teacher (this run's throughput beside the cache's
+    totals), and one per teacher and domain."""
+    teachers, domains = [], []
+    for plan in report.plans:
+        if not (plan.directory / "manifest.json").exists():
+            teachers.append({"teacher": plan.name, "shards": f"0/{len(plan.planned)}"})
+            continue
+        frame = teacher_sample_frame(plan.directory)
+        summary = teacher_summary(frame, plan.directory)
+        run = report.runs.get(plan.name)
+        teachers.append(
+            {
+                "teacher": plan.name,
+                "backend": run.backend if run and run.units_done else "cached",
+                "run_tokens": run.tokens if run else 0,
+                "run_s": round(run.seconds, 1) if run else 0.0,
+                "tok_per_s": round(run.tokens_per_s, 1) if run else None,
+                "shards": summary["shards"],
+                "complete": summary["complete"],
+                "tokens": summary.get("tokens"),
+                "bytes_per_token": summary["bytes_per_token"],
+                "ce": summary.get("ce"),
+                "bits_per_byte": summary.get("bits_per_byte"),
+                "truncated": summary.get("truncated"),
+            }
+        )
+        for row in domain_table(frame).to_dicts():
+            domains.append({"teacher": plan.name, **{k: round_stat(v) for k, v in row.items()}})
+    return [("teachers", teachers), ("per teacher and domain", domains)]
