@@ -326,26 +326,20 @@ def _run_teacher(
     world: World,
     progress: bool,
 ) -> None:
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from stages.extract.backends import open_backend, resolve_backend
-    from stages.extract.extract import extract_shard, tokenize_shard
+    from stages.extract.extract import extract_shard
 
     ex = config.extract
     shard_paths = {p.name: p for p in plan.corpus_shards}
-    total = sum(
-        len(t.ids)
-        for u in units
-        for t in tokenize_shard(
-            shard_paths[u.shard],
-            tokenizer,
-            add_special_tokens=plan.add_special_tokens,
-            max_tokens=ex.max_tokens,
-        )[2]
-    )
+    # The bar counts samples, which the Parquet footers hold: tokens would need every shard
+    # tokenised once more before the first forward pass.
+    total = sum(pq.read_metadata(shard_paths[u.shard]).num_rows for u in units)
     backend_name = resolve_backend(plan.backend)
     logger.info(
-        "teacher %s: loading %s with %s (%d units, %d tokens)",
+        "teacher %s: loading %s with %s (%d units, %d samples)",
         plan.name,
         plan.model_path,
         backend_name,
@@ -374,8 +368,7 @@ def _run_teacher(
     bar = tqdm(
         total=total,
         desc=f"extract {plan.name}",
-        unit="tok",
-        unit_scale=True,
+        unit="sample",
         dynamic_ncols=True,
         disable=not (progress and world.rank == 0),  # one bar per teacher, on rank 0 only
     )
@@ -393,7 +386,7 @@ def _run_teacher(
                 add_special_tokens=plan.add_special_tokens,
                 layout=extraction_layout(ex),
                 draws=ex.draws,
-                on_tokens=bar.update,
+                on_samples=bar.update,
             )
             run.units_done += 1
             run.tokens += result.tokens

@@ -94,9 +94,9 @@ def extract_shard(
     add_special_tokens: bool,
     layout: str,
     draws: int = 0,
-    on_tokens: Callable[[int], None] | None = None,
+    on_samples: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Extract one teacher shard (see the module docstring); ``on_tokens(n)`` after each group.
+    """Extract one teacher shard (see the module docstring); ``on_samples(n)`` after each group.
 
     ``layout`` ``sampled`` stores the ``draws`` tokens per row the backend drew (it must have been
     opened with the same ``draws``) instead of the top-k."""
@@ -111,8 +111,8 @@ def extract_shard(
         for i, result in zip(group, backend.topk_logprobs([tokenized[i].ids for i in group]), strict=True):
             check_finite(result, teacher=teacher, sample_id=sample_ids[i], shard=corpus_shard)
             rows[i] = result
-        if on_tokens is not None:
-            on_tokens(sum(len(tokenized[i].ids) for i in group))
+        if on_samples is not None:
+            on_samples(len(group))
     samples = []
     for sample_id, text, tok, result in zip(sample_ids, texts, tokenized, rows, strict=True):
         assert result is not None and result.n_rows == max(len(tok.ids) - 1, 0)
