@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stages.align.sample import align_sample
+from stages.align.sample import align_sample, relative_mass, renormalise, residual_target
 from stages.align.stats import alignment_stats_for_teacher, summarize_alignment
 from stages.tokenization import tokenize_many_with_ends
 from tests.stages.conftest import GEMMA, QWEN, SMOLLM2, corpus_like_texts
@@ -85,6 +85,16 @@ def test_residual_over_drawn_tokens_is_their_empirical_distribution():
     assert targets.support_ids.tolist() == [[40, 90, 0, 0]]
     np.testing.assert_allclose(targets.support_probs[0], [7 / 12, 4 / 12, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(targets.rest_mass, [1 / 12], rtol=1e-5)
+
+
+def test_target_functions_by_hand():
+    mass = relative_mass(np.log(np.array([[0.4, 0.2, 0.0], [0.0, 0.0, 0.0]])))
+    np.testing.assert_allclose(mass, [[1.0, 0.5, 0.0], [0.0, 0.0, 0.0]])  # −inf rows carry nothing
+    np.testing.assert_allclose(renormalise(mass), [[2 / 3, 1 / 3, 0.0], [0.0, 0.0, 0.0]])
+    keep = np.array([[True, True, False], [True, True, True]])
+    probs, rest = residual_target(np.log(np.array([[0.5, 0.2, 0.1], [0.6, 0.5, 0.0]])), keep)
+    np.testing.assert_allclose(probs, [[0.5, 0.2, 0.0], [0.6 / 1.1, 0.5 / 1.1, 0.0]])
+    np.testing.assert_allclose(rest, [0.3, 0.0], atol=1e-12)  # Σ p above 1 (grid): scaled, no rest
 
 
 def test_unknown_target_kind_is_refused():
