@@ -132,6 +132,19 @@ def test_gate_is_a_submodule_and_feedback_only_weighs_when_it_trains() -> None:
     torch.testing.assert_close(out.terms.total, expected)
 
 
+@pytest.mark.gpu
+def test_losses_and_gradients_on_cuda_match_the_cpu() -> None:
+    batch = batch_of(spans=3)
+    cpu, cuda = module_for("adaptive"), module_for("adaptive").cuda()
+    want, got = cpu(batch), cuda(batch.to("cuda"))
+    for name in ("clm", "fusion", "feedback", "total"):
+        torch.testing.assert_close(getattr(got.terms, name).cpu(), getattr(want.terms, name))
+    want.terms.total.backward()
+    got.terms.total.backward()
+    for (name, p), q in zip(cpu.named_parameters(), cuda.parameters(), strict=True):
+        torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_fusion_trains_gate_flag_detaches_the_fusion_path() -> None:
     batch = batch_of()
     module = module_for("adaptive", beta=0.0, fusion_trains_gate=False)
