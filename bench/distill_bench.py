@@ -241,10 +241,10 @@ def demo_inputs(cache_dir: Path) -> tuple[Any, Any, str]:
     with the `fake` backend under the real tokenizers into `cache_dir` (alignment and vocab maps
     are then real, the teacher distributions are not — which changes neither time nor memory).
     """
+    from pipeline.cache_check import TeacherCacheError
     from pipeline.config import load_config
     from pipeline.distillation import resolve_stream_inputs
     from pipeline.extraction import run_extraction
-    from stages.distill.teacher_caches import TeacherCacheError
 
     config = load_config(ROOT / "configs" / "demo.yaml")
     try:

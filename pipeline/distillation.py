@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.cache_check import Repairs, cache_faults
+from pipeline.cache_check import Repairs, cache_faults, checked_teacher_shards, more_faults
 from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
 from pipeline.output_dirs import check_writable, run_lock
@@ -130,18 +130,17 @@ def resolve_stream_inputs(
     Raises:
         ValueError: a student tokenizer without offsets, a missing teacher folder.
         TeacherCacheError (RuntimeError): a teacher cache that is missing, incomplete, corrupt or
-            from another corpus — named, with `polyfuse extract --teacher NAME` as the fix.
+            from another corpus — named, with its repair command (pipeline/cache_check.py).
     """
     from stages.align.vocab_map import load_or_build_vocab_map
     from stages.distill.loader import CorpusShard, TeacherSource
-    from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
     from stages.tokenization import load_tokenizer
 
     repairs = repairs or Repairs()
     corpus = prepare_shared_corpus(config)
     faults = cache_faults(corpus.directory, repairs, checksums=checksums, strays=False)
     if faults:
-        raise RuntimeError(f"corpus {corpus.key}: {faults[0]}{_more(faults)}")
+        raise RuntimeError(f"corpus {corpus.key}: {faults[0]}{more_faults(faults)}")
     shards = [
         CorpusShard(entry.name, corpus.directory / entry.name, entry.rows)
         for entry in corpus.manifest.shards
@@ -156,21 +155,14 @@ def resolve_stream_inputs(
         tokenizer = load_teacher_tokenizer(teacher, teacher.backend or config.extract.backend)
         plan = plan_teacher(config, teacher, corpus, tokenizer)
         keys[teacher.name] = plan.key
-        used = [Path(s.name).name for s in shards[: teacher.max_shards]]
-        faults = cache_faults(
-            plan.directory, repairs, checksums=checksums, only=used, corpus_key=corpus.key, strays=False
-        )
-        if faults:
-            raise TeacherCacheError(f"teacher {teacher.name!r}: {faults[0]}{_more(faults)}")
-        checked = check_teacher_cache(
+        checked = checked_teacher_shards(
             teacher.name,
             plan.directory,
-            shards,
+            [s.name for s in shards[: teacher.max_shards]],
             corpus.key,
-            max_shards=teacher.max_shards,
+            repairs,
             tokenizer_fingerprint=plan.header["tokenizer_fingerprint"],
-            checksums=False,  # cache_faults just did
-            fix=repairs.extract(teacher.name),
+            checksums=checksums,
         )
         vocab_map = load_or_build_vocab_map(
             tokenizer,
@@ -208,10 +200,6 @@ def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
         *(f"# teacher_key {name}: {key}" for name, key in inputs.teacher_keys.items()),
     ]
     return "\n".join(header) + "\n" + yaml.safe_dump(asdict(resolved), sort_keys=False, allow_unicode=True)
-
-
-def _more(faults: list[Any]) -> str:
-    return f" (and {len(faults) - 1} more: `polyfuse validate` lists them)" if len(faults) > 1 else ""
 
 
 def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size: int) -> Any:

@@ -10,7 +10,7 @@ batches 0, 1, 2, … whatever the number of workers. The loader's whole state is
 integer, the batches the trainer consumed (`state_dict`), with the settings that fix the order
 beside it for a check on resume.
 
-**Teachers.** A teacher's cache is checked before anything else (`check_teacher_cache`); a
+**Teachers.** A teacher's cache is checked before anything else (pipeline/cache_check.py); a
 teacher extracted over only the first shards, or with a NaN score for a sample, is absent for
 those samples, never replaced by a made-up target.
 
@@ -84,7 +84,7 @@ class CorpusShard:
 
 @dataclass(frozen=True)
 class TeacherSource:
-    """A checked teacher cache, ready for the workers (`check_teacher_cache` builds it)."""
+    """A checked teacher cache, ready for the workers (pipeline/distillation.py builds it)."""
 
     name: str
     shards: dict[str, Path]
