@@ -26,6 +26,7 @@ from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
 from pipeline.output_dirs import check_writable, run_lock
 from stages.model_source import model_folder, resolve_model
+from stages.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ def distill_from_config(
         run_dir=run_dir,
         student_path=model_folder(config.student.path),
         strategy=parsed,
+        world=env,
         seed=config.seed,
         resume=resume,
         stop_after_steps=stop_after_steps,
@@ -224,7 +226,7 @@ def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size:
     )
 
 
-def _rank_zero_first(env: Any, build: Callable[[], T]) -> T:
+def _rank_zero_first(env: World, build: Callable[[], T]) -> T:
     """Run `build` on rank 0 first (it may write shared caches), then on the others.
 
     A failure on rank 0 is sent to every rank, so all of them stop with its message instead of

@@ -15,10 +15,8 @@ finishes a unit, and is ``complete`` as soon as every planned shard has an entry
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,46 +32,13 @@ from stages.extract.draws import DRAW_SEED
 from stages.extract.settings import ExtractSettings
 from stages.model_source import model_folder, resolve_model
 from stages.prepare.prepare import PreparedCorpus, split_shards
+from stages.world import World, resolve_world
 
 logger = logging.getLogger(__name__)
 
 TEACHER_SPLIT = "train"
 """Teachers are run over the training split only; held-out text is for evaluation."""
 STATS_NAME = "stats.json"
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int
-    world_size: int
-
-
-def resolve_world(rank: int | None, world_size: int | None, env: Mapping[str, str] | None = None) -> World:
-    """Rank and world size from the flags, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS,
-    else a single process."""
-    env = os.environ if env is None else env
-
-    def pick(flag: int | None, *names: str, default: int) -> int:
-        if flag is not None:
-            return flag
-        for name in names:
-            if env.get(name, "").strip():
-                try:
-                    return int(env[name])
-                except ValueError as e:
-                    raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from e
-        return default
-
-    world = World(
-        pick(rank, "RANK", "SLURM_PROCID", default=0),
-        pick(world_size, "WORLD_SIZE", "SLURM_NTASKS", default=1),
-    )
-    if world.world_size < 1 or not 0 <= world.rank < world.world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size) with world_size ≥ 1, got rank {world.rank} of {world.world_size}: "
-            "fix --rank/--world-size (or RANK/WORLD_SIZE, SLURM_PROCID/SLURM_NTASKS)"
-        )
-    return world
 
 
 @dataclass(frozen=True)

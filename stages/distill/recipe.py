@@ -44,6 +44,7 @@ from stages.distill.run_state import (
 )
 from stages.distill.settings import DistillSettings
 from stages.distill.strategies import Strategy
+from stages.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +75,8 @@ class RecipeRun:
     student_path: Path
     strategy: Strategy
     """``DistillSettings.strategy``, parsed once against the run's teachers."""
+    world: World
+    """This process in the job (`engine.prepare_distributed_env`, which set what DeepSpeed reads)."""
     seed: int = 0
     resume: bool = False
     stop_after_steps: int | None = None
@@ -120,7 +123,7 @@ class DistillRecipe:
         from transformers import AutoModelForCausalLM
 
         cfg, run = self.cfg, self.run
-        self.dist = ds.prepare_distributed_env()
+        self.dist = run.world
         seed_everything(run.seed)  # same on every rank: the gate's init must agree
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         # Never the folder's own code, and never a question on stdin (transformers asks when unset).

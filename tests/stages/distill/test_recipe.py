@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from pipeline.distillation import StreamInputs, build_stream
+from stages.distill import engine as ds
 from stages.distill.gating import SelectionGate
 from stages.distill.loader import TeacherSource, feature_count
 from stages.distill.metrics import read_metrics
@@ -37,7 +38,12 @@ def settings_for(world, run_dir: Path, strategy: str, **distill: Any) -> Plan:
     settings = dataclasses.replace(world.config.distill, strategy=strategy, **distill)
     names = [t.name for t in world.config.teachers]
     run = RecipeRun(
-        run_dir, world.student, parse_strategy(strategy, names), progress=False, tensorboard=False
+        run_dir,
+        world.student,
+        parse_strategy(strategy, names),
+        ds.prepare_distributed_env(),
+        progress=False,
+        tensorboard=False,
     )
     return Plan(settings, run)
 
