@@ -122,20 +122,13 @@ LOSSES = {"sparse": sparse_fusion_clm, "dense": dense_fusion_clm, "ce": plain_ce
 
 
 def _tiny_model(vocab: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The tests' tiny Llama (tests/tiny_models.py), with a vocabulary of ``vocab``."""
+    from transformers import LlamaForCausalLM
+
+    from tests.tiny_models import tiny_llama_config
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MEM_T,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config(vocab, max_position_embeddings=MEM_T))
 
 
 def probe_memory(case: str) -> dict[str, Any]:
