@@ -134,6 +134,7 @@ def resolve_stream_inputs(
         TeacherCacheError (RuntimeError): a teacher cache that is missing, incomplete, corrupt or
             from another corpus — named, with its repair command (pipeline/cache_check.py).
     """
+    from stages.align.token_text import build_token_table
     from stages.align.vocab_map import load_or_build_vocab_map
     from stages.distill.loader import CorpusShard, TeacherSource
     from stages.tokenization import load_tokenizer
@@ -172,7 +173,8 @@ def resolve_stream_inputs(
             cache_dir=Path(config.cache_dir) / "vocab_maps",
             mode=config.distill.vocab_map,
         )
-        teachers.append(TeacherSource(teacher.name, checked, vocab_map))
+        texts = tuple(build_token_table(tokenizer).texts) if config.distill.aligner == "dtw" else None
+        teachers.append(TeacherSource(teacher.name, checked, vocab_map, texts))
         logger.info(
             "teacher %s: %d of %d train shards cached in %s",
             teacher.name,
@@ -220,6 +222,7 @@ def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size:
         features=config.distill.gate_features,
         target=config.distill.target,
         gate_objective=config.distill.gate_objective,
+        aligner=config.distill.aligner,
         rank=rank,
         world_size=world_size,
         seed=config.seed,

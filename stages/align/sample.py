@@ -3,7 +3,8 @@
 Runs in distill's DataLoader workers for every (sample, teacher), so it is numpy only, with no
 Python loop over positions. Per student row j (DESIGN.md §6):
 
-- the teacher row i that predicts from the same character (`offsets.align_rows_by_offsets`);
+- the teacher row i that predicts from the same character (`offsets.align_rows_by_offsets`; or
+  FuseLLM's MinED DTW pairing, `dtw.align_rows_by_dtw`, under `distill.aligner=dtw`);
   no such row → `available[j]` is False and the row carries nothing (no copy target);
 - the teacher's top-k candidates mapped to student ids (`vocab_map`); a candidate mapped to −1
   (or outside the map) leaves the support and its probability is counted as unmapped mass;
@@ -27,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.align.offsets import align_rows_by_offsets
+from stages.align.offsets import RowAlignment, align_rows_by_offsets
 
 __all__ = ["TARGETS", "AlignedTargets", "align_sample", "relative_mass", "renormalise", "residual_target"]
 
@@ -73,6 +74,7 @@ def align_sample(
     topk_logprobs: np.ndarray,
     vocab_map: np.ndarray,
     target: str = "renormalised",
+    alignment: RowAlignment | None = None,
 ) -> AlignedTargets:
     """Express one teacher's top-k rows at the student's rows, in the student's vocabulary.
 
@@ -82,6 +84,8 @@ def align_sample(
     topk_logprobs: [n_t − 1, k] float log-softmax over the full teacher vocabulary.
     vocab_map: [V_t] int32 teacher id → student id, −1 unmapped (`vocab_map.build_vocab_map`).
     target: one of `TARGETS` (module docstring).
+    alignment: which teacher row each student row takes; None: `align_rows_by_offsets` of the
+        two `ends` (`distill.aligner=offsets`); `dtw.align_rows_by_dtw` for `distill.aligner=dtw`.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}: fix distill.target")
@@ -96,7 +100,8 @@ def align_sample(
         )
     k = topk_ids.shape[1]
     n_rows = max(len(student_ends) - 1, 0)
-    alignment = align_rows_by_offsets(teacher_ends, student_ends)
+    if alignment is None:
+        alignment = align_rows_by_offsets(teacher_ends, student_ends)
     m = len(alignment.student_rows)
 
     teacher_ids = topk_ids[alignment.teacher_rows].astype(np.int64)  # [m, k]

@@ -68,7 +68,10 @@ class DistillSettings:
     vocab_map: Literal["prefix", "edit_distance"] = "prefix"
     """How teacher ids map to student ids."""
     aligner: Literal["offsets", "dtw"] = "offsets"
-    """How teacher positions map to student positions."""
+    """How teacher positions map to student positions: ``offsets`` the teacher row that predicts
+    from the same character (stages/align/offsets.py); ``dtw`` FuseLLM's MinED dynamic time
+    warping over the token texts, hard pairs only (stages/align/dtw.py; aligns fewer rows and
+    costs more loader time, bench/results/align.md and distill.md)."""
     lr: float = 2e-5
     """Peak learning rate of the student (AdamW, cosine schedule with warmup)."""
     gate_lr: float = 1e-3
@@ -154,13 +157,6 @@ class DistillSettings:
             value = getattr(self, name)
             require(0.0 <= value < 1.0, f"distill.{name}", value, "must be in [0, 1)", "use 0.9 and 0.95")
         require(self.grad_clip > 0, "distill.grad_clip", self.grad_clip, "must be positive", "use 1.0")
-        require(
-            self.aligner == "offsets",
-            "distill.aligner",
-            self.aligner,
-            "is not wired into the distill loader yet (DTW stays the bench's reference)",
-            "use offsets",
-        )
         require(
             self.loader_workers >= 0, "distill.loader_workers", self.loader_workers, "must be ≥ 0", "use 2"
         )

@@ -133,6 +133,28 @@ def test_teacher_beyond_its_max_shards_is_absent_and_gemma_aligns_partly(world, 
     assert 0.3 < rate < 1.0  # different tokenizer: aligned where both cut at the same character
 
 
+def test_dtw_aligner_streams_the_offsets_targets_where_it_takes_the_same_rows(world, stream_inputs) -> None:
+    """`distill.aligner=dtw` end to end: the pipeline gives each teacher its token texts, the loader
+    aligns by DTW, and the batches keep the targets contract. smol (the student's tokenizer) gets
+    every row offsets give it, with the same targets; gemma gets fewer (hard pairs only)."""
+    from pipeline.distillation import resolve_stream_inputs
+
+    dtw_inputs = resolve_stream_inputs(world.config_for(Path("unused"), aligner="dtw"), checksums=False)
+    assert all(t.token_texts is not None for t in dtw_inputs.teachers)
+    assert all(t.token_texts is None for t in stream_inputs.teachers)
+    offsets = take(stream_of(world, stream_inputs, micro_batch_size=6), 1)[0]
+    dtw = take(stream_of(world, dtw_inputs, micro_batch_size=6, aligner="dtw"), 1)[0]
+    assert dtw.sample_ids == offsets.sample_ids and torch.equal(dtw.input_ids, offsets.input_ids)
+    sums = dtw.support_probs.sum(-1) + dtw.rest_mass
+    torch.testing.assert_close(sums[dtw.available], torch.ones_like(sums[dtw.available]))
+    assert (sums[~dtw.available] == 0).all()
+    smol = offsets.available[:, 0]
+    assert dtw.available[:, 0][smol].all()
+    assert torch.equal(dtw.support_ids[:, 0][smol], offsets.support_ids[:, 0][smol])
+    assert torch.equal(dtw.support_probs[:, 0][smol], offsets.support_probs[:, 0][smol])
+    assert 0 < dtw.aligned_rows[1] < offsets.aligned_rows[1]
+
+
 def test_all_features_are_the_shards_four_scores_mapped_into_0_1(world, stream_inputs) -> None:
     stream = stream_of(world, stream_inputs, micro_batch_size=6, gate_features="all")
     batch = take(stream, 1)[0]  # corpus shard 0, which both teachers cover
