@@ -155,9 +155,9 @@ class FusionStream(IterableDataset):
         target: str,
         gate_objective: str,
         aligner: str,
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
+        rank: int,
+        world_size: int,
+        seed: int,
     ) -> None:
         super().__init__()
         self.num_features = feature_count(features)  # also refuses an unknown name early

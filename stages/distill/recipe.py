@@ -77,7 +77,8 @@ class RecipeRun:
     """``DistillSettings.strategy``, parsed once against the run's teachers."""
     world: World
     """This process in the job (`engine.prepare_distributed_env`, which set what DeepSpeed reads)."""
-    seed: int = 0
+    seed: int
+    """The config's global seed."""
     resume: bool = False
     stop_after_steps: int | None = None
     """Checkpoint and stop (no export) once this many steps are done: a time-boxed run, and how

@@ -26,6 +26,7 @@ from data_schemas.teacher_shard import SAMPLED_LAYOUT, TeacherSample, empirical_
 from stages.extract.backends.base import TeacherBackend, TopkRows
 from stages.extract.draws import count_draws
 from stages.extract.scores import predicted_span_bytes, sample_scores
+from stages.extract.settings import ExtractSettings
 from stages.tokenization import TokenizedText, tokenize_many_with_ends
 
 logger = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ def extract_shard(
     max_tokens: int,
     add_special_tokens: bool,
     layout: str,
-    draws: int = 0,
+    draws: int = ExtractSettings.draws,
     on_samples: Callable[[int], None] | None = None,
 ) -> ShardResult:
     """Extract one teacher shard (see the module docstring); ``on_samples(n)`` after each group.

@@ -67,7 +67,7 @@ class TransformersBackend:
         batch_tokens: int = ExtractSettings.batch_tokens,
         max_tokens: int | None = None,
         device: str | None = None,
-        draws: int = 0,
+        draws: int = ExtractSettings.draws,
     ) -> None:
         folder = check_model_folder(model_path)
         config = AutoConfig.from_pretrained(

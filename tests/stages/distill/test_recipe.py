@@ -42,6 +42,7 @@ def settings_for(world, run_dir: Path, strategy: str, **distill: Any) -> Plan:
         world.student,
         parse_strategy(strategy, names),
         ds.prepare_distributed_env(),
+        world.config.seed,
         progress=False,
         tensorboard=False,
     )
