@@ -73,7 +73,7 @@ def align_sample(
     topk_ids: np.ndarray,
     topk_logprobs: np.ndarray,
     vocab_map: np.ndarray,
-    target: str = "renormalised",
+    target: str,
     alignment: RowAlignment | None = None,
 ) -> AlignedTargets:
     """Express one teacher's top-k rows at the student's rows, in the student's vocabulary.

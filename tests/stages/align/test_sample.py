@@ -20,7 +20,9 @@ def test_hand_computed_targets():
     topk_logprobs = np.log(np.array([[0.5, 0.3, 0.1], [0.4, 0.4, 0.1], [0.6, 0.2, 0.1]]))
     # teacher id → student id: 3 and 4 merge into 10, 5 is unmapped; 6, 7, 8 unmapped entirely.
     vocab_map = np.array([20, 21, 22, 10, 10, -1, -1, -1, -1], dtype=np.int32)
-    targets = align_sample(student_ends, teacher_ends, topk_ids, topk_logprobs, vocab_map)
+    targets = align_sample(
+        student_ends, teacher_ends, topk_ids, topk_logprobs, vocab_map, target="renormalised"
+    )
     # Student row 0 (end 2) ← teacher row 1; student row 1 (end 5) ← teacher row 2 (all unmapped).
     assert targets.available.tolist() == [True, False]
     assert targets.support_ids.tolist() == [[10, 0, 0], [0, 0, 0]]
@@ -34,7 +36,9 @@ def test_renormalises_over_mapped_candidates_sorted_by_probability():
     teacher_ends = student_ends = np.array([1, 2])
     topk_logprobs = np.log(np.array([[0.4, 0.3, 0.2, 0.05]]))
     vocab_map = np.array([7, -1, 3, 7], dtype=np.int32)  # ids 0 and 3 merge; id 1 unmapped
-    targets = align_sample(student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map)
+    targets = align_sample(
+        student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map, target="renormalised"
+    )
     assert targets.support_ids.tolist() == [[7, 3, 0, 0]]
     np.testing.assert_allclose(targets.support_probs[0], [0.45 / 0.65, 0.2 / 0.65, 0, 0], rtol=1e-6)
     assert targets.mapped_mass == pytest.approx(0.65 / 0.95)
@@ -48,6 +52,7 @@ def test_ids_outside_the_map_and_minus_infinity_carry_nothing():
         np.array([[0, 99, 1]]),
         np.array([[-0.1, -0.2, -np.inf]]),
         np.array([5, 6], dtype=np.int32),
+        target="renormalised",
     )
     assert targets.support_ids.tolist() == [[5, 0, 0]] and targets.support_probs.tolist() == [[1.0, 0.0, 0.0]]
     assert targets.n_unmapped == 1
@@ -66,7 +71,7 @@ def test_residual_keeps_the_stored_probabilities_and_the_rest():
     np.testing.assert_allclose(targets.support_probs[0], [0.45, 0.2, 0, 0], rtol=1e-6)
     np.testing.assert_allclose(targets.rest_mass, [0.35], rtol=1e-6)
     renormalised = align_sample(
-        student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map
+        student_ends, teacher_ends, np.array([[0, 1, 2, 3]]), topk_logprobs, vocab_map, target="renormalised"
     )
     assert renormalised.rest_mass.tolist() == [0.0]
 
@@ -114,7 +119,12 @@ def test_unknown_target_kind_is_refused():
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"len\(teacher_ends\) - 1"):
         align_sample(
-            np.array([1, 2]), np.array([1, 2, 3]), np.zeros((1, 2), int), np.zeros((1, 2)), np.arange(3)
+            np.array([1, 2]),
+            np.array([1, 2, 3]),
+            np.zeros((1, 2), int),
+            np.zeros((1, 2)),
+            np.arange(3),
+            target="renormalised",
         )
 
 
@@ -127,7 +137,12 @@ def test_identity_teacher_gives_back_its_own_top_k(demo_tokenizers):
         rows, k = len(student.ids) - 1, 8
         topk_ids, topk_logprobs = random_topk(rng, rows, k, 49152)
         targets = align_sample(
-            student.ends, student.ends, topk_ids, topk_logprobs, np.arange(49152, dtype=np.int32)
+            student.ends,
+            student.ends,
+            topk_ids,
+            topk_logprobs,
+            np.arange(49152, dtype=np.int32),
+            target="renormalised",
         )
         boundary = np.flatnonzero(student.ends[:-1] < student.ends[1:])
         assert np.flatnonzero(targets.available).tolist() == boundary.tolist()
@@ -169,7 +184,9 @@ def test_mass_is_conserved_on_real_tokenizers(demo_tokenizers, demo_vocab_maps, 
         topk_ids, topk_logprobs = random_topk(rng, len(teacher.ids) - 1, 10, len(vocab_map))
         topk_ids[:, 0] = teacher.ids[1:]
         topk_ids[::7, 1] = 6  # Gemma <unused0> / Qwen id 6: specials or ordinary, either way fine
-        targets = align_sample(student.ends, teacher.ends, topk_ids, topk_logprobs, vocab_map)
+        targets = align_sample(
+            student.ends, teacher.ends, topk_ids, topk_logprobs, vocab_map, target="renormalised"
+        )
         samples.append(targets)
         sums = targets.support_probs.astype(np.float64).sum(axis=1)
         np.testing.assert_allclose(sums[targets.available], 1.0, atol=1e-6)
@@ -238,7 +255,8 @@ def test_dtw_alignment_gives_the_same_targets_where_it_takes_the_offsets_row(
             [teacher_texts[i] for i in teacher.ids], [student_texts[i] for i in student.ids]
         )
         args = (student.ends, teacher.ends, topk_ids, topk_logprobs, vocab_map)
-        offsets, dtw = align_sample(*args), align_sample(*args, alignment=alignment)
+        offsets = align_sample(*args, target="renormalised")
+        dtw = align_sample(*args, target="renormalised", alignment=alignment)
         sums = dtw.support_probs.astype(np.float64).sum(axis=1) + dtw.rest_mass
         np.testing.assert_allclose(sums[dtw.available], 1.0, atol=1e-6)
         assert (sums[~dtw.available] == 0).all() and dtw.n_rows == offsets.n_rows == len(student.ids) - 1
