@@ -1,6 +1,9 @@
 """The one YAML config of a polyfuse run, as dataclasses with a docstring under every field.
 
-Every field has a default that serves the demo. ``load_config`` reads the YAML, applies
+The ``corpus``, ``extract`` and ``distill`` sections are the stages' own settings
+(stages/prepare, extract, distill/settings.py: every default and range check once); this module
+adds what is about files, runs and models, and ``evaluate``. Every field has a default that serves
+the demo. ``load_config`` reads the YAML, applies
 ``key=value`` overrides, rejects unknown keys and wrong types (naming the key and the file),
 and checks ranges before any model is touched.
 """
