@@ -312,7 +312,7 @@ def mapped_mass(model, texts, students, teachers, maps) -> dict:
     for mode, vocab_map in maps.items():
         cpu = _cpu_seconds()
         aligned = [
-            align_sample(s.ends, t.ends, ids, lps, vocab_map)
+            align_sample(s.ends, t.ends, ids, lps, vocab_map, target="renormalised")
             for s, t, (ids, lps) in zip(students, teachers, topk)
         ]
         result[mode] = summarize_alignment(aligned).as_dict()

@@ -1,5 +1,6 @@
 """Distill benchmark (DESIGN.md §8): memory of the sparse fusion loss, step time of fusion vs
-CLM-only, loader throughput vs the trainer's consumption. Writes bench/results/distill.{json,md}.
+CLM-only, loader throughput vs the trainer's consumption (with each `distill.aligner`). Writes
+bench/results/distill.{json,md}.
 
     .venv/bin/python -m bench.distill_bench [--quick]
 
@@ -123,20 +124,13 @@ LOSSES = {"sparse": sparse_fusion_clm, "dense": dense_fusion_clm, "ce": plain_ce
 
 
 def _tiny_model(vocab: int) -> torch.nn.Module:
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """The tests' tiny Llama (tests/tiny_models.py), with a vocabulary of ``vocab``."""
+    from transformers import LlamaForCausalLM
+
+    from tests.tiny_models import tiny_llama_config
 
     torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=MEM_T,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config)
+    return LlamaForCausalLM(tiny_llama_config(vocab, max_position_embeddings=MEM_T))
 
 
 def probe_memory(case: str) -> dict[str, Any]:
@@ -242,10 +236,10 @@ def demo_inputs(cache_dir: Path) -> tuple[Any, Any, str]:
     with the `fake` backend under the real tokenizers into `cache_dir` (alignment and vocab maps
     are then real, the teacher distributions are not — which changes neither time nor memory).
     """
+    from pipeline.cache_check import TeacherCacheError
     from pipeline.config import load_config
     from pipeline.distillation import resolve_stream_inputs
     from pipeline.extraction import run_extraction
-    from stages.distill.teacher_caches import TeacherCacheError
 
     config = load_config(ROOT / "configs" / "demo.yaml")
     try:
@@ -282,7 +276,9 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
 
     from pipeline.distillation import build_stream
     from stages.distill import engine as ds
+    from stages.distill.loader import feature_count
     from stages.distill.model import FusionModule
+    from stages.distill.recipe import ADAM_EPS
     from stages.distill.strategies import parse_strategy
 
     d = config.distill
@@ -301,7 +297,10 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
             lam=d.lam,
             beta=d.beta,
             tau=d.tau,
-            fusion_trains_gate=True,
+            fusion_trains_gate=d.fusion_trains_gate,
+            feedback_scope=d.feedback_scope,
+            num_features=feature_count(d.gate_features),
+            gate_objective=d.gate_objective,
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),
@@ -310,7 +309,7 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
             gate_lr=d.gate_lr,
             weight_decay=0.0,
             betas=(d.adam_beta1, d.adam_beta2),
-            eps=1e-8,
+            eps=ADAM_EPS,
         )
         scheduler = ds.cosine_with_warmup(optimizer, warmup_steps=1, max_steps=1000)
         config_ds = ds.build_deepspeed_config(
@@ -362,8 +361,18 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
 
 
 # --------------------------------------------------------------------------------------- loader
+def measure_dtw_loader(config: Any, *, batches: int) -> dict[str, Any]:
+    """`measure_loader` under `distill.aligner=dtw` (the same shards, each teacher's token texts
+    added by the pipeline), with the aligned-row rate beside it: what DTW costs and keeps."""
+    from pipeline.distillation import resolve_stream_inputs
+
+    dtw = dataclasses.replace(config, distill=dataclasses.replace(config.distill, aligner="dtw"))
+    return measure_loader(dtw, resolve_stream_inputs(dtw, checksums=False), batches=batches)
+
+
 def measure_loader(config: Any, inputs: Any, *, batches: int, workers: int = 2) -> dict[str, Any]:
-    """Aligned samples per second of the real DataLoader (workers processes), measured alone."""
+    """Aligned samples per second of the real DataLoader (workers processes), measured alone, and
+    the share of student rows each teacher aligns."""
     from torch.utils.data import DataLoader
 
     from pipeline.distillation import build_stream
@@ -373,11 +382,14 @@ def measure_loader(config: Any, inputs: Any, *, batches: int, workers: int = 2) 
     for _ in range(2 * workers):  # worker start-up and tokenizer loading
         next(loader)
     start = time.perf_counter()
-    samples = tokens = 0
+    samples = tokens = rows = 0
+    aligned = torch.zeros(len(inputs.teachers), dtype=torch.int64)
     for _ in range(batches):
         batch = next(loader)
         samples += len(batch.sample_ids)
         tokens += batch.num_tokens
+        aligned += batch.aligned_rows
+        rows += int(batch.student_rows)
     seconds = time.perf_counter() - start
     del loader
     return {
@@ -387,6 +399,9 @@ def measure_loader(config: Any, inputs: Any, *, batches: int, workers: int = 2) 
         "tokens": tokens,
         "seconds": seconds,
         "samples_per_s": samples / seconds,
+        "aligned_rate": {
+            t.name: int(a) / max(rows, 1) for t, a in zip(inputs.teachers, aligned, strict=True)
+        },
     }
 
 
@@ -421,6 +436,7 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"({c['loss:dense']['peak_bytes'] / mib:,.0f} MiB) | — |",
         f"| loader ({ld['workers']} workers) / trainer consumption | {results['loader_over_trainer']:.1f}× "
         f"({ld['samples_per_s']:.1f} vs {st['trainer_samples_per_s']:.2f} samples/s) | ≥ 20× |",
+        *_dtw_rows(results),
         "",
         f"Memory shapes: T = {MEM_T}, V = {MEM_V}, K = {MEM_K}, k = {MEM_TOPK}, B = 1, fp32. "
         + __doc__.split("**Memory method.**")[1].split("**Time method.**")[0].strip().replace("\n", " "),
@@ -432,6 +448,23 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _dtw_rows(results: dict[str, Any]) -> list[str]:
+    """The `distill.aligner=dtw` row of the table (none in results from before it was measured)."""
+    if "loader_dtw" not in results:
+        return []
+    ld, dtw = results["loader"], results["loader_dtw"]
+    rates = "; ".join(
+        f"{name} {dtw['aligned_rate'][name]:.1%} vs {rate:.1%}"
+        for name, rate in ld.get("aligned_rate", {}).items()
+        if name in dtw["aligned_rate"]
+    )
+    return [
+        f"| loader, `distill.aligner=dtw` / `offsets` ({dtw['workers']} workers) | "
+        f"{dtw['samples_per_s'] / ld['samples_per_s']:.2f}× ({dtw['samples_per_s']:.1f} vs "
+        f"{ld['samples_per_s']:.1f} samples/s; aligned rows {rates or 'not measured'}) | — |"
+    ]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--probe", help=argparse.SUPPRESS)
@@ -439,7 +472,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=str(ROOT / "cache" / "bench-distill"))
     parser.add_argument(
         "--parts",
-        default="memory,loader,step",
+        default="memory,loader,loader_dtw,step",
         help="comma-separated parts to measure; the others are kept from the previous distill.json",
     )
     args = parser.parse_args()
@@ -452,19 +485,22 @@ def main() -> None:
     previous = RESULTS / "distill.json"
     results: dict[str, Any] = (
         json.loads(previous.read_text())
-        if previous.exists() and parts != {"memory", "loader", "step"}
+        if previous.exists() and parts != {"memory", "loader", "loader_dtw", "step"}
         else {}
     )
     results["machine"] = machine_info()
     if "memory" in parts:
         print("memory …", flush=True)
         results["memory"] = measure_memory()
-    if parts & {"loader", "step"}:
+    if parts & {"loader", "loader_dtw", "step"}:
         config, inputs, source = demo_inputs(Path(args.cache_dir))
         results["data"] = source
     if "loader" in parts:
         print("loader …", flush=True)
         results["loader"] = measure_loader(config, inputs, batches=10 if args.quick else 40)
+    if "loader_dtw" in parts:
+        print("loader, aligner=dtw …", flush=True)
+        results["loader_dtw"] = measure_dtw_loader(config, batches=10 if args.quick else 40)
     if "step" in parts:
         print("step time …", flush=True)
         results["step_time"] = measure_step_time(config, inputs, rounds=2 if args.quick else 8)

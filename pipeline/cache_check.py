@@ -67,13 +67,17 @@ def cache_faults(
     only: Collection[str] | None = None,
     corpus_key: str | None = None,
     strays: bool = True,
+    tokenizer_fingerprint: str | None = None,
 ) -> list[Fault]:
     """Every fault of one manifest directory (corpus or teacher); empty: sound.
 
     Args:
-        only: check only these shards (distill: the ones it reads); None: every listed shard.
+        only: check only these shards (distill: the ones it reads, each of which must be there);
+            None: every listed shard.
         corpus_key: the corpus the caller trains on; a teacher directory over another one is a fault.
         strays: report leftover ``*.tmp`` files of killed writers (they waste disk, harm no data).
+        tokenizer_fingerprint: of the teacher tokenizer the caller will use; a teacher directory
+            extracted with another one is a fault. None: not checked.
     """
     if not (directory / MANIFEST_NAME).is_file():
         return [Fault(str(directory), "has no manifest (nothing extracted there yet)", repairs.extract())]
@@ -90,8 +94,46 @@ def cache_faults(
             for p in shard_faults(directory / e.name, e, "corpus", checksums=checksums)
         ]
         return faults + (_stray_faults(directory) if strays else [])
-    faults = _teacher_faults(directory, manifest, repairs, checksums, only, corpus_key)
+    faults = _teacher_faults(directory, manifest, repairs, checksums, only, corpus_key, tokenizer_fingerprint)
     return faults + (_stray_faults(directory) if strays else [])
+
+
+class TeacherCacheError(RuntimeError):
+    """A teacher cache distill cannot use; the message names the fault and its repair."""
+
+
+def checked_teacher_shards(
+    teacher: str,
+    directory: Path,
+    corpus_shards: list[str],
+    corpus_key: str,
+    repairs: Repairs,
+    *,
+    tokenizer_fingerprint: str | None = None,
+    checksums: bool = True,
+) -> dict[str, Path]:
+    """Corpus shard name → teacher shard path for the corpus train shards a run reads from one
+    teacher, after ``cache_faults`` found none of them at fault; ``TeacherCacheError`` naming the
+    teacher, the first fault and its repair otherwise. Teacher shards mirror the corpus train
+    shards by file name (``train/shard-00003.parquet`` → ``shard-00003.parquet``)."""
+    files = {name: Path(name).name for name in corpus_shards}
+    faults = cache_faults(
+        directory,
+        repairs,
+        checksums=checksums,
+        only=set(files.values()),
+        corpus_key=corpus_key,
+        strays=False,
+        tokenizer_fingerprint=tokenizer_fingerprint,
+    )
+    if faults:
+        raise TeacherCacheError(f"teacher {teacher!r}: {faults[0]}{more_faults(faults)}")
+    return {name: directory / file for name, file in files.items()}
+
+
+def more_faults(faults: list[Fault]) -> str:
+    """What a message naming only the first fault adds when there are more."""
+    return f" (and {len(faults) - 1} more: `polyfuse validate` lists them)" if len(faults) > 1 else ""
 
 
 def _teacher_faults(
@@ -101,6 +143,7 @@ def _teacher_faults(
     checksums: bool,
     only: Collection[str] | None,
     corpus_key: str | None,
+    tokenizer_fingerprint: str | None,
 ) -> list[Fault]:
     teacher = manifest.header.get("teacher")
     extract = repairs.extract(teacher)
@@ -115,8 +158,22 @@ def _teacher_faults(
                 Repairs.remove([directory], extract),
             )
         ]
+    if (
+        tokenizer_fingerprint is not None
+        and manifest.header.get("tokenizer_fingerprint") != tokenizer_fingerprint
+    ):
+        return [
+            Fault(
+                str(directory),
+                "was extracted with another tokenizer than the teacher's model folder holds now",
+                Repairs.remove([directory], extract),
+            )
+        ]
     faults: list[Fault] = []
     entries, listed = {}, {s.name: s for s in manifest.shards}
+    unplanned = sorted(set(only or ()) - set(manifest.planned))
+    if unplanned:  # a teacher extracted over fewer shards than this run reads (max_shards raised)
+        faults.append(Fault(str(directory), f"was not extracted over {unplanned[:3]}", extract))
     for path in sorted(directory.glob(f"*{ENTRY_SUFFIX}")):
         shard = path.with_name(path.name.removesuffix(ENTRY_SUFFIX))
         try:

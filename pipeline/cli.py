@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import DEBUG, user_errors
+from stages.distill.settings import STRATEGY_NAMES
 
 app = typer.Typer(
     name="polyfuse",
@@ -92,8 +93,7 @@ def extract(
     """Run every teacher once over the corpus (preparing it first) into the top-k cache; resumable,
     and a rerun with nothing to do loads no model."""
     from pipeline.config import load_config
-    from pipeline.extraction import run_extraction
-    from pipeline.teacher_stats import summary_tables
+    from pipeline.extraction import run_extraction, summary_tables
 
     cfg = load_config(config, overrides)
     report = run_extraction(cfg, teacher=teacher, rank=rank, world_size=world_size, finalize=finalize)
@@ -204,9 +204,7 @@ def distill(
         str | None,
         typer.Option(
             "--strategy",
-            help="Fusion strategy: adaptive, min_ce, avg_ce, min_bpb, avg_bpb, uniform, single:NAME, "
-            "authors or none "
-            "(default: distill.strategy).",
+            help=f"Fusion strategy: {', '.join(STRATEGY_NAMES)} (default: distill.strategy).",
         ),
     ] = None,
     resume: Annotated[

@@ -1,6 +1,9 @@
 """The one YAML config of a polyfuse run, as dataclasses with a docstring under every field.
 
-Every field has a default that serves the demo. ``load_config`` reads the YAML, applies
+The ``corpus``, ``extract`` and ``distill`` sections are the stages' own settings
+(stages/prepare, extract, distill/settings.py: every default and range check once); this module
+adds what is about files, runs and models, and ``evaluate``. Every field has a default that serves
+the demo. ``load_config`` reads the YAML, applies
 ``key=value`` overrides, rejects unknown keys and wrong types (naming the key and the file),
 and checks ranges before any model is touched.
 """
@@ -18,6 +21,12 @@ from typing import Any, Literal
 import dacite
 import yaml
 
+from stages.distill.settings import DistillSettings
+from stages.extract.settings import ExtractSettings
+from stages.prepare.settings import CorpusSettings
+from stages.setting_rules import ConfigError
+from stages.setting_rules import require as _require
+
 
 class ConfigLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 floats: ``5e-5`` and ``1E3`` are numbers, as a user
@@ -29,88 +38,6 @@ ConfigLoader.add_implicit_resolver(
     re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
     list("-+0123456789"),
 )
-
-
-class ConfigError(ValueError):
-    """A bad config value; the message names the key, the value and the fix."""
-
-
-def _require(ok: bool, key: str, value: Any, rule: str, fix: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key} {rule}, got {value!r}: {fix}")
-
-
-@dataclass
-class CorpusSource:
-    """One input of the corpus: a file (or folder) of documents, all of one domain."""
-
-    path: str
-    """JSONL file, plain-text file or folder of text files, Parquet file, or a folder written by
-    ``datasets.Dataset.save_to_disk``. Relative paths are relative to the working directory."""
-    domain: str
-    """Domain label of every document of this source (e.g. prose, code, math)."""
-    format: Literal["auto", "jsonl", "text", "parquet", "hf_disk"] = "auto"
-    """How to read ``path``; ``auto`` decides by suffix (folder with dataset_info.json: hf_disk)."""
-    text_field: str = "text"
-    """Column / JSON key holding the document text (jsonl, parquet, hf_disk)."""
-    id_field: str | None = "id"
-    """Column / JSON key holding a document id; when absent the document's index is used."""
-
-
-@dataclass
-class CorpusConfig:
-    """How corpus files become corpus shards (``polyfuse prepare``)."""
-
-    sources: list[CorpusSource] = field(default_factory=list)
-    """The corpus files, each with its domain. Domains must be unique across sources."""
-    max_chars: int = 2000
-    """Longest chunk in characters; documents are cut at paragraph, line or word boundaries."""
-    heldout_fraction: float = 0.1
-    """Fraction of each domain's documents (never chunks) kept out of training for evaluation."""
-    samples_per_shard: int = 256
-    """Samples per corpus shard; a teacher shard mirrors one corpus shard (the unit of work)."""
-    seed: int = 0
-    """Seed of the held-out split."""
-
-    def check(self) -> None:
-        _require(
-            self.max_chars >= 64,
-            "corpus.max_chars",
-            self.max_chars,
-            "must be at least 64",
-            "raise corpus.max_chars",
-        )
-        _require(
-            0.0 <= self.heldout_fraction < 1.0,
-            "corpus.heldout_fraction",
-            self.heldout_fraction,
-            "must be in [0, 1)",
-            "use e.g. 0.1",
-        )
-        _require(
-            self.samples_per_shard >= 1,
-            "corpus.samples_per_shard",
-            self.samples_per_shard,
-            "must be at least 1",
-            "use e.g. 256",
-        )
-        domains = [s.domain for s in self.sources]
-        dupes = sorted({d for d in domains if domains.count(d) > 1})
-        _require(
-            not dupes,
-            "corpus.sources[].domain",
-            dupes,
-            "must be unique across sources",
-            "give each source its own domain or merge the files into one source",
-        )
-        for i, src in enumerate(self.sources):
-            _require(
-                bool(src.domain.strip()),
-                f"corpus.sources.{i}.domain",
-                src.domain,
-                "must not be empty",
-                "name the domain",
-            )
 
 
 @dataclass
@@ -143,225 +70,6 @@ class TeacherConfig:
     """Per-teacher override of ``extract.backend``."""
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     """Per-teacher override of ``extract.dtype``."""
-
-
-@dataclass
-class ExtractConfig:
-    """Stage one: how teachers are run over the corpus."""
-
-    backend: Literal["auto", "vllm", "transformers", "fake"] = "auto"
-    """``auto``: vLLM when it imports and a GPU is present, else transformers. ``fake``:
-    deterministic values for tests."""
-    top_k: int = 10
-    """Logprobs kept per position (sorted descending)."""
-    max_tokens: int = 1024
-    """Longest teacher sequence; longer samples are truncated and flagged, never dropped."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Teacher compute dtype; part of the cache key (a bf16 teacher is a different teacher)."""
-    batch_tokens: int = 4096
-    """Token budget per forward batch (transformers backend)."""
-    vllm_max_logprobs: int = 20
-    """vLLM's ``max_logprobs``; ``top_k`` may not exceed it."""
-    vllm_enforce_eager: bool = True
-    """vLLM ``enforce_eager`` (skips CUDA-graph capture; faster start for one-pass extraction)."""
-    vllm_tensor_parallel_size: int = 1
-    """vLLM ``tensor_parallel_size``."""
-    vllm_gpu_memory_utilization: float = 0.85
-    """vLLM ``gpu_memory_utilization``."""
-    vllm_kv_cache_gib: float | None = None
-    """vLLM KV cache size in GiB (``kv_cache_memory_bytes``). None: from
-    ``vllm_gpu_memory_utilization`` on a GPU, 2 GiB with the CPU build (whose default would
-    reserve a fraction of all host memory)."""
-    logprob_layout: Literal["quant", "fp16"] = "quant"
-    """How teacher shards store logprobs: ``quant`` (1/32-nat grid, error ≤ 0.0156 nat, 23–25
-    bytes per token at k = 10 on the demo teachers) or ``fp16`` (the plain float16 columns,
-    25–28 bytes per token). Part of the cache key."""
-    draws: int = 0
-    """0: store the top-k (the cache `distill.target` renormalised / residual read). N > 0: store
-    instead N tokens per position drawn from the teacher's full softmax (seeded, reproducible;
-    the cache `distill.target=sampled` reads; RS-KD). Its own teacher key; transformers or fake
-    backend only (vLLM returns no full softmax)."""
-
-    def check(self) -> None:
-        _require(
-            self.top_k >= 1, "extract.top_k", self.top_k, "must be at least 1", "set extract.top_k to e.g. 10"
-        )
-        _require(
-            self.top_k <= self.vllm_max_logprobs,
-            "extract.top_k",
-            self.top_k,
-            f"must not exceed extract.vllm_max_logprobs ({self.vllm_max_logprobs})",
-            "raise extract.vllm_max_logprobs or lower extract.top_k",
-        )
-        _require(
-            self.max_tokens >= 2, "extract.max_tokens", self.max_tokens, "must be at least 2", "use e.g. 1024"
-        )
-        _require(
-            self.batch_tokens >= self.max_tokens,
-            "extract.batch_tokens",
-            self.batch_tokens,
-            f"must be at least extract.max_tokens ({self.max_tokens})",
-            "raise extract.batch_tokens",
-        )
-        _require(
-            0 <= self.draws <= 255,
-            "extract.draws",
-            self.draws,
-            "must be in [0, 255]",
-            "use 0 for a top-k cache or e.g. 12 drawn tokens per position",
-        )
-        _require(
-            self.vllm_tensor_parallel_size >= 1,
-            "extract.vllm_tensor_parallel_size",
-            self.vllm_tensor_parallel_size,
-            "must be at least 1",
-            "use 1 per GPU",
-        )
-        _require(
-            0.0 < self.vllm_gpu_memory_utilization <= 1.0,
-            "extract.vllm_gpu_memory_utilization",
-            self.vllm_gpu_memory_utilization,
-            "must be in (0, 1]",
-            "use e.g. 0.85",
-        )
-
-
-@dataclass
-class DistillConfig:
-    """Stage two: fusion strategy, losses and the DeepSpeed training loop."""
-
-    strategy: str = "adaptive"
-    """adaptive, min_ce, avg_ce, min_bpb, avg_bpb (tokenizer-neutral: by bits per byte), uniform,
-    single:NAME, authors or none (CLM only)."""
-    target: Literal["renormalised", "residual", "sampled"] = "renormalised"
-    """The sparse teacher target (stages/align/sample.py): ``renormalised`` the stored top-k scaled
-    to sum 1 (FuseLLM; biased: every other token gets 0); ``residual`` the stored full-softmax
-    top-k probabilities plus one "rest" bucket holding 1 − Σ top-k; ``sampled`` the empirical
-    distribution of N tokens drawn from the full softmax (needs a cache extracted with
-    ``extract.draws`` = N, and that same setting here)."""
-    lam: float = 0.9
-    """λ: weight of the CLM loss; the fusion loss gets 1 − λ."""
-    beta: float = 0.5
-    """β: weight of the feedback (load-balancing) loss."""
-    tau: float = 0.15
-    """τ: selection threshold on the gate probabilities (the argmax is always kept)."""
-    gate_features: Literal["exp_neg_ce", "bits_per_byte", "all"] = "exp_neg_ce"
-    """Per-sample teacher features fed to the gate, each in [0, 1], higher is better:
-    `exp_neg_ce` exp(−ce) (the paper's); `bits_per_byte` 2^(−bits per byte) (tokenizer-neutral);
-    `all` four per teacher: exp(−ce), 2^(−bits per byte), topk_mass, exp(−entropy_topk), and a
-    first gate layer Linear(4K, 2K). The first feature is also the score min_ce / avg_ce rank by."""
-    fusion_trains_gate: bool = True
-    """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
-    gate_objective: Literal["fusion", "likelihood"] = "fusion"
-    """What trains the gate of ``adaptive`` besides the feedback loss. ``fusion`` (the paper's): the
-    fusion loss through the weights (by ``fusion_trains_gate``), which pulls weight toward the
-    teacher the student already imitates. ``likelihood``: the gate maximises the likelihood of the
-    training text under the weight-mixture of the teachers, over spans where every present
-    teacher has a token boundary (tokenizer-neutral, from the teacher caches alone); the fusion
-    loss then trains the student only (``fusion_trains_gate`` is ignored). With one teacher the
-    objective is a constant."""
-    feedback_scope: Literal["micro_batch", "step"] = "micro_batch"
-    """Over what the feedback loss sums gate importance: each micro-batch on its own, or the whole
-    optimizer step on every rank (earlier micro-batches and other ranks enter as constants)."""
-    vocab_map: Literal["prefix", "edit_distance"] = "prefix"
-    """How teacher ids map to student ids."""
-    aligner: Literal["offsets", "dtw"] = "offsets"
-    """How teacher positions map to student positions."""
-    lr: float = 2e-5
-    """Peak learning rate of the student (AdamW, cosine schedule with warmup)."""
-    gate_lr: float = 1e-3
-    """Learning rate of the gate (its own parameter group)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay of the student."""
-    warmup_steps: int = 10
-    """Linear warm-up optimizer steps."""
-    max_steps: int = 100
-    """Optimizer steps to train."""
-    micro_batch_size: int = 2
-    """Samples per micro-batch per rank."""
-    grad_accum_steps: int = 4
-    """Micro-batches per optimizer step."""
-    max_seq_tokens: int = 1024
-    """Student sequence length cap (longer samples are truncated)."""
-    grad_clip: float = 1.0
-    """Gradient norm clipping."""
-    zero_stage: int = 2
-    """DeepSpeed ZeRO stage (0–3)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Training dtype of the student (the gate and the rewards stay fp32)."""
-    loader_workers: int = 2
-    """DataLoader worker processes that read and align shards."""
-    checkpoint_every: int = 50
-    """Optimizer steps between checkpoints."""
-    log_every: int = 5
-    """Optimizer steps between log lines."""
-    deepspeed_config: str | None = None
-    """Path to a user's DeepSpeed JSON used instead of the one built from these fields (ZeRO and
-    precision settings; it may not hold ``optimizer`` or ``scheduler`` sections, which would replace
-    the two-group AdamW and the schedule)."""
-    adam_beta1: float = 0.9
-    """AdamW β1 of both parameter groups."""
-    adam_beta2: float = 0.95
-    """AdamW β2 of both parameter groups (FuseLLM's 0.95)."""
-    keep_checkpoints: int = 2
-    """Newest checkpoints kept under ``runs_dir/name/checkpoints``; older ones are deleted."""
-
-    def check(self) -> None:
-        _require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
-        _require(self.beta >= 0.0, "distill.beta", self.beta, "must be ≥ 0", "use 0.5")
-        _require(0.0 <= self.tau < 1.0, "distill.tau", self.tau, "must be in [0, 1)", "use 0.15")
-        _require(
-            self.zero_stage in (0, 1, 2, 3),
-            "distill.zero_stage",
-            self.zero_stage,
-            "must be 0, 1, 2 or 3",
-            "use 2",
-        )
-        for name in (
-            "max_steps",
-            "micro_batch_size",
-            "grad_accum_steps",
-            "max_seq_tokens",
-            "checkpoint_every",
-            "log_every",
-        ):
-            value = getattr(self, name)
-            _require(value >= 1, f"distill.{name}", value, "must be at least 1", "use a positive integer")
-        _require(
-            self.lr > 0 and self.gate_lr > 0,
-            "distill.lr/gate_lr",
-            (self.lr, self.gate_lr),
-            "must be positive",
-            "use e.g. 2e-5 and 1e-3",
-        )
-        _require(
-            self.warmup_steps >= 0,
-            "distill.warmup_steps",
-            self.warmup_steps,
-            "must be ≥ 0",
-            "use e.g. 10 (0: no warm-up)",
-        )
-        _require(
-            self.keep_checkpoints >= 1,
-            "distill.keep_checkpoints",
-            self.keep_checkpoints,
-            "must be at least 1",
-            "use 2",
-        )
-        for name in ("adam_beta1", "adam_beta2"):
-            value = getattr(self, name)
-            _require(0.0 <= value < 1.0, f"distill.{name}", value, "must be in [0, 1)", "use 0.9 and 0.95")
-        _require(self.grad_clip > 0, "distill.grad_clip", self.grad_clip, "must be positive", "use 1.0")
-        _require(
-            self.aligner == "offsets",
-            "distill.aligner",
-            self.aligner,
-            "is not wired into the distill loader yet (DTW stays the bench's reference)",
-            "use offsets",
-        )
-        _require(
-            self.loader_workers >= 0, "distill.loader_workers", self.loader_workers, "must be ≥ 0", "use 2"
-        )
 
 
 @dataclass
@@ -486,11 +194,11 @@ class Config:
     """Root of training runs (checkpoints, exports, logs, reports)."""
     seed: int = 0
     """Global seed."""
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    corpus: CorpusSettings = field(default_factory=CorpusSettings)
     student: StudentConfig = field(default_factory=StudentConfig)
     teachers: list[TeacherConfig] = field(default_factory=list)
-    extract: ExtractConfig = field(default_factory=ExtractConfig)
-    distill: DistillConfig = field(default_factory=DistillConfig)
+    extract: ExtractSettings = field(default_factory=ExtractSettings)
+    distill: DistillSettings = field(default_factory=DistillSettings)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
 
     def check(self) -> None:
@@ -721,7 +429,9 @@ def describe_fields(cls: type = Config, prefix: str = "") -> list[tuple[str, str
         if dataclasses.is_dataclass(default):
             rows.extend(describe_fields(type(default), f"{key}."))
         else:
-            rows.append((key, repr(default), docs.get(f.name, "")))
+            doc = docs.get(f.name, "")
+            names = getattr(cls, "choices", {}).get(f.name)
+            rows.append((key, repr(default), f"{doc} One of: {', '.join(names)}." if names else doc))
     return rows
 
 

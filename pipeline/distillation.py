@@ -21,11 +21,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from pipeline.cache_check import Repairs, cache_faults
+from pipeline.cache_check import Repairs, cache_faults, checked_teacher_shards, more_faults
 from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
 from pipeline.output_dirs import check_writable, run_lock
 from stages.model_source import model_folder, resolve_model
+from stages.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -57,19 +58,21 @@ def distill_from_config(
     """Check the inputs, then train and export (see the module docstring). ``repairs``: the
     user's --config and overrides, for the repair commands of cache faults."""
     from stages.distill import engine
-    from stages.distill.recipe import RecipeSettings, run_distill
+    from stages.distill.recipe import RecipeRun, run_distill
     from stages.distill.strategies import parse_strategy
 
     # Workers fork after the parent used the Rust tokenizer (vocab maps): keep it single-threaded
     # there instead of letting `tokenizers` warn and disable itself in every worker.
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     config.check_distill_target()
-    d = config.distill
-    spec = strategy or d.strategy
+    if strategy:  # --strategy: the section as if the YAML had said it
+        config = replace(config, distill=replace(config.distill, strategy=strategy))
     names = [t.name for t in config.teachers]
-    parsed = parse_strategy(spec, names)
+    parsed = parse_strategy(config.distill.strategy, names)
     if not names and parsed.uses_fusion:
-        raise ValueError(f"strategy {spec!r} needs teachers: add a `teachers:` list or use --strategy none")
+        raise ValueError(
+            f"strategy {parsed.name!r} needs teachers: add a `teachers:` list or use --strategy none"
+        )
     run_dir = Path(config.runs_dir) / config.name
     check_writable(config.runs_dir, "runs_dir")  # before anything loads: a model takes minutes
     check_writable(config.cache_dir, "cache_dir")
@@ -80,41 +83,19 @@ def distill_from_config(
         env, lambda: resolve_stream_inputs(config, checksums=env.is_main, repairs=repairs)
     )
     stream = build_stream(config, stream_inputs, rank=env.rank, world_size=env.world_size)
-    settings = RecipeSettings(
+    run = RecipeRun(
         run_dir=run_dir,
         student_path=model_folder(config.student.path),
-        strategy=parsed.name,
-        lam=d.lam,
-        beta=d.beta,
-        tau=d.tau,
-        fusion_trains_gate=d.fusion_trains_gate,
-        feedback_scope=d.feedback_scope,
-        gate_features=d.gate_features,
-        gate_objective=d.gate_objective,
-        lr=d.lr,
-        gate_lr=d.gate_lr,
-        weight_decay=d.weight_decay,
-        adam_betas=(d.adam_beta1, d.adam_beta2),
-        warmup_steps=d.warmup_steps,
-        max_steps=d.max_steps,
-        micro_batch_size=d.micro_batch_size,
-        grad_accum_steps=d.grad_accum_steps,
-        grad_clip=d.grad_clip,
-        zero_stage=d.zero_stage,
-        dtype=d.dtype,
-        deepspeed_config=Path(d.deepspeed_config) if d.deepspeed_config else None,
-        loader_workers=d.loader_workers,
-        checkpoint_every=d.checkpoint_every,
-        keep_checkpoints=d.keep_checkpoints,
-        log_every=d.log_every,
+        strategy=parsed,
+        world=env,
         seed=config.seed,
         resume=resume,
         stop_after_steps=stop_after_steps,
         progress=progress,
-        export_files={"config.yaml": export_config_yaml(config, spec, stream_inputs)},
+        export_files={"config.yaml": export_config_yaml(config, stream_inputs)},
     )
     with run_lock(run_dir) if env.is_main else contextlib.nullcontext():
-        result = run_distill(settings, stream)
+        result = run_distill(config.distill, run, stream)
     return DistillRun(
         strategy=parsed.name,
         teacher_names=tuple(names),
@@ -151,18 +132,18 @@ def resolve_stream_inputs(
     Raises:
         ValueError: a student tokenizer without offsets, a missing teacher folder.
         TeacherCacheError (RuntimeError): a teacher cache that is missing, incomplete, corrupt or
-            from another corpus — named, with `polyfuse extract --teacher NAME` as the fix.
+            from another corpus — named, with its repair command (pipeline/cache_check.py).
     """
+    from stages.align.token_text import build_token_table
     from stages.align.vocab_map import load_or_build_vocab_map
     from stages.distill.loader import CorpusShard, TeacherSource
-    from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
     from stages.tokenization import load_tokenizer
 
     repairs = repairs or Repairs()
     corpus = prepare_shared_corpus(config)
     faults = cache_faults(corpus.directory, repairs, checksums=checksums, strays=False)
     if faults:
-        raise RuntimeError(f"corpus {corpus.key}: {faults[0]}{_more(faults)}")
+        raise RuntimeError(f"corpus {corpus.key}: {faults[0]}{more_faults(faults)}")
     shards = [
         CorpusShard(entry.name, corpus.directory / entry.name, entry.rows)
         for entry in corpus.manifest.shards
@@ -177,21 +158,14 @@ def resolve_stream_inputs(
         tokenizer = load_teacher_tokenizer(teacher, teacher.backend or config.extract.backend)
         plan = plan_teacher(config, teacher, corpus, tokenizer)
         keys[teacher.name] = plan.key
-        used = [Path(s.name).name for s in shards[: teacher.max_shards]]
-        faults = cache_faults(
-            plan.directory, repairs, checksums=checksums, only=used, corpus_key=corpus.key, strays=False
-        )
-        if faults:
-            raise TeacherCacheError(f"teacher {teacher.name!r}: {faults[0]}{_more(faults)}")
-        checked = check_teacher_cache(
+        checked = checked_teacher_shards(
             teacher.name,
             plan.directory,
-            shards,
+            [s.name for s in shards[: teacher.max_shards]],
             corpus.key,
-            max_shards=teacher.max_shards,
+            repairs,
             tokenizer_fingerprint=plan.header["tokenizer_fingerprint"],
-            checksums=False,  # cache_faults just did
-            fix=repairs.extract(teacher.name),
+            checksums=checksums,
         )
         vocab_map = load_or_build_vocab_map(
             tokenizer,
@@ -199,7 +173,8 @@ def resolve_stream_inputs(
             cache_dir=Path(config.cache_dir) / "vocab_maps",
             mode=config.distill.vocab_map,
         )
-        teachers.append(TeacherSource(teacher.name, checked, vocab_map))
+        texts = tuple(build_token_table(tokenizer).texts) if config.distill.aligner == "dtw" else None
+        teachers.append(TeacherSource(teacher.name, checked, vocab_map, texts))
         logger.info(
             "teacher %s: %d of %d train shards cached in %s",
             teacher.name,
@@ -210,7 +185,7 @@ def resolve_stream_inputs(
     return StreamInputs(corpus.key, shards, teachers, keys)
 
 
-def export_config_yaml(config: Config, strategy: str, inputs: StreamInputs) -> str:
+def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
     """The export's ``config.yaml``: every field of the run's config (with the strategy it ran,
     e.g. from --strategy, and hub ids pinned to the commit they resolved to), headed by the cache
     keys it read, so that ``polyfuse distill --config export/config.yaml`` reproduces the run."""
@@ -220,7 +195,6 @@ def export_config_yaml(config: Config, strategy: str, inputs: StreamInputs) -> s
         config,
         student=replace(config.student, path=resolve_model(config.student.path).pinned),
         teachers=[replace(t, path=resolve_model(t.path).pinned) for t in config.teachers],
-        distill=replace(config.distill, strategy=strategy),
     )
     header = [
         "# The resolved config this export was trained with. Reproduce it from the same working",
@@ -230,10 +204,6 @@ def export_config_yaml(config: Config, strategy: str, inputs: StreamInputs) -> s
         *(f"# teacher_key {name}: {key}" for name, key in inputs.teacher_keys.items()),
     ]
     return "\n".join(header) + "\n" + yaml.safe_dump(asdict(resolved), sort_keys=False, allow_unicode=True)
-
-
-def _more(faults: list[Any]) -> str:
-    return f" (and {len(faults) - 1} more: `polyfuse validate` lists them)" if len(faults) > 1 else ""
 
 
 def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size: int) -> Any:
@@ -252,13 +222,14 @@ def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size:
         features=config.distill.gate_features,
         target=config.distill.target,
         gate_objective=config.distill.gate_objective,
+        aligner=config.distill.aligner,
         rank=rank,
         world_size=world_size,
         seed=config.seed,
     )
 
 
-def _rank_zero_first(env: Any, build: Callable[[], T]) -> T:
+def _rank_zero_first(env: World, build: Callable[[], T]) -> T:
     """Run `build` on rank 0 first (it may write shared caches), then on the others.
 
     A failure on rank 0 is sent to every rank, so all of them stop with its message instead of

@@ -15,10 +15,8 @@ finishes a unit, and is ``complete`` as soon as every planned shard has an entry
 from __future__ import annotations
 
 import logging
-import os
 import resource
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,51 +25,20 @@ from data_schemas.atomic import remove_stale_tmp, write_json_atomic
 from data_schemas.keys import content_key
 from data_schemas.manifest import Manifest, read_entries, read_manifest, refresh_manifest
 from data_schemas.teacher_shard import SAMPLED_LAYOUT, TEACHER_SCHEMA_VERSION
-from pipeline.config import Config, ExtractConfig, TeacherConfig
+from pipeline.config import Config, TeacherConfig
 from pipeline.corpus import prepare_from_config
+from pipeline.teacher_stats import domain_table, round_stat, teacher_sample_frame, teacher_summary
 from stages.extract.draws import DRAW_SEED
+from stages.extract.settings import ExtractSettings
 from stages.model_source import model_folder, resolve_model
 from stages.prepare.prepare import PreparedCorpus, split_shards
+from stages.world import World, resolve_world
 
 logger = logging.getLogger(__name__)
 
 TEACHER_SPLIT = "train"
 """Teachers are run over the training split only; held-out text is for evaluation."""
 STATS_NAME = "stats.json"
-
-
-@dataclass(frozen=True)
-class World:
-    rank: int
-    world_size: int
-
-
-def resolve_world(rank: int | None, world_size: int | None, env: Mapping[str, str] | None = None) -> World:
-    """Rank and world size from the flags, else RANK/WORLD_SIZE, else SLURM_PROCID/SLURM_NTASKS,
-    else a single process."""
-    env = os.environ if env is None else env
-
-    def pick(flag: int | None, *names: str, default: int) -> int:
-        if flag is not None:
-            return flag
-        for name in names:
-            if env.get(name, "").strip():
-                try:
-                    return int(env[name])
-                except ValueError as e:
-                    raise ValueError(f"environment variable {name}={env[name]!r} is not an integer") from e
-        return default
-
-    world = World(
-        pick(rank, "RANK", "SLURM_PROCID", default=0),
-        pick(world_size, "WORLD_SIZE", "SLURM_NTASKS", default=1),
-    )
-    if world.world_size < 1 or not 0 <= world.rank < world.world_size:
-        raise ValueError(
-            f"rank must be in [0, world_size) with world_size ≥ 1, got rank {world.rank} of {world.world_size}: "
-            "fix --rank/--world-size (or RANK/WORLD_SIZE, SLURM_PROCID/SLURM_NTASKS)"
-        )
-    return world
 
 
 @dataclass(frozen=True)
@@ -150,7 +117,7 @@ def teacher_identity(teacher: TeacherConfig, backend: str) -> dict[str, Any]:
     return {"fingerprint": model_fingerprint(teacher.path)}
 
 
-def extraction_layout(ex: ExtractConfig) -> str:
+def extraction_layout(ex: ExtractSettings) -> str:
     """The shard layout extraction writes: ``sampled`` for drawn tokens, else ``logprob_layout``."""
     return SAMPLED_LAYOUT if ex.draws else ex.logprob_layout
 
@@ -324,26 +291,20 @@ def _run_teacher(
     world: World,
     progress: bool,
 ) -> None:
+    import pyarrow.parquet as pq
     from tqdm import tqdm
 
     from stages.extract.backends import open_backend, resolve_backend
-    from stages.extract.extract import extract_shard, tokenize_shard
+    from stages.extract.extract import extract_shard
 
     ex = config.extract
     shard_paths = {p.name: p for p in plan.corpus_shards}
-    total = sum(
-        len(t.ids)
-        for u in units
-        for t in tokenize_shard(
-            shard_paths[u.shard],
-            tokenizer,
-            add_special_tokens=plan.add_special_tokens,
-            max_tokens=ex.max_tokens,
-        )[2]
-    )
+    # The bar counts samples, which the Parquet footers hold: tokens would need every shard
+    # tokenised once more before the first forward pass.
+    total = sum(pq.read_metadata(shard_paths[u.shard]).num_rows for u in units)
     backend_name = resolve_backend(plan.backend)
     logger.info(
-        "teacher %s: loading %s with %s (%d units, %d tokens)",
+        "teacher %s: loading %s with %s (%d units, %d samples)",
         plan.name,
         plan.model_path,
         backend_name,
@@ -355,17 +316,9 @@ def _run_teacher(
         backend_name,
         teacher=plan.name,
         model_path=plan.model_path,
-        top_k=ex.top_k,
-        max_tokens=ex.max_tokens,
+        settings=ex,
         dtype=plan.dtype,
-        batch_tokens=ex.batch_tokens,
         vocab_size=plan.header["vocab_size"],
-        vllm_max_logprobs=ex.vllm_max_logprobs,
-        vllm_enforce_eager=ex.vllm_enforce_eager,
-        vllm_tensor_parallel_size=ex.vllm_tensor_parallel_size,
-        vllm_gpu_memory_utilization=ex.vllm_gpu_memory_utilization,
-        vllm_kv_cache_gib=ex.vllm_kv_cache_gib,
-        draws=ex.draws,
     )
     run.load_seconds = time.perf_counter() - start
     run.backend = f"{backend.name} {backend.version}"
@@ -380,8 +333,7 @@ def _run_teacher(
     bar = tqdm(
         total=total,
         desc=f"extract {plan.name}",
-        unit="tok",
-        unit_scale=True,
+        unit="sample",
         dynamic_ncols=True,
         disable=not (progress and world.rank == 0),  # one bar per teacher, on rank 0 only
     )
@@ -399,7 +351,7 @@ def _run_teacher(
                 add_special_tokens=plan.add_special_tokens,
                 layout=extraction_layout(ex),
                 draws=ex.draws,
-                on_tokens=bar.update,
+                on_samples=bar.update,
             )
             run.units_done += 1
             run.tokens += result.tokens
@@ -429,8 +381,6 @@ def peak_rss_mib() -> float:
 def write_stats(plan: TeacherPlan, run: TeacherRun, world: World) -> None:
     """``stats.json`` beside the manifest: totals and per-domain means over every present shard,
     and this run's throughput."""
-    from pipeline.teacher_stats import teacher_sample_frame, teacher_summary
-
     frame = teacher_sample_frame(plan.directory)
     stats = teacher_summary(frame, plan.directory)
     stats["last_run"] = {
@@ -445,3 +395,35 @@ def write_stats(plan: TeacherPlan, run: TeacherRun, world: World) -> None:
         "peak_rss_mib": round(peak_rss_mib(), 1),
     }
     write_json_atomic(plan.directory / STATS_NAME, stats)
+
+
+def summary_tables(report: ExtractionReport) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The end-of-run tables: one row per teacher (this run's throughput beside the cache's
+    totals), and one per teacher and domain."""
+    teachers, domains = [], []
+    for plan in report.plans:
+        if not (plan.directory / "manifest.json").exists():
+            teachers.append({"teacher": plan.name, "shards": f"0/{len(plan.planned)}"})
+            continue
+        frame = teacher_sample_frame(plan.directory)
+        summary = teacher_summary(frame, plan.directory)
+        run = report.runs.get(plan.name)
+        teachers.append(
+            {
+                "teacher": plan.name,
+                "backend": run.backend if run and run.units_done else "cached",
+                "run_tokens": run.tokens if run else 0,
+                "run_s": round(run.seconds, 1) if run else 0.0,
+                "tok_per_s": round(run.tokens_per_s, 1) if run else None,
+                "shards": summary["shards"],
+                "complete": summary["complete"],
+                "tokens": summary.get("tokens"),
+                "bytes_per_token": summary["bytes_per_token"],
+                "ce": summary.get("ce"),
+                "bits_per_byte": summary.get("bits_per_byte"),
+                "truncated": summary.get("truncated"),
+            }
+        )
+        for row in domain_table(frame).to_dicts():
+            domains.append({"teacher": plan.name, **{k: round_stat(v) for k, v in row.items()}})
+    return [("teachers", teachers), ("per teacher and domain", domains)]

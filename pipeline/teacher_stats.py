@@ -6,15 +6,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import polars as pl
 import pyarrow.parquet as pq
 
 from data_schemas.manifest import read_entries, read_manifest
-
-if TYPE_CHECKING:
-    from pipeline.extraction import ExtractionReport
 
 SAMPLE_COLUMNS = ["sample_id", "n_tokens", "ce", "bits_per_byte", "topk_mass", "entropy_topk", "truncated"]
 
@@ -81,49 +78,16 @@ def teacher_summary(frame: pl.DataFrame, teacher_dir: Path) -> dict[str, Any]:
         "shards": f"{totals['shards']}/{len(manifest.planned)}",
         "bytes": totals["bytes"],
         "bytes_per_token": round(totals["bytes"] / totals["tokens"], 2) if totals["tokens"] else None,
-        **{k: _round(v) for k, v in overall.items()},
+        **{k: round_stat(v) for k, v in overall.items()},
         "per_domain": {
-            row.pop("domain"): {k: _round(v) for k, v in row.items()}
+            row.pop("domain"): {k: round_stat(v) for k, v in row.items()}
             for row in domain_table(frame).to_dicts()
         },
     }
 
 
-def _round(value: Any) -> Any:
+def round_stat(value: Any) -> Any:
+    """A statistic as reports show it: floats to 4 places, NaN (no rows) as None."""
     if isinstance(value, float):
         return None if math.isnan(value) else round(value, 4)
     return value
-
-
-def summary_tables(report: ExtractionReport) -> list[tuple[str, list[dict[str, Any]]]]:
-    """The end-of-run tables: one row per teacher (this run's throughput beside the cache's
-    totals), and one per teacher and domain."""
-    from pipeline.inspection import domain_table, teacher_sample_frame, teacher_summary
-
-    teachers, domains = [], []
-    for plan in report.plans:
-        if not (plan.directory / "manifest.json").exists():
-            teachers.append({"teacher": plan.name, "shards": f"0/{len(plan.planned)}"})
-            continue
-        frame = teacher_sample_frame(plan.directory)
-        summary = teacher_summary(frame, plan.directory)
-        run = report.runs.get(plan.name)
-        teachers.append(
-            {
-                "teacher": plan.name,
-                "backend": run.backend if run and run.units_done else "cached",
-                "run_tokens": run.tokens if run else 0,
-                "run_s": round(run.seconds, 1) if run else 0.0,
-                "tok_per_s": round(run.tokens_per_s, 1) if run else None,
-                "shards": summary["shards"],
-                "complete": summary["complete"],
-                "tokens": summary.get("tokens"),
-                "bytes_per_token": summary["bytes_per_token"],
-                "ce": summary.get("ce"),
-                "bits_per_byte": summary.get("bits_per_byte"),
-                "truncated": summary.get("truncated"),
-            }
-        )
-        for row in domain_table(frame).to_dicts():
-            domains.append({"teacher": plan.name, **{k: _round(v) for k, v in row.items()}})
-    return [("teachers", teachers), ("per teacher and domain", domains)]

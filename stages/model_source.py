@@ -22,6 +22,7 @@ from pathlib import Path
 HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?:@(?P<revision>[\w./-]+))?$")
 """``org/name`` or ``org/name@revision``: exactly one slash before the optional ``@``."""
 _TRUE = {"1", "ON", "YES", "TRUE"}
+_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,12 @@ def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
     return _resolve_hub(spec, match["repo"], match["revision"], hub_cache(), hub_offline())
 
 
+def hub_revision(folder: Path) -> str | None:
+    """The commit hash when ``folder`` is a Hugging Face hub cache snapshot, else None."""
+    match = _SNAPSHOT.search(folder.resolve().as_posix())
+    return match.group(1) if match else None
+
+
 def model_folder(spec: str | os.PathLike[str]) -> Path:
     """``resolve_model(spec).folder``: what every loader of a model is given."""
     return resolve_model(spec).folder
@@ -78,8 +85,6 @@ def model_folder(spec: str | os.PathLike[str]) -> Path:
 @functools.cache
 def _resolve_hub(spec: str, repo_id: str, revision: str | None, cache: Path, offline: bool) -> ModelSource:
     from huggingface_hub import snapshot_download
-
-    from stages.extract.model_fingerprint import hub_revision
 
     try:
         folder = Path(

@@ -1,5 +1,5 @@
-"""The one tiny Llama the tests build from config (seconds, no download), with a real tokenizer's
-vocabulary when a test needs real tokenisation."""
+"""The one tiny Llama the tests and the benches build from config (seconds, no download), with a
+real tokenizer's vocabulary when a test needs real tokenisation."""
 
 from __future__ import annotations
 

@@ -3,7 +3,8 @@
 Runs in distill's DataLoader workers for every (sample, teacher), so it is numpy only, with no
 Python loop over positions. Per student row j (DESIGN.md §6):
 
-- the teacher row i that predicts from the same character (`offsets.align_rows_by_offsets`);
+- the teacher row i that predicts from the same character (`offsets.align_rows_by_offsets`; or
+  FuseLLM's MinED DTW pairing, `dtw.align_rows_by_dtw`, under `distill.aligner=dtw`);
   no such row → `available[j]` is False and the row carries nothing (no copy target);
 - the teacher's top-k candidates mapped to student ids (`vocab_map`); a candidate mapped to −1
   (or outside the map) leaves the support and its probability is counted as unmapped mass;
@@ -27,9 +28,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from stages.align.offsets import align_rows_by_offsets
+from stages.align.offsets import RowAlignment, align_rows_by_offsets
 
-__all__ = ["TARGETS", "AlignedTargets", "align_sample"]
+__all__ = ["TARGETS", "AlignedTargets", "align_sample", "relative_mass", "renormalise", "residual_target"]
 
 TARGETS = ("renormalised", "residual")
 """Target kinds built here; `distill.target=sampled` is `residual` over a cache of drawn tokens."""
@@ -72,7 +73,8 @@ def align_sample(
     topk_ids: np.ndarray,
     topk_logprobs: np.ndarray,
     vocab_map: np.ndarray,
-    target: str = "renormalised",
+    target: str,
+    alignment: RowAlignment | None = None,
 ) -> AlignedTargets:
     """Express one teacher's top-k rows at the student's rows, in the student's vocabulary.
 
@@ -82,6 +84,8 @@ def align_sample(
     topk_logprobs: [n_t − 1, k] float log-softmax over the full teacher vocabulary.
     vocab_map: [V_t] int32 teacher id → student id, −1 unmapped (`vocab_map.build_vocab_map`).
     target: one of `TARGETS` (module docstring).
+    alignment: which teacher row each student row takes; None: `align_rows_by_offsets` of the
+        two `ends` (`distill.aligner=offsets`); `dtw.align_rows_by_dtw` for `distill.aligner=dtw`.
     """
     if target not in TARGETS:
         raise ValueError(f"target must be one of {TARGETS}, got {target!r}: fix distill.target")
@@ -96,7 +100,8 @@ def align_sample(
         )
     k = topk_ids.shape[1]
     n_rows = max(len(student_ends) - 1, 0)
-    alignment = align_rows_by_offsets(teacher_ends, student_ends)
+    if alignment is None:
+        alignment = align_rows_by_offsets(teacher_ends, student_ends)
     m = len(alignment.student_rows)
 
     teacher_ids = topk_ids[alignment.teacher_rows].astype(np.int64)  # [m, k]
@@ -107,22 +112,14 @@ def align_sample(
     )
     mapped = student_ids >= 0
 
-    # Mass relative to the row's best candidate: exact ratios, no overflow, −inf entries → 0.
-    finite = np.isfinite(logprobs)
-    row_top = np.where(finite, logprobs, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
-    mass = np.where(finite, np.exp(logprobs - np.where(np.isfinite(row_top), row_top, 0.0)), 0.0)
+    mass = relative_mass(logprobs)
     kept = np.where(mapped, mass, 0.0)
     total_mass, kept_mass = mass.sum(axis=1), kept.sum(axis=1)
     usable = kept_mass > 0  # [m]
     if target == "renormalised":
-        probs = kept / np.where(usable, kept_mass, 1.0)[:, None]
-        rest = np.zeros(m)
+        probs, rest = renormalise(kept), np.zeros(m)
     else:
-        probs = np.where(mapped & finite, np.exp(np.where(finite, logprobs, 0.0)), 0.0)
-        # The 1/32-nat grid can leave Σ p a hair above 1: then there is no rest, and p is scaled.
-        total = probs.sum(axis=1)
-        probs = probs / np.maximum(total, 1.0)[:, None]
-        rest = np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
+        probs, rest = residual_target(logprobs, mapped)
 
     merged_ids, merged_probs = _merge_duplicates(np.where(kept > 0, student_ids, _NO_ID), probs)
 
@@ -146,6 +143,37 @@ def align_sample(
         n_candidates=m * k,
         n_unmapped=int((~mapped).sum()),
     )
+
+
+def relative_mass(logprobs: np.ndarray) -> np.ndarray:
+    """[m, k] exp(lp − the row's best lp): each candidate's mass relative to the row's best.
+
+    Exact ratios with no overflow whatever the scale of the logprobs; −inf entries get 0, and so
+    does every entry of a row with no finite logprob.
+    """
+    finite = np.isfinite(logprobs)
+    row_top = np.where(finite, logprobs, -np.inf).max(axis=1, initial=-np.inf, keepdims=True)
+    return np.where(finite, np.exp(logprobs - np.where(np.isfinite(row_top), row_top, 0.0)), 0.0)
+
+
+def renormalise(mass: np.ndarray) -> np.ndarray:
+    """[m, k] the `renormalised` target (FuseLLM): each row of `mass` scaled to sum 1, so the
+    kept top-k holds all the probability; a row of zeros stays zeros."""
+    total = mass.sum(axis=1, keepdims=True)
+    return mass / np.where(total > 0, total, 1.0)
+
+
+def residual_target(logprobs: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The `residual` target: ([m, k] p = exp(lp) of the kept entries as stored, [m] rest mass).
+
+    logprobs: [m, k] log-softmax over the full teacher vocabulary; keep: [m, k] bool.
+    rest = 1 − Σ p is what the teacher put on every other token (and on dropped candidates).
+    """
+    finite = np.isfinite(logprobs)
+    probs = np.where(keep & finite, np.exp(np.where(finite, logprobs, 0.0)), 0.0)
+    # The 1/32-nat grid can leave Σ p a hair above 1: then there is no rest, and p is scaled.
+    probs = probs / np.maximum(probs.sum(axis=1), 1.0)[:, None]
+    return probs, np.clip(1.0 - probs.sum(axis=1), 0.0, 1.0)
 
 
 def _merge_duplicates(ids: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

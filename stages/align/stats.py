@@ -104,7 +104,12 @@ def alignment_stats_for_teacher(
         rows = max(len(ends) - 1, 0)
         aligned.append(
             align_sample(
-                student.ends, np.asarray(ends), _as_rows(ids, rows), _as_rows(logprobs, rows), vocab_map
+                student.ends,
+                np.asarray(ends),
+                _as_rows(ids, rows),
+                _as_rows(logprobs, rows),
+                vocab_map,
+                target="renormalised",
             )
         )
     return summarize_alignment(aligned)

@@ -63,7 +63,7 @@ def build_vocab_map(
     teacher: PreTrainedTokenizerFast,
     student: PreTrainedTokenizerFast,
     *,
-    mode: VocabMapMode = "prefix",
+    mode: VocabMapMode,
 ) -> np.ndarray:
     """[V_teacher] int32 student id per teacher id, −1 where unmapped (V = highest id + 1)."""
     identical = tokenizer_fingerprint(teacher) == tokenizer_fingerprint(student)
@@ -219,7 +219,7 @@ def load_or_build_vocab_map(
     student: PreTrainedTokenizerFast,
     *,
     cache_dir: str | Path,
-    mode: VocabMapMode = "prefix",
+    mode: VocabMapMode,
 ) -> np.ndarray:
     """[V_teacher] int32: the cached map of this pair and mode, built and cached on a miss.
 

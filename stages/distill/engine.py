@@ -25,12 +25,13 @@ import math
 import os
 import socket
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
+
+from stages.world import World, resolve_world
 
 logger = logging.getLogger(__name__)
 
@@ -38,24 +39,12 @@ _SINGLE_PROCESS_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTE
 _REFUSED_SECTIONS = ("optimizer", "scheduler")
 
 
-@dataclass(frozen=True)
-class DistributedEnv:
-    """Where this process sits in the job (read from the environment the launcher set)."""
-
-    rank: int
-    local_rank: int
-    world_size: int
-
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-
-def prepare_distributed_env() -> DistributedEnv:
-    """Fill in single-process defaults for the variables DeepSpeed needs; return rank and world.
+def prepare_distributed_env() -> World:
+    """Fill in single-process defaults for the variables DeepSpeed needs; return this rank's world.
 
     Variables a launcher (deepspeed, torchrun, SLURM wrappers) already set are left alone. The
     default MASTER_PORT is a free port, so two single-process runs on one machine do not collide.
+    Called once per run (pipeline/distillation.py), before anything initialises torch.distributed.
     """
     for key, value in _SINGLE_PROCESS_ENV.items():
         os.environ.setdefault(key, value)
@@ -63,11 +52,7 @@ def prepare_distributed_env() -> DistributedEnv:
         os.environ["MASTER_PORT"] = str(_free_port())
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    return DistributedEnv(
-        rank=int(os.environ["RANK"]),
-        local_rank=int(os.environ["LOCAL_RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-    )
+    return resolve_world()
 
 
 def _free_port() -> int:

@@ -10,7 +10,7 @@ batches 0, 1, 2, … whatever the number of workers. The loader's whole state is
 integer, the batches the trainer consumed (`state_dict`), with the settings that fix the order
 beside it for a check on resume.
 
-**Teachers.** A teacher's cache is checked before anything else (`check_teacher_cache`); a
+**Teachers.** A teacher's cache is checked before anything else (pipeline/cache_check.py); a
 teacher extracted over only the first shards, or with a NaN score for a sample, is absent for
 those samples, never replaced by a made-up target.
 
@@ -41,8 +41,10 @@ from torch.utils.data import IterableDataset, get_worker_info
 from data_schemas.corpus_shard import CORPUS_SCHEMA
 from data_schemas.parquet_io import check_schema
 from data_schemas.teacher_shard import TeacherSample, decode_table, read_teacher_shard
+from stages.align.dtw import align_rows_by_dtw
 from stages.align.sample import align_sample
 from stages.align.spans import common_boundaries, span_logliks
+from stages.align.token_text import build_token_table
 from stages.distill.batch import AlignedSample, FusionBatch, collate_samples
 from stages.distill.gate_objective import GATE_OBJECTIVES
 from stages.tokenization import load_tokenizer, tokenize_many_with_ends
@@ -59,6 +61,7 @@ teacher's score for the sample, the one the fixed rules (min_ce, avg_ce) rank by
 FEATURES = tuple(GATE_FEATURES)
 
 TARGET_KINDS = ("renormalised", "residual", "sampled")
+ALIGNERS = ("offsets", "dtw")
 """`distill.target`: see stages/align/sample.py and stages/distill/fusion.py."""
 
 # Each maps one stored per-sample score (stages/extract/scores.py) into [0, 1], higher is better,
@@ -86,13 +89,16 @@ class CorpusShard:
 
 @dataclass(frozen=True)
 class TeacherSource:
-    """A checked teacher cache, ready for the workers (`check_teacher_cache` builds it)."""
+    """A checked teacher cache, ready for the workers (pipeline/distillation.py builds it)."""
 
     name: str
     shards: dict[str, Path]
     """Corpus shard name → teacher shard file; corpus shards the teacher does not cover are absent."""
     vocab_map: np.ndarray
     """[V_teacher] int32 teacher id → student id, −1 unmapped (stages/align/vocab_map.py)."""
+    token_texts: tuple[str, ...] | None = None
+    """[V_teacher] the text each teacher id emits (`token_text.TokenTable.texts`), which the DTW
+    aligner compares; None under `distill.aligner=offsets`, which needs only the shards' ends."""
 
 
 def feature_count(features: str) -> int:
@@ -132,6 +138,8 @@ class FusionStream(IterableDataset):
         target: the sparse target kind, one of `TARGET_KINDS` (stages/align/sample.py): `sampled`
             reads caches of drawn tokens, the others top-k caches.
         gate_objective: one of `GATE_OBJECTIVES`; `likelihood` adds the span log-likelihoods.
+        aligner: `offsets` (same-character rows) or `dtw` (FuseLLM's MinED DTW over the token
+            texts, which needs every teacher's `token_texts`); `align_sample` either way.
         rank, world_size: this process's place in the job.
         seed: seeds the shard order of epochs ≥ 1.
     """
@@ -145,12 +153,13 @@ class FusionStream(IterableDataset):
         add_special_tokens: bool,
         max_seq_tokens: int,
         micro_batch_size: int,
-        features: str = "exp_neg_ce",
-        target: str = "renormalised",
-        gate_objective: str = "fusion",
-        rank: int = 0,
-        world_size: int = 1,
-        seed: int = 0,
+        features: str,
+        target: str,
+        gate_objective: str,
+        aligner: str,
+        rank: int,
+        world_size: int,
+        seed: int,
     ) -> None:
         super().__init__()
         self.num_features = feature_count(features)  # also refuses an unknown name early
@@ -162,6 +171,13 @@ class FusionStream(IterableDataset):
                 f"distill.gate_objective must be one of {GATE_OBJECTIVES}, got {gate_objective!r}"
             )
         self.gate_objective = gate_objective
+        if aligner not in ALIGNERS:
+            raise ValueError(f"distill.aligner must be one of {ALIGNERS}, got {aligner!r}")
+        if aligner == "dtw" and any(t.token_texts is None for t in teachers):
+            raise ValueError(
+                "distill.aligner=dtw needs every teacher's token_texts (pipeline/distillation.py)"
+            )
+        self.aligner = aligner
         own = list(corpus_shards)[rank::world_size]
         if not own:
             raise ValueError(
@@ -269,6 +285,9 @@ class FusionStream(IterableDataset):
                         source.vocab_map,
                         # drawn tokens: their empirical distribution, unmapped draws in the rest
                         target="residual" if self.target == "sampled" else self.target,
+                        alignment=reader.dtw_alignment(source, teacher, student.ids)
+                        if self.aligner == "dtw"
+                        else None,
                     )
                 )
                 features[k] = values
@@ -305,7 +324,15 @@ class _ShardReader:
     def __init__(self, stream: FusionStream) -> None:
         self.stream = stream
         self.tokenizer = load_tokenizer(stream.student_tokenizer)
+        self.student_texts = build_token_table(self.tokenizer).texts if stream.aligner == "dtw" else None
         self._index: int | None = None
+
+    def dtw_alignment(self, source: TeacherSource, teacher: TeacherSample, student_ids: Sequence[int]):
+        """FuseLLM's hard DTW alignment of one sample's teacher and student tokens, by their texts."""
+        assert source.token_texts is not None and self.student_texts is not None
+        return align_rows_by_dtw(
+            [source.token_texts[i] for i in teacher.token_ids], [self.student_texts[i] for i in student_ids]
+        )
 
     def row(self, shard: int, row: int) -> tuple[str, str, list[TeacherSample | None]]:
         """(sample_id, text, per-teacher decoded row or None) of one corpus sample."""

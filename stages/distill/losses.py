@@ -19,7 +19,7 @@ gate alone. A micro-batch reads, top to bottom:
                                  fuse_position_weights(w if fusion_trains_gate else w.detach(),
                                                        available), loss_mask, lse=lse)
     terms = combine_losses(clm, fused.loss, feedback_loss(importance(w)),
-                           lam=strategy.clm_weight(lam), beta=beta)
+                           lam=lam, beta=beta)      # `none`: CLM alone, λ = 1
 """
 
 from __future__ import annotations

@@ -74,9 +74,9 @@ class FusionModule(nn.Module):
         beta: float,
         tau: float,
         fusion_trains_gate: bool,
-        feedback_scope: str = "micro_batch",
-        num_features: int = 1,
-        gate_objective: str = "fusion",
+        feedback_scope: str,
+        num_features: int,
+        gate_objective: str,
     ) -> None:
         super().__init__()
         self.student = student
@@ -138,7 +138,7 @@ class FusionModule(nn.Module):
         """Losses of one micro-batch (shapes in `FusionBatch`); `generator` feeds `authors`."""
         logits = self.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         if not self.strategy.uses_fusion:
-            return micro_batch_losses(logits, batch, None, lam=1.0, beta=0.0)
+            return micro_batch_losses(logits, batch, None, lam=self.lam, beta=self.beta)
         weights = sample_weights(
             self.strategy,
             batch.scores,
@@ -155,7 +155,7 @@ class FusionModule(nn.Module):
             logits,
             batch,
             weights if fusion_trains_gate else weights.detach(),
-            lam=self.strategy.clm_weight(self.lam),
+            lam=self.lam,
             # β weighs the feedback loss only where it can train something: with no trainable
             # gate (the fixed rules, authors) CV² is logged but adds no constant.
             beta=self.beta if self.gate is not None else 0.0,
@@ -186,7 +186,8 @@ def micro_batch_losses(
         logits: `[B, T, V]` student logits.
         batch: the micro-batch (targets, supports, availability).
         weights: `[B, K]` sample weights w for the fusion loss (detached by the caller to keep the
-            fusion loss from training the gate); None: CLM only (`none`).
+            fusion loss from training the gate); None: CLM only (`none`), the one place that
+            decides λ = 1 and β = 0 for it, whatever `lam` and `beta` are.
         feedback_weights: w with its grad path for the feedback loss (default: `weights`).
         feedback_importance: `[K]` importance for the feedback loss (default: that of
             `feedback_weights`; `FusionModule.feedback_importance` gives the step-scope one).

@@ -42,7 +42,9 @@ from stages.distill.run_state import (
     seed_everything,
     set_rng_state,
 )
-from stages.distill.strategies import parse_strategy
+from stages.distill.settings import DistillSettings
+from stages.distill.strategies import Strategy
+from stages.world import World
 
 logger = logging.getLogger(__name__)
 
@@ -60,39 +62,23 @@ class BatchStream(Protocol):
     def load_state_dict(self, state: dict[str, int]) -> None: ...
 
 
+ADAM_EPS = 1e-8
+"""AdamW ε of both parameter groups (not a setting: no run has needed another)."""
+
+
 @dataclass(frozen=True)
-class RecipeSettings:
-    """Flat settings of one run (pipeline/distillation.py builds them from the YAML config)."""
+class RecipeRun:
+    """What a run is beyond its ``distill`` settings: where it lives, what it starts from and how
+    it is driven (pipeline/distillation.py builds it from the config's files and the command)."""
 
     run_dir: Path
     student_path: Path
-    strategy: str
-    lam: float = 0.9
-    beta: float = 0.5
-    tau: float = 0.15
-    fusion_trains_gate: bool = True
-    feedback_scope: str = "micro_batch"
-    gate_features: str = "exp_neg_ce"
-    gate_objective: str = "fusion"
-    """What trains the gate besides the feedback loss: `fusion` or `likelihood` (gate_objective.py)."""
-    lr: float = 2e-5
-    gate_lr: float = 1e-3
-    weight_decay: float = 0.0
-    adam_betas: tuple[float, float] = (0.9, 0.95)
-    adam_eps: float = 1e-8
-    warmup_steps: int = 10
-    max_steps: int = 100
-    micro_batch_size: int = 2
-    grad_accum_steps: int = 4
-    grad_clip: float = 1.0
-    zero_stage: int = 2
-    dtype: str = "float32"
-    deepspeed_config: Path | None = None
-    loader_workers: int = 2
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    log_every: int = 5
-    seed: int = 0
+    strategy: Strategy
+    """``DistillSettings.strategy``, parsed once against the run's teachers."""
+    world: World
+    """This process in the job (`engine.prepare_distributed_env`, which set what DeepSpeed reads)."""
+    seed: int
+    """The config's global seed."""
     resume: bool = False
     stop_after_steps: int | None = None
     """Checkpoint and stop (no export) once this many steps are done: a time-boxed run, and how
@@ -117,12 +103,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class DistillRecipe:
-    def __init__(self, settings: RecipeSettings, stream: BatchStream) -> None:
+    def __init__(self, settings: DistillSettings, run: RecipeRun, stream: BatchStream) -> None:
         self.cfg = settings
+        self.run = run
         self.stream = stream
         self.teacher_names: tuple[str, ...] = tuple(stream.teacher_names)
-        self.strategy = parse_strategy(settings.strategy, self.teacher_names)
-        self.checkpoint_dir = settings.run_dir / "checkpoints"
+        self.strategy = run.strategy
+        assert self.strategy.name == settings.strategy, "RecipeRun.strategy is settings.strategy parsed"
+        assert self.strategy.teacher_index is None or (
+            self.teacher_names[self.strategy.teacher_index] == self.strategy.teacher
+        ), "single:NAME was parsed against the stream's teachers"
+        self.checkpoint_dir = run.run_dir / "checkpoints"
         self.step = 0
         self.batches_consumed = 0
         self.last_checkpoint: Path | None = None
@@ -132,13 +123,13 @@ class DistillRecipe:
     def setup(self) -> None:
         from transformers import AutoModelForCausalLM
 
-        cfg = self.cfg
-        self.dist = ds.prepare_distributed_env()
-        seed_everything(cfg.seed)  # same on every rank: the gate's init must agree
+        cfg, run = self.cfg, self.run
+        self.dist = run.world
+        seed_everything(run.seed)  # same on every rank: the gate's init must agree
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         # Never the folder's own code, and never a question on stdin (transformers asks when unset).
         student = AutoModelForCausalLM.from_pretrained(
-            str(cfg.student_path), dtype=dtype, local_files_only=True, trust_remote_code=False
+            str(run.student_path), dtype=dtype, local_files_only=True, trust_remote_code=False
         )
         module = FusionModule(
             student,
@@ -158,13 +149,13 @@ class DistillRecipe:
             lr=cfg.lr,
             gate_lr=cfg.gate_lr,
             weight_decay=cfg.weight_decay,
-            betas=cfg.adam_betas,
-            eps=cfg.adam_eps,
+            betas=(cfg.adam_beta1, cfg.adam_beta2),
+            eps=ADAM_EPS,
         )
         scheduler = ds.cosine_with_warmup(optimizer, warmup_steps=cfg.warmup_steps, max_steps=cfg.max_steps)
         if cfg.deepspeed_config is not None:
             ds_config = ds.read_deepspeed_config(
-                cfg.deepspeed_config,
+                Path(cfg.deepspeed_config),
                 micro_batch_size=cfg.micro_batch_size,
                 grad_accum_steps=cfg.grad_accum_steps,
             )
@@ -178,8 +169,8 @@ class DistillRecipe:
             )
         self.engine = ds.initialize_engine(module, optimizer, scheduler, ds_config)
         # The `authors` strategy's fresh gate per step draws from here, never from the global RNG.
-        self.authors_rng = torch.Generator().manual_seed(cfg.seed + 1_000_003 * (self.dist.rank + 1))
-        if cfg.resume:
+        self.authors_rng = torch.Generator().manual_seed(run.seed + 1_000_003 * (self.dist.rank + 1))
+        if run.resume:
             self._load_checkpoint()
         elif checkpoint_tags(self.checkpoint_dir):  # every rank checks: none may go on alone
             raise ValueError(
@@ -187,15 +178,15 @@ class DistillRecipe:
                 "or choose another run name (name=...)"
             )
         self.metrics = MetricsLogger(
-            self.cfg.run_dir / "logs",
+            run.run_dir / "logs",
             enabled=self.dist.is_main,
             total_steps=cfg.max_steps,
             start_step=self.step,
-            progress=cfg.progress,
-            tensorboard=cfg.tensorboard,
+            progress=run.progress,
+            tensorboard=run.tensorboard,
         )
         self.stats = StepStats(self.teacher_names)
-        self.sample_log = SampleLog(self.cfg.run_dir / "logs", self.dist.rank, start_step=self.step)
+        self.sample_log = SampleLog(run.run_dir / "logs", self.dist.rank, start_step=self.step)
         self.loader = DataLoader(
             self.stream,  # type: ignore[arg-type]  (an IterableDataset)
             batch_size=None,  # the stream yields collated micro-batches
@@ -207,7 +198,7 @@ class DistillRecipe:
     # ----------------------------------------------------------------------------------- train
     def train(self) -> None:
         cfg = self.cfg
-        stop = min(cfg.max_steps, cfg.stop_after_steps or cfg.max_steps)
+        stop = min(cfg.max_steps, self.run.stop_after_steps or cfg.max_steps)
         batches = iter(self.loader)
         window_started, window_tokens = time.perf_counter(), 0
         while self.step < stop:
@@ -342,7 +333,7 @@ class DistillRecipe:
         return {
             **{n: getattr(c, n) for n in names},
             "fusion_trains_gate": c.fusion_trains_gate,
-            "adam_betas": list(c.adam_betas),
+            "adam_betas": [c.adam_beta1, c.adam_beta2],
         }
 
     # ----------------------------------------------------------------------------------- export
@@ -351,7 +342,7 @@ class DistillRecipe:
         module: FusionModule = self.engine.module
         student_state = ds.gathered_state_dict(module.student)
         gate_state = ds.gathered_state_dict(module.gate) if module.gate is not None else None
-        export_dir = self.cfg.run_dir / "export"
+        export_dir = self.run.run_dir / "export"
         if self.dist.is_main:
             info = {
                 "strategy": self.strategy.name,
@@ -362,17 +353,17 @@ class DistillRecipe:
             stats = summarize_run(
                 self.metrics.path,
                 self.teacher_names,
-                {**info, "steps": self.step, "student": str(self.cfg.student_path)},
+                {**info, "steps": self.step, "student": str(self.run.student_path)},
             )
             write_export(
                 export_dir,
                 module.student,
                 student_state,
-                self.cfg.student_path,
+                self.run.student_path,
                 gate_state,
                 info,
                 stats,
-                extra_files=self.cfg.export_files,
+                extra_files=self.run.export_files,
             )
         if self.dist.world_size > 1:
             torch.distributed.barrier()
@@ -391,9 +382,9 @@ class DistillRecipe:
             engine.destroy()
 
 
-def run_distill(settings: RecipeSettings, stream: BatchStream) -> DistillResult:
+def run_distill(settings: DistillSettings, run: RecipeRun, stream: BatchStream) -> DistillResult:
     """setup → train → export → cleanup; export is skipped when `stop_after_steps` stopped early."""
-    recipe = DistillRecipe(settings, stream)
+    recipe = DistillRecipe(settings, run, stream)
     try:
         recipe.setup()
         recipe.train()

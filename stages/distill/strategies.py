@@ -29,18 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from stages.distill.gating import SelectionGate, masked_softmax, select_teachers
+from stages.distill.settings import STRATEGY_NAMES
 
-STRATEGY_NAMES = (
-    "adaptive",
-    "min_ce",
-    "avg_ce",
-    "min_bpb",
-    "avg_bpb",
-    "uniform",
-    "single:NAME",
-    "authors",
-    "none",
-)
 _SINGLE_PREFIX = "single:"
 
 
@@ -67,12 +57,9 @@ class Strategy:
 
     @property
     def uses_fusion(self) -> bool:
-        """Whether the fusion loss is computed at all (`none` trains on CLM alone)."""
+        """Whether the fusion loss is computed at all (`none` trains on CLM alone:
+        `model.micro_batch_losses` without weights)."""
         return self.kind != "none"
-
-    def clm_weight(self, lam: float) -> float:
-        """λ of the total loss: the configured value, or 1 when there is no fusion term."""
-        return lam if self.uses_fusion else 1.0
 
 
 def parse_strategy(spec: str, teacher_names: Sequence[str] = ()) -> Strategy:
@@ -103,7 +90,7 @@ def sample_weights(
     features: torch.Tensor | None = None,
     bits_per_byte: torch.Tensor | None = None,
     gate: SelectionGate | None = None,
-    tau: float = 0.15,
+    tau: float,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per-sample teacher weights w of `strategy`.

@@ -26,6 +26,7 @@ from data_schemas.teacher_shard import SAMPLED_LAYOUT, TeacherSample, empirical_
 from stages.extract.backends.base import TeacherBackend, TopkRows
 from stages.extract.draws import count_draws
 from stages.extract.scores import predicted_span_bytes, sample_scores
+from stages.extract.settings import ExtractSettings
 from stages.tokenization import TokenizedText, tokenize_many_with_ends
 
 logger = logging.getLogger(__name__)
@@ -93,10 +94,10 @@ def extract_shard(
     max_tokens: int,
     add_special_tokens: bool,
     layout: str,
-    draws: int = 0,
-    on_tokens: Callable[[int], None] | None = None,
+    draws: int = ExtractSettings.draws,
+    on_samples: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Extract one teacher shard (see the module docstring); ``on_tokens(n)`` after each group.
+    """Extract one teacher shard (see the module docstring); ``on_samples(n)`` after each group.
 
     ``layout`` ``sampled`` stores the ``draws`` tokens per row the backend drew (it must have been
     opened with the same ``draws``) instead of the top-k."""
@@ -111,8 +112,8 @@ def extract_shard(
         for i, result in zip(group, backend.topk_logprobs([tokenized[i].ids for i in group]), strict=True):
             check_finite(result, teacher=teacher, sample_id=sample_ids[i], shard=corpus_shard)
             rows[i] = result
-        if on_tokens is not None:
-            on_tokens(sum(len(tokenized[i].ids) for i in group))
+        if on_samples is not None:
+            on_samples(len(group))
     samples = []
     for sample_id, text, tok, result in zip(sample_ids, texts, tokenized, rows, strict=True):
         assert result is not None and result.n_rows == max(len(tok.ids) - 1, 0)

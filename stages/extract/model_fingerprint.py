@@ -10,11 +10,10 @@ changes its ends (safetensors headers, embedding and head tensors) and so its fi
 from __future__ import annotations
 
 import hashlib
-import re
 from pathlib import Path
 
 from data_schemas.keys import sha256_ends, sha256_file
-from stages.model_source import model_folder
+from stages.model_source import hub_revision, model_folder
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
 _HASHED_IN_FULL = (
@@ -27,7 +26,6 @@ _HASHED_IN_FULL = (
     "vocab.json",
     "merges.txt",
 )
-_SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 
 
 def weight_files(folder: Path) -> list[Path]:
@@ -83,12 +81,6 @@ def refuse_own_code(folder: Path) -> None:
             "know): polyfuse never runs code from a model folder; convert the model to a supported "
             "architecture"
         )
-
-
-def hub_revision(folder: Path) -> str | None:
-    """The commit hash when ``folder`` is a Hugging Face hub cache snapshot, else None."""
-    match = _SNAPSHOT.search(folder.resolve().as_posix())
-    return match.group(1) if match else None
 
 
 def model_fingerprint(path: str | Path) -> str:

@@ -23,19 +23,11 @@ from data_schemas.manifest import Manifest, read_manifest, write_manifest
 from data_schemas.parquet_io import write_shard
 from stages.prepare.chunking import chunk_document
 from stages.prepare.documents import read_documents, resolve_format, source_hash
+from stages.prepare.settings import CorpusSettings, CorpusSource
 
 logger = logging.getLogger(__name__)
 
 CHUNKER_VERSION = 1  # bump when chunking or sample order changes: it changes the corpus key
-
-
-@dataclass(frozen=True)
-class SourceSpec:
-    path: Path
-    domain: str
-    format: str = "auto"
-    text_field: str = "text"
-    id_field: str | None = "id"
 
 
 @dataclass(frozen=True)
@@ -47,11 +39,11 @@ class PreparedCorpus:
     """False when the corpus already existed and nothing was written."""
 
 
-def describe_sources(sources: list[SourceSpec]) -> list[dict]:
+def describe_sources(sources: list[CorpusSource]) -> list[dict]:
     """What of the sources enters the corpus key: domain, reading settings and content hash."""
     described = []
     for src in sources:
-        fmt = resolve_format(src.path, src.format)
+        fmt = resolve_format(Path(src.path), src.format)
         described.append(
             {
                 "path": str(src.path),
@@ -59,7 +51,7 @@ def describe_sources(sources: list[SourceSpec]) -> list[dict]:
                 "format": fmt,
                 "text_field": src.text_field,
                 "id_field": src.id_field,
-                "sha256": source_hash(src.path, fmt),
+                "sha256": source_hash(Path(src.path), fmt),
             }
         )
     return described
@@ -84,13 +76,13 @@ def _heldout_doc_ids(doc_ids: list[str], domain: str, fraction: float, seed: int
 
 
 def build_rows(
-    sources: list[SourceSpec], max_chars: int, heldout_fraction: float, seed: int
+    sources: list[CorpusSource], max_chars: int, heldout_fraction: float, seed: int
 ) -> dict[str, list[dict]]:
     """Rows of every split: documents chunked, held-out documents set apart, samples ordered by
     a seeded hash so that every shard mixes domains."""
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for src in sources:
-        docs = [d for d in read_documents(src.path, src.format, src.text_field, src.id_field)]
+        docs = [d for d in read_documents(Path(src.path), src.format, src.text_field, src.id_field)]
         ids = [d.doc_id for d in docs]
         dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if dupes:
@@ -137,27 +129,21 @@ def domain_stats(rows: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, i
     return stats
 
 
-def prepare_corpus(
-    sources: list[SourceSpec],
-    cache_root: Path,
-    *,
-    max_chars: int,
-    heldout_fraction: float,
-    samples_per_shard: int,
-    seed: int,
-) -> PreparedCorpus:
-    """Build (or find) the corpus shards of ``sources``; see the module docstring."""
+def prepare_corpus(settings: CorpusSettings, cache_root: Path) -> PreparedCorpus:
+    """Build (or find) the corpus shards of ``settings.sources``; see the module docstring."""
+    sources, max_chars, seed = settings.sources, settings.max_chars, settings.seed
+    heldout_fraction, samples_per_shard = settings.heldout_fraction, settings.samples_per_shard
     if not sources:
         raise ValueError("the corpus has no sources: add corpus.sources to the config")
     described = describe_sources(sources)
-    settings = {
+    keyed = {
         "max_chars": max_chars,
         "heldout_fraction": heldout_fraction,
         "samples_per_shard": samples_per_shard,
         "seed": seed,
         "chunker_version": CHUNKER_VERSION,
     }
-    key = compute_corpus_key(described, settings)
+    key = compute_corpus_key(described, keyed)
     directory = Path(cache_root) / "corpus" / key
     if directory.exists():
         manifest = read_manifest(directory)
@@ -180,7 +166,7 @@ def prepare_corpus(
                 entry = write_shard(table, tmp_dir / name, CORPUS_SCHEMA)
                 entries.append(replace(entry, name=name))
                 planned.append(name)
-        header = {"sources": described, "settings": settings, "stats": domain_stats(rows)}
+        header = {"sources": described, "settings": keyed, "stats": domain_stats(rows)}
         manifest = Manifest("corpus", key, CORPUS_SCHEMA_VERSION, header, tuple(planned)).with_entries(
             entries
         )

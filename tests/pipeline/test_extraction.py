@@ -20,7 +20,7 @@ import yaml
 
 from data_schemas.keys import sha256_file
 from pipeline.config import ConfigError, load_config
-from pipeline.extraction import World, resolve_world, run_extraction
+from pipeline.extraction import run_extraction
 from pipeline.inspection import validate_path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -229,12 +229,3 @@ def test_bad_input_is_named_before_any_model_loads(tmp_path: Path) -> None:
         run_extraction(load_config(write_config(tmp_path, tmp_path / "c", [slow])), progress=False)
     with pytest.raises(ConfigError, match="teacher 'zz' is not in the config"):
         run_extraction(load_config(write_config(tmp_path, tmp_path / "c", [fake_teacher("a")])), teacher="zz")
-
-
-def test_rank_and_world_come_from_flags_then_environment() -> None:
-    assert resolve_world(None, None, {}) == World(0, 1)
-    assert resolve_world(None, None, {"RANK": "1", "WORLD_SIZE": "4"}) == World(1, 4)
-    assert resolve_world(None, None, {"SLURM_PROCID": "2", "SLURM_NTASKS": "3"}) == World(2, 3)
-    assert resolve_world(0, 2, {"RANK": "1", "WORLD_SIZE": "4"}) == World(0, 2)
-    with pytest.raises(ValueError, match="rank must be in"):
-        resolve_world(2, 2, {})

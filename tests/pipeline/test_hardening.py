@@ -158,19 +158,20 @@ def test_a_prepare_that_loses_the_rename_takes_the_winners_identical_corpus(
     tmp_path: Path, monkeypatch
 ) -> None:
     import stages.prepare.prepare as prepare
+    from stages.prepare.settings import CorpusSettings, CorpusSource
     from tests.pipeline.test_extraction import write_corpus
 
-    source = prepare.SourceSpec(write_corpus(tmp_path), "prose")
-    settings = {"max_chars": 300, "heldout_fraction": 0.0, "samples_per_shard": 4, "seed": 0}
+    source = CorpusSource(str(write_corpus(tmp_path)), "prose")
+    settings = CorpusSettings([source], max_chars=300, heldout_fraction=0.0, samples_per_shard=4, seed=0)
     original = prepare.build_rows
 
     def build_while_another_wins(*args, **kwargs):
         monkeypatch.setattr(prepare, "build_rows", original)
-        prepare.prepare_corpus([source], tmp_path / "cache", **settings)  # the winner, meanwhile
+        prepare.prepare_corpus(settings, tmp_path / "cache")  # the winner, meanwhile
         return original(*args, **kwargs)
 
     monkeypatch.setattr(prepare, "build_rows", build_while_another_wins)
-    loser = prepare.prepare_corpus([source], tmp_path / "cache", **settings)
+    loser = prepare.prepare_corpus(settings, tmp_path / "cache")
     assert not loser.created and loser.manifest.complete
     assert [p.name for p in (tmp_path / "cache" / "corpus").iterdir()] == [loser.key]
 

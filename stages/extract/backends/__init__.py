@@ -10,6 +10,7 @@ import importlib.util
 from pathlib import Path
 
 from stages.extract.backends.base import TeacherBackend, TopkRows
+from stages.extract.settings import ExtractSettings
 
 __all__ = ["BACKENDS", "TeacherBackend", "TopkRows", "open_backend", "resolve_backend"]
 
@@ -35,21 +36,16 @@ def open_backend(
     *,
     teacher: str,
     model_path: str | Path,
-    top_k: int,
-    max_tokens: int,
+    settings: ExtractSettings,
     dtype: str,
-    batch_tokens: int,
     vocab_size: int,
-    vllm_max_logprobs: int = 20,
-    vllm_enforce_eager: bool = True,
-    vllm_tensor_parallel_size: int = 1,
-    vllm_gpu_memory_utilization: float = 0.85,
-    vllm_kv_cache_gib: float | None = None,
-    draws: int = 0,
 ) -> TeacherBackend:
-    """Load the teacher under backend ``name`` (after ``resolve_backend``). ``vocab_size`` is the
-    tokenizer's, used by the fake backend only. ``draws`` > 0: the backend also draws that many
-    tokens per row from the full softmax (transformers and fake; vLLM returns only its top-k)."""
+    """Load the teacher under backend ``name`` (after ``resolve_backend``) with the ``extract``
+    section ``settings`` (checked) and the teacher's ``dtype`` (its own or ``settings.dtype``).
+    ``vocab_size`` is the tokenizer's, used by the fake backend only. ``settings.draws`` > 0: the
+    backend also draws that many tokens per row from the full softmax (transformers and fake; vLLM
+    returns only its top-k)."""
+    top_k, max_tokens, draws = settings.top_k, settings.max_tokens, settings.draws
     if name == "fake":
         from stages.extract.backends.fake_backend import FakeBackend
 
@@ -61,7 +57,7 @@ def open_backend(
             model_path,
             top_k=top_k,
             dtype=dtype,
-            batch_tokens=batch_tokens,
+            batch_tokens=settings.batch_tokens,
             max_tokens=max_tokens,
             draws=draws,
         )
@@ -82,10 +78,10 @@ def open_backend(
             top_k=top_k,
             max_tokens=max_tokens,
             dtype=dtype,
-            max_logprobs=vllm_max_logprobs,
-            enforce_eager=vllm_enforce_eager,
-            tensor_parallel_size=vllm_tensor_parallel_size,
-            gpu_memory_utilization=vllm_gpu_memory_utilization,
-            kv_cache_gib=vllm_kv_cache_gib,
+            max_logprobs=settings.vllm_max_logprobs,
+            enforce_eager=settings.vllm_enforce_eager,
+            tensor_parallel_size=settings.vllm_tensor_parallel_size,
+            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+            kv_cache_gib=settings.vllm_kv_cache_gib,
         )
     raise ValueError(f"backend must be one of {BACKENDS[1:]} once resolved, got {name!r}")

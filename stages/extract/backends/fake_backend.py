@@ -16,6 +16,7 @@ import numpy as np
 
 from stages.extract.backends.base import TopkRows, check_top_k
 from stages.extract.draws import row_uniforms
+from stages.extract.settings import ExtractSettings
 
 FAKE_VERSION = "1"
 
@@ -30,7 +31,9 @@ class FakeBackend:
     seconds_per_call = 0.0
     """Sleep per ``topk_logprobs`` call: lets crash tests kill a run in the middle of a shard."""
 
-    def __init__(self, teacher: str, *, top_k: int, vocab_size: int, draws: int = 0) -> None:
+    def __init__(
+        self, teacher: str, *, top_k: int, vocab_size: int, draws: int = ExtractSettings.draws
+    ) -> None:
         check_top_k(top_k, vocab_size, self.name, "lower extract.top_k")
         self.teacher = teacher
         self.top_k = top_k

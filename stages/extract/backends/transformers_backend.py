@@ -25,6 +25,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from stages.extract.backends.base import TopkRows, check_max_tokens, check_top_k
 from stages.extract.draws import draw_tokens, row_uniforms
 from stages.extract.model_fingerprint import check_model_folder
+from stages.extract.settings import ExtractSettings
 
 logger = logging.getLogger(__name__)
 
@@ -62,11 +63,11 @@ class TransformersBackend:
         model_path: str | Path,
         *,
         top_k: int,
-        dtype: str = "float32",
-        batch_tokens: int = 4096,
+        dtype: str = ExtractSettings.dtype,
+        batch_tokens: int = ExtractSettings.batch_tokens,
         max_tokens: int | None = None,
         device: str | None = None,
-        draws: int = 0,
+        draws: int = ExtractSettings.draws,
     ) -> None:
         folder = check_model_folder(model_path)
         config = AutoConfig.from_pretrained(

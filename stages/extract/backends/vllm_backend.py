@@ -26,6 +26,7 @@ from vllm.inputs import TokensPrompt
 
 from stages.extract.backends.base import TopkRows, check_max_tokens, check_top_k
 from stages.extract.model_fingerprint import check_model_folder
+from stages.extract.settings import ExtractSettings
 
 logger = logging.getLogger(__name__)
 
@@ -48,12 +49,12 @@ class VllmBackend:
         *,
         top_k: int,
         max_tokens: int,
-        dtype: str = "float32",
-        max_logprobs: int = 20,
-        enforce_eager: bool = True,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.85,
-        kv_cache_gib: float | None = None,
+        dtype: str = ExtractSettings.dtype,
+        max_logprobs: int = ExtractSettings.vllm_max_logprobs,
+        enforce_eager: bool = ExtractSettings.vllm_enforce_eager,
+        tensor_parallel_size: int = ExtractSettings.vllm_tensor_parallel_size,
+        gpu_memory_utilization: float = ExtractSettings.vllm_gpu_memory_utilization,
+        kv_cache_gib: float | None = ExtractSettings.vllm_kv_cache_gib,
     ) -> None:
         folder = check_model_folder(model_path)
         check_top_k(top_k, max_logprobs, self.name, "raise extract.vllm_max_logprobs or lower extract.top_k")

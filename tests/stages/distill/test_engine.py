@@ -93,7 +93,16 @@ def fusion_module(tiny_student: Path) -> FusionModule:
 
     student = AutoModelForCausalLM.from_pretrained(tiny_student, dtype=torch.float32)
     return FusionModule(
-        student, parse_strategy("adaptive"), 3, lam=0.9, beta=0.5, tau=0.15, fusion_trains_gate=True
+        student,
+        parse_strategy("adaptive"),
+        3,
+        lam=0.9,
+        beta=0.5,
+        tau=0.15,
+        fusion_trains_gate=True,
+        feedback_scope="micro_batch",
+        num_features=1,
+        gate_objective="fusion",
     )
 
 

@@ -1,12 +1,11 @@
 """The streaming loader on real fake-backend caches: order, rank split, resume state, the tensors
-it hands the losses, teacher absence, and the cache checks that run before any model loads."""
+it hands the losses and teacher absence (the cache checks before it: tests/pipeline/test_cache_check.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,11 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data_schemas.manifest import read_manifest, write_manifest
 from data_schemas.teacher_shard import decode_table, read_teacher_shard
 from pipeline.distillation import StreamInputs, build_stream
 from stages.align.spans import common_boundaries
 from stages.distill.batch import FusionBatch
 from stages.distill.loader import FusionStream, present_span_logliks, teacher_features
-from stages.distill.teacher_caches import TeacherCacheError, check_teacher_cache
 
 
 def stream_of(world, inputs: StreamInputs, **kwargs) -> FusionStream:
@@ -136,6 +133,28 @@ def test_teacher_beyond_its_max_shards_is_absent_and_gemma_aligns_partly(world, 
     assert 0.3 < rate < 1.0  # different tokenizer: aligned where both cut at the same character
 
 
+def test_dtw_aligner_streams_the_offsets_targets_where_it_takes_the_same_rows(world, stream_inputs) -> None:
+    """`distill.aligner=dtw` end to end: the pipeline gives each teacher its token texts, the loader
+    aligns by DTW, and the batches keep the targets contract. smol (the student's tokenizer) gets
+    every row offsets give it, with the same targets; gemma gets fewer (hard pairs only)."""
+    from pipeline.distillation import resolve_stream_inputs
+
+    dtw_inputs = resolve_stream_inputs(world.config_for(Path("unused"), aligner="dtw"), checksums=False)
+    assert all(t.token_texts is not None for t in dtw_inputs.teachers)
+    assert all(t.token_texts is None for t in stream_inputs.teachers)
+    offsets = take(stream_of(world, stream_inputs, micro_batch_size=6), 1)[0]
+    dtw = take(stream_of(world, dtw_inputs, micro_batch_size=6, aligner="dtw"), 1)[0]
+    assert dtw.sample_ids == offsets.sample_ids and torch.equal(dtw.input_ids, offsets.input_ids)
+    sums = dtw.support_probs.sum(-1) + dtw.rest_mass
+    torch.testing.assert_close(sums[dtw.available], torch.ones_like(sums[dtw.available]))
+    assert (sums[~dtw.available] == 0).all()
+    smol = offsets.available[:, 0]
+    assert dtw.available[:, 0][smol].all()
+    assert torch.equal(dtw.support_ids[:, 0][smol], offsets.support_ids[:, 0][smol])
+    assert torch.equal(dtw.support_probs[:, 0][smol], offsets.support_probs[:, 0][smol])
+    assert 0 < dtw.aligned_rows[1] < offsets.aligned_rows[1]
+
+
 def test_all_features_are_the_shards_four_scores_mapped_into_0_1(world, stream_inputs) -> None:
     stream = stream_of(world, stream_inputs, micro_batch_size=6, gate_features="all")
     batch = take(stream, 1)[0]  # corpus shard 0, which both teachers cover
@@ -237,87 +256,6 @@ def _any_teacher_row(world):
 def test_too_few_shards_for_the_ranks_is_refused(world, stream_inputs) -> None:
     with pytest.raises(ValueError, match="fewer than the 8 ranks"):
         stream_of(world, stream_inputs, rank=7, world_size=8)
-
-
-# -- cache checks ---------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def gemma_cache(world, stream_inputs, tmp_path: Path) -> tuple[Path, list]:
-    """A private copy of gemma's cache to damage."""
-    source = stream_inputs.teachers[1].shards[stream_inputs.corpus_shards[0].name].parent
-    copy = tmp_path / "gemma"
-    shutil.copytree(source, copy)
-    return copy, stream_inputs.corpus_shards
-
-
-def check(cache: Path, shards: list, world, **kwargs):
-    corpus_key = kwargs.pop("corpus_key", None) or read_manifest(cache).header["corpus_key"]
-    return check_teacher_cache("gemma", cache, shards, corpus_key, max_shards=2, **kwargs)
-
-
-def test_sound_cache_passes(gemma_cache, world) -> None:
-    cache, shards = gemma_cache
-    assert list(check(cache, shards, world)) == [s.name for s in shards[:2]]
-
-
-@pytest.mark.parametrize(
-    ("damage", "message"),
-    [
-        ("missing", r"no usable cache.*does not exist"),
-        ("incomplete", r"incomplete \(missing shard-00001.parquet\)"),
-        ("other_corpus", r"extracted over corpus .*this run trains on 'another'"),
-        ("flipped_byte", r"shard-00000.parquet: sha256 differs"),
-        ("truncated", r"shard-00001.parquet: \d+ bytes on disk"),
-        ("rows", r"shard-00000.parquet has 5 rows, corpus shard train/shard-00000.parquet has 6"),
-        ("sample_ids", r"does not mirror corpus shard train/shard-00001.parquet"),
-        ("tokenizer", r"tokenizer in its model folder differs"),
-    ],
-)
-def test_damaged_cache_is_refused_naming_teacher_shard_and_repair(
-    gemma_cache, world, damage: str, message: str
-) -> None:
-    cache, shards = gemma_cache
-    kwargs = {}
-    manifest = read_manifest(cache)
-    if damage == "missing":
-        shutil.rmtree(cache)
-        kwargs["corpus_key"] = "x"
-    elif damage == "incomplete":
-        write_manifest(cache, dataclasses.replace(manifest, shards=manifest.shards[:1], complete=False))
-    elif damage == "other_corpus":
-        kwargs["corpus_key"] = "another"
-    elif damage == "flipped_byte":
-        path = cache / "shard-00000.parquet"
-        data = bytearray(path.read_bytes())
-        data[len(data) // 2] ^= 0xFF
-        path.write_bytes(bytes(data))
-    elif damage == "truncated":
-        path = cache / "shard-00001.parquet"
-        path.write_bytes(path.read_bytes()[:-10])
-    elif damage == "rows":
-        entries = tuple(
-            dataclasses.replace(e, rows=5) if e.name == "shard-00000.parquet" else e for e in manifest.shards
-        )
-        write_manifest(cache, dataclasses.replace(manifest, shards=entries))
-    elif damage == "sample_ids":
-        # A shard of another corpus slice, with a manifest entry that matches its bytes.
-        from data_schemas.keys import sha256_file
-
-        shutil.copy2(cache / "shard-00000.parquet", cache / "shard-00001.parquet")
-        path = cache / "shard-00001.parquet"
-        entries = tuple(
-            dataclasses.replace(e, bytes=path.stat().st_size, sha256=sha256_file(path))
-            if e.name == path.name
-            else e
-            for e in manifest.shards
-        )
-        write_manifest(cache, dataclasses.replace(manifest, shards=entries))
-    elif damage == "tokenizer":
-        kwargs["tokenizer_fingerprint"] = "0" * 64
-    with pytest.raises(TeacherCacheError, match=message) as err:
-        check(cache, shards, world, **kwargs)
-    assert "teacher 'gemma'" in str(err.value) and "polyfuse extract --teacher gemma" in str(err.value)
 
 
 def test_vocab_map_of_same_tokenizer_is_identity(stream_inputs) -> None:

@@ -78,9 +78,13 @@ def batch_of(seed: int = 0, teachers: int = 2, absent_teacher: int | None = None
     return collate_samples(samples, teachers)
 
 
+FIXED = {"feedback_scope": "micro_batch", "num_features": 1, "gate_objective": "fusion"}
+"""The FusionModule arguments most tests leave as the distill defaults are."""
+
+
 def module_for(strategy: str, teachers: int = 2, **kwargs) -> FusionModule:
     torch.manual_seed(0)
-    settings = {"lam": 0.9, "beta": 0.5, "tau": 0.15, "fusion_trains_gate": True, **kwargs}
+    settings = {"lam": 0.9, "beta": 0.5, "tau": 0.15, "fusion_trains_gate": True, **FIXED, **kwargs}
     return FusionModule(TinyLM(), parse_strategy(strategy), teachers, **settings)
 
 
@@ -130,28 +134,29 @@ def test_gate_is_a_submodule_and_feedback_only_weighs_when_it_trains() -> None:
     torch.testing.assert_close(out.terms.total, expected)
 
 
+@pytest.mark.gpu
+def test_losses_and_gradients_on_cuda_match_the_cpu() -> None:
+    batch = batch_of(spans=3)
+    cpu, cuda = module_for("adaptive"), module_for("adaptive").cuda()
+    want, got = cpu(batch), cuda(batch.to("cuda"))
+    for name in ("clm", "fusion", "feedback", "total"):
+        torch.testing.assert_close(getattr(got.terms, name).cpu(), getattr(want.terms, name))
+    want.terms.total.backward()
+    got.terms.total.backward()
+    for (name, p), q in zip(cpu.named_parameters(), cuda.parameters(), strict=True):
+        torch.testing.assert_close(q.grad.cpu(), p.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_fusion_trains_gate_flag_detaches_the_fusion_path() -> None:
     batch = batch_of()
-    module = FusionModule(
-        TinyLM(), parse_strategy("adaptive"), 2, lam=0.9, beta=0.0, tau=0.15, fusion_trains_gate=False
-    )
+    module = module_for("adaptive", beta=0.0, fusion_trains_gate=False)
     module(batch).terms.total.backward()
     # β = 0 and the fusion path detached: nothing reaches the gate.
     assert all(p.grad is None or p.grad.abs().sum() == 0 for p in module.gate.parameters())
 
 
 def step_scope_module() -> FusionModule:
-    torch.manual_seed(0)
-    return FusionModule(
-        TinyLM(),
-        parse_strategy("adaptive"),
-        2,
-        lam=0.9,
-        beta=0.5,
-        tau=0.15,
-        fusion_trains_gate=True,
-        feedback_scope="step",
-    )
+    return module_for("adaptive", feedback_scope="step")
 
 
 def test_step_scope_feedback_sums_the_steps_micro_batches_with_grad_on_the_current_one() -> None:

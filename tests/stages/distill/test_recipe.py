@@ -6,56 +6,59 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from pipeline.distillation import StreamInputs, build_stream
+from stages.distill import engine as ds
 from stages.distill.gating import SelectionGate
 from stages.distill.loader import TeacherSource, feature_count
 from stages.distill.metrics import read_metrics
-from stages.distill.recipe import DistillRecipe, NonFiniteLossError, RecipeSettings, run_distill
+from stages.distill.recipe import DistillRecipe, NonFiniteLossError, RecipeRun, run_distill
+from stages.distill.settings import DistillSettings
+from stages.distill.strategies import parse_strategy
 
 LOSS_TERMS = ("loss/total", "loss/clm", "loss/fusion", "loss/feedback")
 
 
-def settings_for(world, run_dir: Path, strategy: str, **overrides) -> RecipeSettings:
-    d = world.config.distill
-    base = RecipeSettings(
-        run_dir=run_dir,
-        student_path=world.student,
-        strategy=strategy,
-        lr=d.lr,
-        gate_lr=d.gate_lr,
-        warmup_steps=d.warmup_steps,
-        max_steps=d.max_steps,
-        micro_batch_size=d.micro_batch_size,
-        grad_accum_steps=d.grad_accum_steps,
-        zero_stage=2,
-        checkpoint_every=d.checkpoint_every,
-        log_every=1,
-        loader_workers=0,
+class Plan(NamedTuple):
+    """One test run: the distill section (the world's, with overrides) and the run around it."""
+
+    settings: DistillSettings
+    run: RecipeRun
+
+    def but(self, **run: Any) -> Plan:
+        return Plan(self.settings, dataclasses.replace(self.run, **run))
+
+
+def settings_for(world, run_dir: Path, strategy: str, **distill: Any) -> Plan:
+    settings = dataclasses.replace(world.config.distill, strategy=strategy, **distill)
+    names = [t.name for t in world.config.teachers]
+    run = RecipeRun(
+        run_dir,
+        world.student,
+        parse_strategy(strategy, names),
+        ds.prepare_distributed_env(),
+        world.config.seed,
         progress=False,
         tensorboard=False,
     )
-    return dataclasses.replace(base, **overrides)
+    return Plan(settings, run)
 
 
-def stream_for(world, inputs: StreamInputs, settings: RecipeSettings, teachers=None):
+def stream_for(world, inputs: StreamInputs, plan: Plan, teachers=None):
     if teachers is not None:
         inputs = dataclasses.replace(inputs, teachers=teachers)
-    config = world.config_for(
-        settings.run_dir,
-        micro_batch_size=settings.micro_batch_size,
-        gate_features=settings.gate_features,
-        gate_objective=settings.gate_objective,
+    return build_stream(
+        dataclasses.replace(world.config, distill=plan.settings), inputs, rank=0, world_size=1
     )
-    return build_stream(config, inputs, rank=0, world_size=1)
 
 
-def trained(world, inputs, settings, teachers=None) -> DistillRecipe:
-    recipe = DistillRecipe(settings, stream_for(world, inputs, settings, teachers))
+def trained(world, inputs, plan: Plan, teachers=None) -> DistillRecipe:
+    recipe = DistillRecipe(*plan, stream_for(world, inputs, plan, teachers))
     recipe.setup()
     return recipe
 
@@ -155,15 +158,13 @@ def test_resume_after_a_kill_matches_a_straight_run_exactly(
     """6 steps straight vs 3 steps, stop, resume, 3 steps: identical losses, samples, weights, gate."""
     common = {"max_steps": 6, "checkpoint_every": 3, "loader_workers": workers}
     straight = settings_for(world, tmp_path / "straight", strategy, **common)
-    run_distill(straight, stream_for(world, stream_inputs, straight))
+    run_distill(*straight, stream_for(world, stream_inputs, straight))
     split = settings_for(world, tmp_path / "split", strategy, **common)
-    first = run_distill(
-        dataclasses.replace(split, stop_after_steps=3), stream_for(world, stream_inputs, split)
-    )
+    first = run_distill(*split.but(stop_after_steps=3), stream_for(world, stream_inputs, split))
     assert first.steps == 3 and first.export_dir is None and first.last_checkpoint.name == "step-000003"
     with pytest.raises(ValueError, match="already holds checkpoints: pass --resume"):
-        run_distill(split, stream_for(world, stream_inputs, split))
-    second = run_distill(dataclasses.replace(split, resume=True), stream_for(world, stream_inputs, split))
+        run_distill(*split, stream_for(world, stream_inputs, split))
+    second = run_distill(*split.but(resume=True), stream_for(world, stream_inputs, split))
     assert second.steps == 6
 
     def logged(run: Path) -> list[tuple]:
@@ -248,7 +249,7 @@ def test_nan_loss_stops_naming_step_samples_and_last_checkpoint(world, stream_in
 
 def test_one_teacher_gives_zero_feedback_and_no_crash(world, stream_inputs, tmp_path: Path) -> None:
     settings = settings_for(world, tmp_path, "adaptive")
-    run_distill(settings, stream_for(world, stream_inputs, settings, teachers=stream_inputs.teachers[:1]))
+    run_distill(*settings, stream_for(world, stream_inputs, settings, teachers=stream_inputs.teachers[:1]))
     records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
     assert all(r["loss/feedback"] == 0.0 and r["loss/fusion"] > 0 for r in records)
     assert all(r["gate/mean_w/smol"] == pytest.approx(1.0) for r in records)
@@ -258,7 +259,7 @@ def test_no_teacher_anywhere_gives_zero_fusion_and_no_crash(world, stream_inputs
     gemma = stream_inputs.teachers[1]
     nowhere = TeacherSource(gemma.name, {}, gemma.vocab_map)  # covers no corpus shard at all
     settings = settings_for(world, tmp_path, "adaptive")
-    result = run_distill(settings, stream_for(world, stream_inputs, settings, teachers=[nowhere]))
+    result = run_distill(*settings, stream_for(world, stream_inputs, settings, teachers=[nowhere]))
     records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
     assert all(
         r["loss/fusion"] == 0.0 and r["loss/feedback"] == 0.0 and r["fusion/fused_rate"] == 0.0
@@ -275,7 +276,7 @@ def test_other_zero_stages_and_bf16_train_and_export(
     from transformers import AutoModelForCausalLM
 
     settings = settings_for(world, tmp_path, "adaptive", max_steps=2, zero_stage=stage, dtype=dtype)
-    result = run_distill(settings, stream_for(world, stream_inputs, settings))
+    result = run_distill(*settings, stream_for(world, stream_inputs, settings))
     records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
     assert result.steps == 2 and all(
         torch.isfinite(torch.tensor([r[t] for t in LOSS_TERMS])).all() for r in records

@@ -46,13 +46,14 @@ def test_single_with_unknown_teacher_lists_the_teachers() -> None:
 
 def test_strategy_flags() -> None:
     adaptive, none = parse_strategy("adaptive"), parse_strategy("none")
-    assert adaptive.needs_gate and adaptive.uses_fusion and adaptive.clm_weight(0.9) == 0.9
-    assert not none.needs_gate and not none.uses_fusion and none.clm_weight(0.9) == 1.0
+    assert adaptive.needs_gate and adaptive.uses_fusion
+    assert not none.needs_gate and not none.uses_fusion
     assert not parse_strategy("authors").needs_gate
 
 
 def weights_of(spec: str, **kwargs) -> torch.Tensor:
     kwargs.setdefault("bits_per_byte", BITS_PER_BYTE)
+    kwargs.setdefault("tau", 0.15)
     return sample_weights(parse_strategy(spec, TEACHERS), SCORES, PRESENT, **kwargs)
 
 
@@ -78,10 +79,10 @@ def test_bpb_rules_never_pick_an_absent_teacher_whatever_its_value() -> None:
     bpb = torch.tensor([[float("nan"), 0.1, 0.5], [float("inf"), float("inf"), 0.0]])
     present = torch.tensor([[1, 0, 1], [1, 0, 0]], dtype=torch.bool)
     for spec in ("min_bpb", "avg_bpb"):
-        weights = sample_weights(parse_strategy(spec), SCORES, present, bits_per_byte=bpb)
+        weights = sample_weights(parse_strategy(spec), SCORES, present, bits_per_byte=bpb, tau=0.15)
         assert torch.isfinite(weights).all() and (weights[~present] == 0).all()
         torch.testing.assert_close(weights.sum(-1), torch.ones(2))
-    weights = sample_weights(parse_strategy("min_bpb"), SCORES, present, bits_per_byte=bpb)
+    weights = sample_weights(parse_strategy("min_bpb"), SCORES, present, bits_per_byte=bpb, tau=0.15)
     torch.testing.assert_close(weights, torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]]))
 
 
@@ -162,7 +163,7 @@ def gate_step_loss(gate: SelectionGate, fusion_trains_gate: bool, feedback_weigh
     available = torch.ones(batch, teachers, length, dtype=torch.bool)
     loss_mask = torch.ones(batch, length, dtype=torch.bool)
 
-    weights = sample_weights(parse_strategy("adaptive"), SCORES, PRESENT, gate=gate)
+    weights = sample_weights(parse_strategy("adaptive"), SCORES, PRESENT, gate=gate, tau=0.15)
     fused = fusion_cross_entropy(
         logits,
         ids,

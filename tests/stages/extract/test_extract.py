@@ -61,7 +61,7 @@ def test_shard_holds_the_backend_rows_in_corpus_order(
     backend = FakeBackend("t", top_k=TOP_K, vocab_size=len(tokenizer))
     seen = []
     out = tmp_path / "teacher" / "shard-00000.parquet"
-    result = run(corpus_shard, out, backend, tokenizer, on_tokens=seen.append)
+    result = run(corpus_shard, out, backend, tokenizer, on_samples=seen.append)
     expected = backend.topk_logprobs([t.ids for t in tokenized])
     samples = decode_table(read_teacher_shard(out))
     assert [s.sample_id for s in samples] == [f"d:{i}:0" for i in range(len(tokenized))]
@@ -74,7 +74,8 @@ def test_shard_holds_the_backend_rows_in_corpus_order(
         assert sample.truncated == tok.truncated
     # The long sample is truncated and flagged, never dropped.
     assert samples[0].truncated and samples[0].n_tokens == MAX_TOKENS
-    assert result.truncated == 1 and result.tokens == sum(len(t.ids) for t in tokenized) == sum(seen)
+    assert result.truncated == 1 and result.tokens == sum(len(t.ids) for t in tokenized)
+    assert result.samples == len(tokenized) == sum(seen)
     entry = json.loads((out.parent / "shard-00000.parquet.entry.json").read_text())
     assert entry["sha256"] == sha256_file(out) and entry["rows"] == len(tokenized)
 

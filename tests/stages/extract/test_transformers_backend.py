@@ -40,6 +40,27 @@ def test_batched_rows_match_a_naive_reference(tiny_teacher: Path, transformers_b
         assert got.topk_ids.dtype == np.int32 and got.topk_logprobs.dtype == np.float32
 
 
+@pytest.mark.gpu
+def test_cuda_rows_match_the_cpu_rows(tiny_teacher: Path, tokenized) -> None:
+    """The same fp32 teacher on the GPU and on the CPU: the same top-k sets (near-ties aside) and
+    logprobs within 1e-3 nat (other kernels, other summation order)."""
+    rows = {}
+    for device in ("cpu", "cuda"):
+        backend = TransformersBackend(tiny_teacher, top_k=TOP_K, batch_tokens=600, device=device)
+        try:
+            rows[device] = backend.topk_logprobs([t.ids for t in tokenized])
+        finally:
+            backend.close()
+    same = positions = 0
+    for cpu, cuda in zip(rows["cpu"], rows["cuda"], strict=True):
+        assert cuda.n_rows == cpu.n_rows
+        np.testing.assert_allclose(cuda.target_logprobs, cpu.target_logprobs, atol=1e-3, rtol=0)
+        for r in range(cpu.n_rows):
+            positions += 1
+            same += set(cuda.topk_ids[r]) == set(cpu.topk_ids[r])
+    assert positions > 300 and same / positions >= 0.995
+
+
 def test_top_k_above_the_vocabulary_is_refused_before_loading(tiny_teacher: Path, monkeypatch) -> None:
     def no_load(*args, **kwargs):
         raise AssertionError("the model must not be loaded")

@@ -5,7 +5,8 @@ import polars as pl
 import pytest
 
 from data_schemas.manifest import read_manifest, verify_shards
-from stages.prepare.prepare import SourceSpec, prepare_corpus
+from stages.prepare.prepare import prepare_corpus
+from stages.prepare.settings import CorpusSettings, CorpusSource
 
 SETTINGS = {"max_chars": 200, "heldout_fraction": 0.25, "samples_per_shard": 8, "seed": 0}
 
@@ -16,17 +17,17 @@ def _write_jsonl(path: Path, docs: list[str]) -> Path:
 
 
 @pytest.fixture
-def sources(tmp_path: Path) -> list[SourceSpec]:
+def sources(tmp_path: Path) -> list[CorpusSource]:
     prose = _write_jsonl(tmp_path / "prose.jsonl", [f"Paragraph {i}. " * (5 + i) for i in range(12)])
     code_dir = tmp_path / "code"
     code_dir.mkdir()
     for i in range(6):
         (code_dir / f"m{i}.py").write_text(f"def f{i}(x):\n    return x + {i}\n\n" * (3 + i))
-    return [SourceSpec(prose, "prose"), SourceSpec(code_dir, "code")]
+    return [CorpusSource(prose, "prose"), CorpusSource(code_dir, "code")]
 
 
-def test_prepare_writes_shards_split_by_document(tmp_path: Path, sources: list[SourceSpec]) -> None:
-    out = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+def test_prepare_writes_shards_split_by_document(tmp_path: Path, sources: list[CorpusSource]) -> None:
+    out = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "cache")
     assert out.created and out.manifest.complete
     assert verify_shards(out.directory, out.manifest) == []
     train = pl.read_parquet(sorted((out.directory / "train").glob("*.parquet")))
@@ -43,16 +44,16 @@ def test_prepare_writes_shards_split_by_document(tmp_path: Path, sources: list[S
 
 
 def test_rerun_writes_nothing_and_a_changed_file_changes_the_key(
-    tmp_path: Path, sources: list[SourceSpec]
+    tmp_path: Path, sources: list[CorpusSource]
 ) -> None:
-    first = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    first = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "cache")
     mtimes = {p: p.stat().st_mtime_ns for p in first.directory.rglob("*")}
-    again = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    again = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "cache")
     assert not again.created and again.key == first.key
     assert {p: p.stat().st_mtime_ns for p in first.directory.rglob("*")} == mtimes
     ids_first = pl.read_parquet(sorted(first.directory.rglob("*.parquet")))["sample_id"].to_list()
     (sources[1].path / "m0.py").write_text("changed = True\n")
-    changed = prepare_corpus(sources, tmp_path / "cache", **SETTINGS)
+    changed = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "cache")
     assert changed.created and changed.key != first.key
     assert first.directory.exists(), "the old corpus must stay untouched"
     assert read_manifest(first.directory).complete
@@ -62,9 +63,9 @@ def test_rerun_writes_nothing_and_a_changed_file_changes_the_key(
     ]
 
 
-def test_sample_ids_are_stable_across_runs(tmp_path: Path, sources: list[SourceSpec]) -> None:
-    a = prepare_corpus(sources, tmp_path / "a", **SETTINGS)
-    b = prepare_corpus(sources, tmp_path / "b", **SETTINGS)
+def test_sample_ids_are_stable_across_runs(tmp_path: Path, sources: list[CorpusSource]) -> None:
+    a = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "a")
+    b = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "b")
     assert a.key == b.key
     for shard in a.manifest.shards:
         assert (a.directory / shard.name).read_bytes() == (b.directory / shard.name).read_bytes()
@@ -85,13 +86,15 @@ def test_bad_input_is_a_value_error_and_leaves_nothing(
     src = tmp_path / ("in.jsonl" if fmt == "jsonl" else "in.txt")
     src.write_bytes(content)
     with pytest.raises(ValueError, match=message):
-        prepare_corpus([SourceSpec(src, "prose", fmt)], tmp_path / "cache", **SETTINGS)
+        prepare_corpus(CorpusSettings([CorpusSource(src, "prose", fmt)], **SETTINGS), tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*.parquet"))
 
 
 def test_missing_source_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist: fix corpus.sources"):
-        prepare_corpus([SourceSpec(tmp_path / "nope.jsonl", "prose")], tmp_path / "cache", **SETTINGS)
+        prepare_corpus(
+            CorpusSettings([CorpusSource(tmp_path / "nope.jsonl", "prose")], **SETTINGS), tmp_path / "cache"
+        )
 
 
 def test_parquet_and_saved_dataset_sources(tmp_path: Path) -> None:
@@ -101,9 +104,10 @@ def test_parquet_and_saved_dataset_sources(tmp_path: Path) -> None:
     pl.DataFrame(docs).write_parquet(tmp_path / "docs.parquet")
     datasets.Dataset.from_list(docs).save_to_disk(str(tmp_path / "ds"))
     out = prepare_corpus(
-        [SourceSpec(tmp_path / "docs.parquet", "a"), SourceSpec(tmp_path / "ds", "b")],
+        CorpusSettings(
+            [CorpusSource(tmp_path / "docs.parquet", "a"), CorpusSource(tmp_path / "ds", "b")], **SETTINGS
+        ),
         tmp_path / "cache",
-        **SETTINGS,
     )
     rows = pl.read_parquet(sorted(out.directory.rglob("*.parquet")))
     assert rows.group_by("domain").len().sort("domain")["len"].to_list() == [5, 5]

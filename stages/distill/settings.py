@@ -1,0 +1,162 @@
+"""The settings of stage two (``polyfuse distill``), the ``distill:`` section of the YAML config.
+
+Every default lives here, once: the pipeline hands this section to the loader and the recipe
+unchanged, and ``strategy`` is parsed once into its ``Strategy`` (strategies.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from stages.setting_rules import require
+
+STRATEGY_NAMES = (
+    "adaptive",
+    "min_ce",
+    "avg_ce",
+    "min_bpb",
+    "avg_bpb",
+    "uniform",
+    "single:NAME",
+    "authors",
+    "none",
+)
+"""Every fusion strategy (strategies.py has the table of what each does)."""
+
+
+@dataclass
+class DistillSettings:
+    """Stage two: fusion strategy, losses and the DeepSpeed training loop."""
+
+    choices: ClassVar[dict[str, tuple[str, ...]]] = {"strategy": STRATEGY_NAMES}
+    """Fields whose values are names, not a ``Literal``: `polyfuse config-help` lists them."""
+
+    strategy: str = "adaptive"
+    """The fusion strategy (the table of stages/distill/strategies.py): min_bpb / avg_bpb rank by
+    bits per byte (tokenizer-neutral), single:NAME names a teacher, none trains on CLM alone."""
+    target: Literal["renormalised", "residual", "sampled"] = "renormalised"
+    """The sparse teacher target (stages/align/sample.py): ``renormalised`` the stored top-k scaled
+    to sum 1 (FuseLLM; biased: every other token gets 0); ``residual`` the stored full-softmax
+    top-k probabilities plus one "rest" bucket holding 1 − Σ top-k; ``sampled`` the empirical
+    distribution of N tokens drawn from the full softmax (needs a cache extracted with
+    ``extract.draws`` = N, and that same setting here)."""
+    lam: float = 0.9
+    """λ: weight of the CLM loss; the fusion loss gets 1 − λ."""
+    beta: float = 0.5
+    """β: weight of the feedback (load-balancing) loss."""
+    tau: float = 0.15
+    """τ: selection threshold on the gate probabilities (the argmax is always kept)."""
+    gate_features: Literal["exp_neg_ce", "bits_per_byte", "all"] = "exp_neg_ce"
+    """Per-sample teacher features fed to the gate, each in [0, 1], higher is better:
+    `exp_neg_ce` exp(−ce) (the paper's); `bits_per_byte` 2^(−bits per byte) (tokenizer-neutral);
+    `all` four per teacher: exp(−ce), 2^(−bits per byte), topk_mass, exp(−entropy_topk), and a
+    first gate layer Linear(4K, 2K). The first feature is also the score min_ce / avg_ce rank by."""
+    fusion_trains_gate: bool = True
+    """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
+    gate_objective: Literal["fusion", "likelihood"] = "fusion"
+    """What trains the gate of ``adaptive`` besides the feedback loss. ``fusion`` (the paper's): the
+    fusion loss through the weights (by ``fusion_trains_gate``), which pulls weight toward the
+    teacher the student already imitates. ``likelihood``: the gate maximises the likelihood of the
+    training text under the weight-mixture of the teachers, over spans where every present
+    teacher has a token boundary (tokenizer-neutral, from the teacher caches alone); the fusion
+    loss then trains the student only (``fusion_trains_gate`` is ignored). With one teacher the
+    objective is a constant."""
+    feedback_scope: Literal["micro_batch", "step"] = "micro_batch"
+    """Over what the feedback loss sums gate importance: each micro-batch on its own, or the whole
+    optimizer step on every rank (earlier micro-batches and other ranks enter as constants)."""
+    vocab_map: Literal["prefix", "edit_distance"] = "prefix"
+    """How teacher ids map to student ids."""
+    aligner: Literal["offsets", "dtw"] = "offsets"
+    """How teacher positions map to student positions: ``offsets`` the teacher row that predicts
+    from the same character (stages/align/offsets.py); ``dtw`` FuseLLM's MinED dynamic time
+    warping over the token texts, hard pairs only (stages/align/dtw.py; aligns fewer rows and
+    costs more loader time, bench/results/align.md and distill.md)."""
+    lr: float = 2e-5
+    """Peak learning rate of the student (AdamW, cosine schedule with warmup)."""
+    gate_lr: float = 1e-3
+    """Learning rate of the gate (its own parameter group)."""
+    weight_decay: float = 0.0
+    """AdamW weight decay of the student."""
+    warmup_steps: int = 10
+    """Linear warm-up optimizer steps."""
+    max_steps: int = 100
+    """Optimizer steps to train."""
+    micro_batch_size: int = 2
+    """Samples per micro-batch per rank."""
+    grad_accum_steps: int = 4
+    """Micro-batches per optimizer step."""
+    max_seq_tokens: int = 1024
+    """Student sequence length cap (longer samples are truncated)."""
+    grad_clip: float = 1.0
+    """Gradient norm clipping."""
+    zero_stage: int = 2
+    """DeepSpeed ZeRO stage (0–3)."""
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    """Training dtype of the student (the gate and the rewards stay fp32)."""
+    loader_workers: int = 2
+    """DataLoader worker processes that read and align shards."""
+    checkpoint_every: int = 50
+    """Optimizer steps between checkpoints."""
+    log_every: int = 5
+    """Optimizer steps between log lines."""
+    deepspeed_config: str | None = None
+    """Path to a user's DeepSpeed JSON used instead of the one built from these fields (ZeRO and
+    precision settings; it may not hold ``optimizer`` or ``scheduler`` sections, which would replace
+    the two-group AdamW and the schedule)."""
+    adam_beta1: float = 0.9
+    """AdamW β1 of both parameter groups."""
+    adam_beta2: float = 0.95
+    """AdamW β2 of both parameter groups (FuseLLM's 0.95)."""
+    keep_checkpoints: int = 2
+    """Newest checkpoints kept under ``runs_dir/name/checkpoints``; older ones are deleted."""
+
+    def check(self) -> None:
+        require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
+        require(self.beta >= 0.0, "distill.beta", self.beta, "must be ≥ 0", "use 0.5")
+        require(0.0 <= self.tau < 1.0, "distill.tau", self.tau, "must be in [0, 1)", "use 0.15")
+        require(
+            self.zero_stage in (0, 1, 2, 3),
+            "distill.zero_stage",
+            self.zero_stage,
+            "must be 0, 1, 2 or 3",
+            "use 2",
+        )
+        for name in (
+            "max_steps",
+            "micro_batch_size",
+            "grad_accum_steps",
+            "max_seq_tokens",
+            "checkpoint_every",
+            "log_every",
+        ):
+            value = getattr(self, name)
+            require(value >= 1, f"distill.{name}", value, "must be at least 1", "use a positive integer")
+        require(
+            self.lr > 0 and self.gate_lr > 0,
+            "distill.lr/gate_lr",
+            (self.lr, self.gate_lr),
+            "must be positive",
+            "use e.g. 2e-5 and 1e-3",
+        )
+        require(
+            self.warmup_steps >= 0,
+            "distill.warmup_steps",
+            self.warmup_steps,
+            "must be ≥ 0",
+            "use e.g. 10 (0: no warm-up)",
+        )
+        require(
+            self.keep_checkpoints >= 1,
+            "distill.keep_checkpoints",
+            self.keep_checkpoints,
+            "must be at least 1",
+            "use 2",
+        )
+        for name in ("adam_beta1", "adam_beta2"):
+            value = getattr(self, name)
+            require(0.0 <= value < 1.0, f"distill.{name}", value, "must be in [0, 1)", "use 0.9 and 0.95")
+        require(self.grad_clip > 0, "distill.grad_clip", self.grad_clip, "must be positive", "use 1.0")
+        require(
+            self.loader_workers >= 0, "distill.loader_workers", self.loader_workers, "must be ≥ 0", "use 2"
+        )
