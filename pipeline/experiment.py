@@ -106,6 +106,13 @@ METHODS = {
             (("gate_objective", "likelihood"),),
             "gate trained on the text's likelihood under the teacher mixture, not the fusion loss",
         ),
+        Method(
+            "likelihood_no_feedback",
+            "adaptive",
+            (("gate_objective", "likelihood"), ("beta", 0.0)),
+            "ablation: the likelihood gate without the feedback (balance) loss",
+            ablation=True,
+        ),
     )
 }
 PROPOSED = "adaptive"

@@ -146,7 +146,7 @@ class StepStats:
         out: dict[str, Any] = {
             **{f"loss/{t}": float(s[t]) / micro for t in ("total", "clm", "fusion", "feedback")},
             "gate/cv2": float(s["feedback"]) / micro,
-            # L_gate of `gate_objective: likelihood` (nats per sample), only in runs that have it.
+            # L_gate of `gate_objective: likelihood` (nats per byte), only in runs that have it.
             **(
                 {"loss/gate_nll": float(s["gate_nll"]) / float(s["gate_nll_batches"])}
                 if float(s["gate_nll_batches"]) > 0

@@ -162,7 +162,7 @@ class FusionModule(nn.Module):
             feedback_weights=weights,
             feedback_importance=self.feedback_importance(weights),
             gate_nll=(
-                mixture_span_nll(weights, batch.span_loglik, batch.span_mask, batch.present)
+                mixture_span_nll(weights, batch.span_loglik, batch.span_mask, batch.present, batch.span_bytes)
                 if likelihood
                 else None
             ),

@@ -27,6 +27,11 @@ def test_hand_computed_value() -> None:
     got = mixture_span_nll(weights, span_loglik, span_mask, present)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, torch.tensor(expected))
+    # Per byte of the spans (training's unit): each sample's NLL over its own bytes; none: 0.
+    per_byte = mixture_span_nll(weights, span_loglik, span_mask, present, torch.tensor([8, 3]))
+    torch.testing.assert_close(per_byte, torch.tensor(-(sample0 / 8 + sample1 / 3) / 2))
+    no_bytes = mixture_span_nll(weights, span_loglik, span_mask, present, torch.tensor([8, 0]))
+    torch.testing.assert_close(no_bytes, torch.tensor(-(sample0 / 8) / 2))
 
 
 def test_empty_rows_give_zero_and_finite_gradients() -> None:

@@ -222,7 +222,7 @@ def test_likelihood_objective_trains_the_gate_by_the_span_nll_and_the_student_as
     module = module_for("adaptive", gate_objective="likelihood", beta=0.0)
     output = module(batch)
     weights = sample_weights(module.strategy, batch.scores, batch.present, gate=module.gate, tau=0.15)
-    gate_nll = mixture_span_nll(weights, batch.span_loglik, batch.span_mask, batch.present)
+    gate_nll = mixture_span_nll(weights, batch.span_loglik, batch.span_mask, batch.present, batch.span_bytes)
     torch.testing.assert_close(output.terms.gate_nll, gate_nll)
     expected = 0.9 * output.terms.clm + 0.1 * output.terms.fusion + gate_nll
     torch.testing.assert_close(output.terms.total, expected)
