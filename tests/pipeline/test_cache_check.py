@@ -14,15 +14,7 @@ from data_schemas.keys import sha256_file
 from data_schemas.manifest import read_manifest, write_entry, write_manifest
 from pipeline.cache_check import Repairs, TeacherCacheError, checked_teacher_shards
 from pipeline.distillation import resolve_stream_inputs
-from tests.stages.distill.fake_world import GEMMA, SMOLLM2, FakeWorld, fake_world
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> FakeWorld:
-    for folder in (SMOLLM2, GEMMA):
-        if not (folder / "tokenizer.json").is_file():
-            pytest.fail(f"{folder} is missing: run `make tokenizers`")
-    return fake_world(tmp_path_factory.getbasetemp() / "distill-world")
+from tests.stages.distill.fake_world import FakeWorld
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,16 @@ def damaged_copy(world: FakeWorld, tmp_path: Path) -> tuple[Path, Path]:
     return cache, write_config(config, tmp_path / "c.yaml")
 
 
+def teacher_dir(cache: Path, config: Path, name: str) -> Path:
+    """The cache directory of teacher `name` over the config's corpus."""
+    corpus_key = prepare_from_config(load_config(config)).key
+    return next(
+        p.parent
+        for p in (cache / "teachers").glob(f"*/{corpus_key}/manifest.json")
+        if read_manifest(p.parent).header["teacher"] == name
+    )
+
+
 def distill(config: Path, *args: str):
     return CliRunner().invoke(app, ["distill", "--config", str(config), *args])
 
@@ -78,12 +88,7 @@ def test_nan_shard_and_corrupt_entry_are_refused_before_any_model_loads(
     world, tmp_path, loaded_models
 ) -> None:
     cache, config = damaged_copy(world, tmp_path)
-    corpus_key = prepare_from_config(load_config(config)).key
-    smol = next(
-        p.parent
-        for p in (cache / "teachers").glob(f"*/{corpus_key}/manifest.json")
-        if read_manifest(p.parent).header["teacher"] == "smol"
-    )
+    smol = teacher_dir(cache, config, "smol")
     write_nan_shard(smol / "shard-00000.parquet")
     result = distill(config)
     assert result.exit_code == 1 and "teacher 'smol'" in result.output and "NaN/inf scores" in result.output
@@ -294,12 +299,7 @@ def test_a_teacher_shard_without_target_logprobs_is_refused_before_any_model_loa
     import pyarrow.parquet as pq
 
     cache, config = damaged_copy(world, tmp_path)
-    corpus_key = prepare_from_config(load_config(config)).key
-    smol = next(
-        p.parent
-        for p in (cache / "teachers").glob(f"*/{corpus_key}/manifest.json")
-        if read_manifest(p.parent).header["teacher"] == "smol"
-    )
+    smol = teacher_dir(cache, config, "smol")
     shard = smol / "shard-00000.parquet"
     table = pq.read_table(shard)
     targets = [n for n in table.column_names if n.startswith("target_")]
