@@ -76,6 +76,7 @@ def sparse_fusion_clm(logits: torch.Tensor, x: dict[str, torch.Tensor]) -> torch
     one logsumexp and one gather of the K·k supports and the CLM targets."""
     from stages.distill.batch import FusionBatch
     from stages.distill.model import micro_batch_losses
+    from stages.distill.settings import DistillSettings
 
     batch = FusionBatch(
         sample_ids=(),
@@ -95,8 +96,12 @@ def sparse_fusion_clm(logits: torch.Tensor, x: dict[str, torch.Tensor]) -> torch
         span_loglik=torch.zeros((*x["weights"].shape, 0)),
         span_mask=torch.zeros((x["weights"].shape[0], 0), dtype=torch.bool),
         span_bytes=torch.zeros(x["weights"].shape[0], dtype=torch.int64),
+        row_chunk=torch.full(x["input_ids"].shape, -1, dtype=torch.int64),
+        chunk_space=torch.zeros((*x["weights"].shape, 0)),
+        chunk_end_row=torch.zeros((x["weights"].shape[0], 0), dtype=torch.int64),
     )
-    return micro_batch_losses(logits, batch, x["weights"], lam=0.9, beta=0.5).terms.total
+    terms = {"clm": 0.9, "fusion": 0.1, "feedback": 0.5}
+    return micro_batch_losses(logits, batch, terms, DistillSettings(), weights=x["weights"]).losses.total
 
 
 def dense_fusion_clm(logits: torch.Tensor, x: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -294,13 +299,8 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
             student,
             parse_strategy(strategy, names),
             len(names),
-            lam=d.lam,
-            beta=d.beta,
-            tau=d.tau,
-            fusion_trains_gate=d.fusion_trains_gate,
-            feedback_scope=d.feedback_scope,
+            d,
             num_features=feature_count(d.gate_features),
-            gate_objective=d.gate_objective,
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),
@@ -329,7 +329,7 @@ def measure_step_time(config: Any, inputs: Any, *, rounds: int, warmup: int = 1)
             engine = engines[name]
             start, cpu_start = time.perf_counter(), time.process_time()
             output = engine(batch)
-            engine.backward(output.terms.total)
+            engine.backward(output.losses.total)
             engine.step()
             if i >= warmup:
                 times[name].append(time.perf_counter() - start)

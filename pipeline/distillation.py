@@ -223,6 +223,8 @@ def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size:
         target=config.distill.target,
         gate_objective=config.distill.gate_objective,
         aligner=config.distill.aligner,
+        objective=config.distill.objective,
+        space_threshold=config.distill.chunk_space_threshold,
         rank=rank,
         world_size=world_size,
         seed=config.seed,
@@ -275,6 +277,6 @@ def loss_line(run: DistillRun) -> str:
     """The loss terms of the last log window, one line."""
     m = run.final_metrics
     terms = ", ".join(
-        f"{t} {m[f'loss/{t}']:.4f}" for t in ("total", "clm", "fusion", "feedback") if f"loss/{t}" in m
+        f"{key.removeprefix('loss/')} {value:.4f}" for key, value in m.items() if key.startswith("loss/")
     )
     return f"losses (last window): {terms or 'none logged'}"

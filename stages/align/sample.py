@@ -30,7 +30,15 @@ import numpy as np
 
 from stages.align.offsets import RowAlignment, align_rows_by_offsets
 
-__all__ = ["TARGETS", "AlignedTargets", "align_sample", "relative_mass", "renormalise", "residual_target"]
+__all__ = [
+    "TARGETS",
+    "AlignedTargets",
+    "align_sample",
+    "no_targets",
+    "relative_mass",
+    "renormalise",
+    "residual_target",
+]
 
 TARGETS = ("renormalised", "residual")
 """Target kinds built here; `distill.target=sampled` is `residual` over a cache of drawn tokens."""
@@ -142,6 +150,21 @@ def align_sample(
         mapped_mass=float(fraction.sum()),
         n_candidates=m * k,
         n_unmapped=int((~mapped).sum()),
+    )
+
+
+def no_targets(n_rows: int) -> AlignedTargets:
+    """A present teacher with no token-level target at any of `n_rows` rows (support width 0):
+    what objectives that compare teachers beyond single tokens (`chunk`) give the batch."""
+    return AlignedTargets(
+        support_ids=np.zeros((n_rows, 0), dtype=np.int64),
+        support_probs=np.zeros((n_rows, 0), dtype=np.float32),
+        rest_mass=np.zeros(n_rows, dtype=np.float32),
+        available=np.zeros(n_rows, dtype=bool),
+        n_aligned=0,
+        mapped_mass=0.0,
+        n_candidates=0,
+        n_unmapped=0,
     )
 
 

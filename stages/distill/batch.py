@@ -4,7 +4,9 @@ Index convention (losses.py): row j predicts token j+1. A sample of n student to
 rows; `AlignedTargets` arrays of the align stage are already `[n − 1, k]`, so collation only pads
 them to the batch's longest sample T (rows n − 1 … T − 1 stay unavailable). The spans of the
 `likelihood` gate objective and the gate diagnostics (stages/align/spans.py) are padded the same
-way, to the batch's most spans S.
+way, to the batch's most spans S. Under the `chunk` objective the spans are the chunks
+(stages/align/chunks.py: boundaries of the student and every present teacher), so the gate and the
+chunk loss read the same ones.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, fields, replace
 import numpy as np
 import torch
 
+from stages.align.chunks import Chunks
 from stages.align.sample import AlignedTargets
 
 
@@ -39,6 +42,11 @@ class AlignedSample:
     `likelihood` gate objective, gate diagnostics), 0 where absent; None: not computed (S = 0)."""
     span_bytes: int = 0
     """UTF-8 bytes of the text the spans cover (0 without spans)."""
+    chunks: Chunks | None = None
+    """Under the `chunk` objective: the sample's chunks (then `span_loglik` holds their teacher
+    log-likelihoods, one row per teacher, and `span_bytes` their bytes); None otherwise."""
+    present_rows: tuple[int, ...] = ()
+    """With `chunks`: the teacher index of each row of `chunks`' `[K', C]` arrays."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +92,13 @@ class FusionBatch:
     """[B, S] bool, true on sample b's real spans."""
     span_bytes: torch.Tensor
     """[B] int64 UTF-8 bytes the spans of sample b cover (the gate diagnostics' bits per byte)."""
+    row_chunk: torch.Tensor
+    """[B, T] int64 the chunk (span) of row j's next token under the `chunk` objective, −1 outside
+    every chunk, on padding and under other objectives."""
+    chunk_space: torch.Tensor
+    """[B, K, S] float32 log σ_k at each chunk's end (the bias correction), 0 where none applies."""
+    chunk_end_row: torch.Tensor
+    """[B, S] int64 the student row after each chunk (whose σ the student adds), −1: none."""
 
     @property
     def scores(self) -> torch.Tensor:
@@ -128,6 +143,9 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
     span_loglik = np.zeros((batch, num_teachers, num_spans), dtype=np.float32)
     span_mask = np.zeros((batch, num_spans), dtype=bool)
     span_bytes = np.array([s.span_bytes for s in samples], dtype=np.int64)
+    row_chunk = np.full((batch, length), -1, dtype=np.int64)
+    chunk_space = np.zeros((batch, num_teachers, num_spans), dtype=np.float32)
+    chunk_end_row = np.full((batch, num_spans), -1, dtype=np.int64)
     aligned_rows = np.zeros(num_teachers, dtype=np.int64)
     mapped_mass = np.zeros(num_teachers, dtype=np.float64)
     student_rows = 0
@@ -151,6 +169,11 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
             spans = sample.span_loglik.shape[1]
             span_loglik[b, :, :spans] = sample.span_loglik
             span_mask[b, :spans] = True
+        if sample.chunks is not None:
+            chunks = sample.chunks
+            row_chunk[b, : n - 1] = chunks.row_chunk
+            chunk_space[b, list(sample.present_rows), : chunks.count] = chunks.teacher_space
+            chunk_end_row[b, : chunks.count] = chunks.end_row
         for k, targets in enumerate(sample.teachers):
             if targets is None:
                 continue
@@ -184,4 +207,7 @@ def collate_samples(samples: Sequence[AlignedSample], num_teachers: int) -> Fusi
         span_loglik=torch.from_numpy(span_loglik),
         span_mask=torch.from_numpy(span_mask),
         span_bytes=torch.from_numpy(span_bytes),
+        row_chunk=torch.from_numpy(row_chunk),
+        chunk_space=torch.from_numpy(chunk_space),
+        chunk_end_row=torch.from_numpy(chunk_end_row),
     )

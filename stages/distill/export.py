@@ -103,6 +103,8 @@ def summarize_run(
         total = sum(r[weight] for r in records)
         return sum(r[key] * r[weight] for r in records) / total if total else 0.0
 
+    # The run's loss terms (loss_terms.py): every record of a run logs the same ones.
+    loss_keys = [key for key in (records[-1] if records else {}) if key.startswith("loss/")]
     per_teacher = {
         name: {
             "mean_w": by("samples", f"gate/mean_w/{name}"),
@@ -120,5 +122,5 @@ def summarize_run(
         "selected_count_hist": hist,
         "teachers": per_teacher,
         "final": records[-1] if records else {},
-        "mean_loss": {t: by("samples", f"loss/{t}") for t in ("total", "clm", "fusion", "feedback")},
+        "mean_loss": {key.removeprefix("loss/"): by("samples", key) for key in loss_keys},
     }

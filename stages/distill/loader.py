@@ -41,8 +41,9 @@ from torch.utils.data import IterableDataset, get_worker_info
 from data_schemas.corpus_shard import CORPUS_SCHEMA
 from data_schemas.parquet_io import check_schema
 from data_schemas.teacher_shard import TeacherSample, decode_table, read_teacher_shard
+from stages.align.chunks import ChunkTeacher, chunk_sample
 from stages.align.dtw import align_rows_by_dtw
-from stages.align.sample import align_sample
+from stages.align.sample import AlignedTargets, align_sample, no_targets
 from stages.align.spans import common_boundaries, span_logliks
 from stages.align.token_text import build_token_table
 from stages.distill.batch import AlignedSample, FusionBatch, collate_samples
@@ -138,6 +139,9 @@ class FusionStream(IterableDataset):
         target: the sparse target kind, one of `TARGET_KINDS` (stages/align/sample.py): `sampled`
             reads caches of drawn tokens, the others top-k caches.
         gate_objective: one of `GATE_OBJECTIVES`; `likelihood` adds the span log-likelihoods.
+        objective: `distill.objective`; `chunk` builds chunks instead of token-level targets.
+        space_threshold: under `chunk`, merge chunks until every teacher's σ exceeds it and add
+            log σ at their ends; None: plain chunks (stages/align/chunks.py).
         aligner: `offsets` (same-character rows) or `dtw` (FuseLLM's MinED DTW over the token
             texts, which needs every teacher's `token_texts`); `align_sample` either way.
         rank, world_size: this process's place in the job.
@@ -157,6 +161,8 @@ class FusionStream(IterableDataset):
         target: str,
         gate_objective: str,
         aligner: str,
+        objective: str,
+        space_threshold: float | None,
         rank: int,
         world_size: int,
         seed: int,
@@ -178,6 +184,8 @@ class FusionStream(IterableDataset):
                 "distill.aligner=dtw needs every teacher's token_texts (pipeline/distillation.py)"
             )
         self.aligner = aligner
+        self.objective = objective
+        self.space_threshold = space_threshold
         own = list(corpus_shards)[rank::world_size]
         if not own:
             raise ValueError(
@@ -263,45 +271,76 @@ class FusionStream(IterableDataset):
         )
         samples = []
         for (sample_id, text, teacher_rows), student in zip(rows, tokenized, strict=True):
-            targets = []
+            targets: list[AlignedTargets | None] = []
             features = np.zeros((len(self.teachers), self.num_features), np.float32)
             for k, (source, teacher) in enumerate(zip(self.teachers, teacher_rows, strict=True)):
                 values = teacher_features(teacher, self.features) if teacher is not None else None
                 if values is None or not np.isfinite(values).all() or len(student.ids) < 2:
                     targets.append(None)
                     continue
-                if (teacher.draw_counts is not None) != (self.target == "sampled"):
-                    raise RuntimeError(
-                        f"teacher {source.name}'s cache holds "
-                        f"{'drawn tokens' if teacher.draw_counts is not None else 'top-k rows'}, but "
-                        f"distill.target is {self.target}: use the cache extract.draws selects"
-                    )
-                targets.append(
-                    align_sample(
-                        student.ends,
-                        teacher.token_ends,
-                        teacher.topk_ids,
-                        teacher.topk_logprobs,
-                        source.vocab_map,
-                        # drawn tokens: their empirical distribution, unmapped draws in the rest
-                        target="residual" if self.target == "sampled" else self.target,
-                        alignment=reader.dtw_alignment(source, teacher, student.ids)
-                        if self.aligner == "dtw"
-                        else None,
-                    )
-                )
+                targets.append(self._targets(reader, source, teacher, student))
                 features[k] = values
             # Teachers left out above (no data, non-finite features) are absent here too.
             used = [t if a is not None else None for t, a in zip(teacher_rows, targets, strict=True)]
             bits_per_byte = np.array([np.inf if t is None else t.bits_per_byte for t in used], np.float32)
-            spans = self.gate_objective == "likelihood" or len(self.teachers) >= 2
-            span_loglik, span_bytes = present_span_logliks(used, text) if spans else (None, 0)
+            chunks, present_rows = None, ()
+            if self.objective == "chunk":
+                chunks, present_rows = self._chunks(text, student, used)
+                span_loglik = np.zeros((len(self.teachers), chunks.count), np.float32)
+                span_loglik[list(present_rows)] = chunks.teacher_loglik
+                span_bytes = chunks.covered_bytes
+            elif self.gate_objective == "likelihood" or len(self.teachers) >= 2:
+                span_loglik, span_bytes = present_span_logliks(used, text)
+            else:
+                span_loglik, span_bytes = None, 0
             samples.append(
                 AlignedSample(
-                    sample_id, student.ids, tuple(targets), features, bits_per_byte, span_loglik, span_bytes
+                    sample_id,
+                    student.ids,
+                    tuple(targets),
+                    features,
+                    bits_per_byte,
+                    span_loglik,
+                    span_bytes,
+                    chunks,
+                    present_rows,
                 )
             )
         return collate_samples(samples, len(self.teachers))
+
+    def _targets(
+        self, reader: _ShardReader, source: TeacherSource, teacher: TeacherSample, student
+    ) -> AlignedTargets:
+        """One present teacher's token-level targets at the student's rows (none under `chunk`)."""
+        if self.objective == "chunk":
+            return no_targets(len(student.ids) - 1)
+        if (teacher.draw_counts is not None) != (self.target == "sampled"):
+            raise RuntimeError(
+                f"teacher {source.name}'s cache holds "
+                f"{'drawn tokens' if teacher.draw_counts is not None else 'top-k rows'}, but "
+                f"distill.target is {self.target}: use the cache extract.draws selects"
+            )
+        return align_sample(
+            student.ends,
+            teacher.token_ends,
+            teacher.topk_ids,
+            teacher.topk_logprobs,
+            source.vocab_map,
+            # drawn tokens: their empirical distribution, unmapped draws in the rest
+            target="residual" if self.target == "sampled" else self.target,
+            alignment=reader.dtw_alignment(source, teacher, student.ids) if self.aligner == "dtw" else None,
+        )
+
+    def _chunks(self, text: str, student, used: Sequence[TeacherSample | None]):
+        """(the sample's chunks over the student and the present teachers, their teacher indices)."""
+        present = [(k, t) for k, t in enumerate(used) if t is not None]
+        correct = self.space_threshold is not None
+        teachers = [
+            ChunkTeacher(t.token_ends, t.target_logprobs, t.truncated, t.space_logprobs if correct else None)
+            for _, t in present
+        ]
+        chunks = chunk_sample(text, student.ends, student.truncated, teachers, self.space_threshold)
+        return chunks, tuple(k for k, _ in present)
 
 
 def present_span_logliks(teachers: Sequence[TeacherSample | None], text: str) -> tuple[np.ndarray, int]:

@@ -1,30 +1,16 @@
-"""Student-side losses of DESIGN.md §6: the log-normaliser, CLM, feedback (CV²) and the total.
+"""Student-side losses of DESIGN.md §6: the log-normaliser, CLM and the feedback loss (CV²).
 
 Index convention (shared with fusion.py and the loader): row j of the student logits predicts
 the token at j+1. `loss_mask[b, j]` is true iff `input_ids[b, j+1]` is a real token, i.e. row j
 has a real next-token target; teacher rows `[b, k, j]` are indexed the same way (distribution of
 the token at j+1), so logits, teacher rows and `loss_mask` line up with no further shift.
 
-Gradient routing: L = λ·L_CLM + (1−λ)·L_fuse + β·L_feed. L_feed depends only on the gate
-weights, L_CLM only on the student, and L_fuse on both, so one backward of the total sends
-λ·CLM + (1−λ)·fusion to the student and β·feedback (+ (1−λ)·fusion through w, unless the caller
-detaches w, see `fuse_position_weights`) to the gate. Under `gate_objective: likelihood` the
-caller detaches w in the fusion loss and adds L_gate (gate_objective.py), which depends on the
-gate alone. A micro-batch reads, top to bottom:
-
-    lse = position_logsumexp(logits)                      # one logsumexp over V, shared
-    clm = clm_loss(logits, input_ids, loss_mask, lse=lse)
-    w = sample_weights(strategy, scores, present, gate=gate, tau=tau)
-    fused = fusion_cross_entropy(logits, support_ids, support_probs,
-                                 fuse_position_weights(w if fusion_trains_gate else w.detach(),
-                                                       available), loss_mask, lse=lse)
-    terms = combine_losses(clm, fused.loss, feedback_loss(importance(w)),
-                           lam=lam, beta=beta)      # `none`: CLM alone, λ = 1
+The terms these functions compute are weighted and summed in loss_terms.py (one function and
+one weight per term); gradient routing: L_clm reaches the student only, L_feed the gate only, and
+a distillation term both unless the caller detaches the sample weights w it reads.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -157,49 +143,3 @@ def feedback_loss(importance: torch.Tensor) -> torch.Tensor:
     if importance.numel() < 2:
         return importance.sum() * 0.0
     return importance.var(unbiased=True) / (importance.mean() ** 2 + FEEDBACK_EPS)
-
-
-@dataclass(frozen=True)
-class LossTerms:
-    """The loss terms of a micro-batch and their weighted total (all scalar tensors)."""
-
-    clm: torch.Tensor
-    fusion: torch.Tensor
-    feedback: torch.Tensor
-    total: torch.Tensor
-    gate_nll: torch.Tensor | None = None
-    """L_gate of `gate_objective: likelihood` (in the total with weight 1), else None."""
-
-    def detached(self) -> dict[str, float]:
-        """Python floats for logging (one host sync for all terms); `gate_nll` only when there is one."""
-        names = ["clm", "fusion", "feedback", "total"]
-        terms = [self.clm, self.fusion, self.feedback, self.total]
-        if self.gate_nll is not None:
-            names.append("gate_nll")
-            terms.append(self.gate_nll)
-        values = torch.stack([t.detach().float() for t in terms])
-        return dict(zip(names, values.tolist(), strict=True))
-
-
-def combine_losses(
-    clm: torch.Tensor,
-    fusion: torch.Tensor,
-    feedback: torch.Tensor,
-    *,
-    lam: float,
-    beta: float,
-    gate_nll: torch.Tensor | None = None,
-) -> LossTerms:
-    """L = λ·L_CLM + (1−λ)·L_fuse + β·L_feed (+ L_gate) (DESIGN.md: λ = 0.9, β = 0.5; λ = 1 for `none`).
-
-    `gate_nll` (the `likelihood` gate objective) depends on the gate only, so adding it with weight
-    1 changes no student gradient; pass it only where it trains a gate.
-    """
-    if not 0.0 <= lam <= 1.0:
-        raise ValueError(f"lam (the CLM weight) must be in [0, 1], got {lam}")
-    if beta < 0.0:
-        raise ValueError(f"beta (the feedback-loss weight) must be >= 0, got {beta}")
-    total = lam * clm + (1.0 - lam) * fusion + beta * feedback
-    if gate_nll is not None:
-        total = total + gate_nll
-    return LossTerms(clm=clm, fusion=fusion, feedback=feedback, total=total, gate_nll=gate_nll)

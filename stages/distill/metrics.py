@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,22 @@ import torch.nn.functional as F
 
 from stages.distill.batch import FusionBatch
 from stages.distill.gate_diagnostics import contested, em_mixture_weights, mixture_bits, oracle_teacher
+from stages.distill.loss_terms import TERMS
 from stages.distill.model import FusionOutput
 
 
 class StepStats:
-    """Sums over the micro-batches since the last log line (reset by `summary`)."""
+    """Sums over the micro-batches since the last log line (reset by `summary`).
 
-    def __init__(self, teacher_names: Sequence[str]) -> None:
+    Args:
+        teacher_names: the K teachers, for the per-teacher keys.
+        terms: the run's loss terms (name → weight, `loss_terms.term_weights`): each logs
+            `loss/NAME` and the rates its `LossTerm` declares.
+    """
+
+    def __init__(self, teacher_names: Sequence[str], terms: Mapping[str, float]) -> None:
         self.teacher_names = list(teacher_names)
+        self.terms = list(terms)
         self.reset()
 
     def reset(self) -> None:
@@ -34,17 +42,11 @@ class StepStats:
         # One flat float64 vector so that all ranks' sums travel in one all-reduce.
         self._layout = {
             "micro_batches": 1,
-            "clm": 1,
-            "fusion": 1,
-            "feedback": 1,
             "total": 1,
-            "gate_nll": 1,
-            "gate_nll_batches": 1,
             "tokens": 1,
             "samples": 1,
             "student_rows": 1,
-            "fused_positions": 1,
-            "entropy_weighted": 1,
+            **{f"{name}/{stat}": 1 for name in self.terms for stat in ("loss", *TERMS[name].stats)},
             "weight_sum": k,
             "selected": k,
             "present": k,
@@ -74,18 +76,17 @@ class StepStats:
 
     def add(self, batch: FusionBatch, output: FusionOutput) -> None:
         """Count one micro-batch (call after its forward)."""
-        terms = output.terms.detached()
+        losses = output.losses
+        terms = losses.detached()
         weights = output.weights.detach().to("cpu", torch.float64)
-        fused = float(output.fused_positions)
         values = {
             "micro_batches": 1.0,
-            **terms,
-            "gate_nll_batches": float("gate_nll" in terms),
+            "total": terms["total"],
+            **{f"{name}/loss": terms[name] for name in self.terms},
+            **{key: float(stat) for key, stat in losses.stats.items()},
             "tokens": float(batch.num_tokens),
             "samples": float(len(batch.sample_ids)),
             "student_rows": float(batch.student_rows),
-            "fused_positions": fused,
-            "entropy_weighted": float(output.target_entropy) * fused,
         }
         for name, value in values.items():
             self._sums[self._slot(name)] += value
@@ -142,26 +143,22 @@ class StepStats:
         micro = max(float(s["micro_batches"]), 1.0)
         samples = max(float(s["samples"]), 1.0)
         rows = max(float(s["student_rows"]), 1.0)
-        fused = float(s["fused_positions"])
         out: dict[str, Any] = {
-            **{f"loss/{t}": float(s[t]) / micro for t in ("total", "clm", "fusion", "feedback")},
-            "gate/cv2": float(s["feedback"]) / micro,
-            # L_gate of `gate_objective: likelihood` (nats per byte), only in runs that have it.
-            **(
-                {"loss/gate_nll": float(s["gate_nll"]) / float(s["gate_nll_batches"])}
-                if float(s["gate_nll_batches"]) > 0
-                else {}
-            ),
+            "loss/total": float(s["total"]) / micro,
+            **{f"loss/{name}": float(s[f"{name}/loss"]) / micro for name in self.terms},
             **{f"lr/{group}": lr for group, lr in lrs.items()},
             "throughput/tokens_per_s": float(s["tokens"]) / elapsed,
             "throughput/samples_per_s": float(s["samples"]) / elapsed,
-            "fusion/fused_rate": fused / rows,
-            "fusion/target_entropy": float(s["entropy_weighted"]) / fused if fused else 0.0,
             "gate/selected_hist": [int(v) for v in s["selected_hist"].tolist()],
             "tokens": int(s["tokens"]),
             "samples": int(s["samples"]),
             "student_rows": int(s["student_rows"]),
         }
+        for name in self.terms:
+            for key, (numerator, denominator) in TERMS[name].rates.items():
+                top = float(s[f"{name}/{numerator}"])
+                bottom = float(s[denominator] if denominator in s else s[f"{name}/{denominator}"])
+                out[key] = top / bottom if bottom else 0.0
         out.update(_gate_diagnostics_summary(s))
         for k, name in enumerate(self.teacher_names):
             aligned = float(s["aligned_rows"][k])

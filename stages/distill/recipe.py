@@ -32,6 +32,7 @@ from stages.distill import engine as ds
 from stages.distill.batch import FusionBatch
 from stages.distill.export import summarize_run, write_export
 from stages.distill.loader import feature_count
+from stages.distill.loss_terms import term_weights
 from stages.distill.metrics import MetricsLogger, SampleLog, StepStats
 from stages.distill.model import FusionModule, FusionOutput
 from stages.distill.run_state import (
@@ -113,6 +114,8 @@ class DistillRecipe:
         assert self.strategy.teacher_index is None or (
             self.teacher_names[self.strategy.teacher_index] == self.strategy.teacher
         ), "single:NAME was parsed against the stream's teachers"
+        self.terms = term_weights(settings, self.strategy)
+        """The loss terms this run computes, name → weight (loss_terms.py)."""
         self.checkpoint_dir = run.run_dir / "checkpoints"
         self.step = 0
         self.batches_consumed = 0
@@ -135,13 +138,9 @@ class DistillRecipe:
             student,
             self.strategy,
             len(self.teacher_names),
-            lam=cfg.lam,
-            beta=cfg.beta,
-            tau=cfg.tau,
-            fusion_trains_gate=cfg.fusion_trains_gate,
-            feedback_scope=cfg.feedback_scope,
+            cfg,
             num_features=feature_count(cfg.gate_features),
-            gate_objective=cfg.gate_objective,
+            space_mask=student_space_mask(run.student_path, student) if "chunk" in self.terms else None,
         )
         optimizer = ds.build_optimizer(
             module.student_parameters(),
@@ -185,7 +184,7 @@ class DistillRecipe:
             progress=run.progress,
             tensorboard=run.tensorboard,
         )
-        self.stats = StepStats(self.teacher_names)
+        self.stats = StepStats(self.teacher_names, self.terms)
         self.sample_log = SampleLog(run.run_dir / "logs", self.dist.rank, start_step=self.step)
         self.loader = DataLoader(
             self.stream,  # type: ignore[arg-type]  (an IterableDataset)
@@ -208,7 +207,7 @@ class DistillRecipe:
                 batch: FusionBatch = next(batches)
                 output: FusionOutput = self.engine(batch.to(self.engine.device), generator=self.authors_rng)
                 self._check_finite(output, batch)
-                self.engine.backward(output.terms.total)
+                self.engine.backward(output.losses.total)
                 self.engine.step()
                 self.batches_consumed += 1
                 self.stats.add(batch, output)
@@ -220,7 +219,7 @@ class DistillRecipe:
             )
             elapsed = time.perf_counter() - window_started
             self.metrics.progress(
-                self.step, output.terms.detached(), window_tokens * self.dist.world_size / max(elapsed, 1e-9)
+                self.step, output.losses.detached(), window_tokens * self.dist.world_size / max(elapsed, 1e-9)
             )
             window_started, window_tokens = time.perf_counter(), 0
             checkpoint_now = self.step % cfg.checkpoint_every == 0 or self.step == stop
@@ -238,12 +237,12 @@ class DistillRecipe:
         }
 
     def _check_finite(self, output: FusionOutput, batch: FusionBatch) -> None:
-        bad = (~torch.isfinite(output.terms.total.detach())).to(torch.float32).reshape(1)
+        bad = (~torch.isfinite(output.losses.total.detach())).to(torch.float32).reshape(1)
         if self.dist.world_size > 1:
             torch.distributed.all_reduce(bad)  # every rank stops together, none hangs in backward
         if bad.item() == 0:
             return
-        terms = output.terms.detached()
+        terms = output.losses.detached()
         where = (
             f"the last good checkpoint is {self.last_checkpoint}; resume from it with `polyfuse distill "
             "--resume` after lowering distill.lr"
@@ -328,7 +327,17 @@ class DistillRecipe:
         """What a resumed run must share with its checkpoint: the loss and optimiser settings. A
         resume that changed them would silently train a run no single setting describes."""
         c = self.cfg
-        names = ("lam", "beta", "tau", "lr", "gate_lr", "weight_decay", "warmup_steps", "max_steps")
+        names = (
+            "objective",
+            "lam",
+            "beta",
+            "tau",
+            "lr",
+            "gate_lr",
+            "weight_decay",
+            "warmup_steps",
+            "max_steps",
+        )
         names += ("micro_batch_size", "grad_accum_steps", "gate_features", "feedback_scope", "gate_objective")
         return {
             **{n: getattr(c, n) for n in names},
@@ -380,6 +389,15 @@ class DistillRecipe:
             # Unhooks the ZeRO optimizer: its backward hooks otherwise keep the engine, the student
             # and the optimizer states (≈ 2 GB for a 135M student) alive for the whole process.
             engine.destroy()
+
+
+def student_space_mask(student_path: Path, student: torch.nn.Module) -> torch.Tensor:
+    """`[V]` bool: the student's ids that start a new word (token_text.space_mask), V its logits' width."""
+    from stages.align.token_text import build_token_table, space_mask
+    from stages.tokenization import load_tokenizer
+
+    width = student.get_output_embeddings().weight.shape[0]
+    return torch.from_numpy(space_mask(build_token_table(load_tokenizer(student_path)), width))
 
 
 def run_distill(settings: DistillSettings, run: RecipeRun, stream: BatchStream) -> DistillResult:

@@ -41,10 +41,23 @@ class DistillSettings:
     top-k probabilities plus one "rest" bucket holding 1 − Σ top-k; ``sampled`` the empirical
     distribution of N tokens drawn from the full softmax (needs a cache extracted with
     ``extract.draws`` = N, and that same setting here)."""
+    objective: Literal["fusion", "chunk"] = "fusion"
+    """The distillation loss term (stages/distill/loss_terms.py), weighted 1 − λ: ``fusion`` the
+    cross-entropy against the mixture of the teachers' top-k mapped to student ids (DESIGN.md §6);
+    ``chunk`` chunk-level likelihood matching (ALM, stages/distill/chunk_loss.py): on stretches
+    of text that the student and every teacher start and end at a token boundary, the student's
+    log-likelihood against the teachers' mixture, with nothing mapped and no row dropped."""
+    chunk_temperature: float = 100.0
+    """τ_c of the `chunk` objective: the binarisation temperature of ALM (tokenkit's 100)."""
+    chunk_space_threshold: float | None = 0.1
+    """The `chunk` objective's tokenisation-bias correction: chunks are merged until every
+    teacher's σ (the probability that the next token starts a new word, stored by stage one) at
+    the chunk's end exceeds this, and log σ is added on both sides (tokenkit's 0.1). null: plain
+    chunks, no correction (a cache without σ then serves)."""
     lam: float = 0.9
-    """λ: weight of the CLM loss; the fusion loss gets 1 − λ."""
+    """λ: weight of the CLM loss; the distillation term (`objective`) gets 1 − λ."""
     beta: float = 0.5
-    """β: weight of the feedback (load-balancing) loss."""
+    """β: weight of the feedback (load-balancing) loss, where a gate trains (`adaptive`)."""
     tau: float = 0.15
     """τ: selection threshold on the gate probabilities (the argmax is always kept)."""
     gate_features: Literal["exp_neg_ce", "bits_per_byte", "all"] = "exp_neg_ce"
@@ -115,6 +128,20 @@ class DistillSettings:
         require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
         require(self.beta >= 0.0, "distill.beta", self.beta, "must be ≥ 0", "use 0.5")
         require(0.0 <= self.tau < 1.0, "distill.tau", self.tau, "must be in [0, 1)", "use 0.15")
+        require(
+            self.chunk_temperature > 0,
+            "distill.chunk_temperature",
+            self.chunk_temperature,
+            "must be positive",
+            "use 100",
+        )
+        require(
+            self.chunk_space_threshold is None or 0.0 < self.chunk_space_threshold < 1.0,
+            "distill.chunk_space_threshold",
+            self.chunk_space_threshold,
+            "must be in (0, 1) or null",
+            "use 0.1, or null for no bias correction",
+        )
         require(
             self.zero_stage in (0, 1, 2, 3),
             "distill.zero_stage",

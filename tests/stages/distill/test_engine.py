@@ -12,6 +12,7 @@ import torch
 
 from stages.distill import engine as ds
 from stages.distill.model import FusionModule
+from stages.distill.settings import DistillSettings
 from stages.distill.strategies import parse_strategy
 
 
@@ -96,13 +97,8 @@ def fusion_module(tiny_student: Path) -> FusionModule:
         student,
         parse_strategy("adaptive"),
         3,
-        lam=0.9,
-        beta=0.5,
-        tau=0.15,
-        fusion_trains_gate=True,
-        feedback_scope="micro_batch",
+        DistillSettings(),
         num_features=1,
-        gate_objective="fusion",
     )
 
 

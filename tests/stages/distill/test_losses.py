@@ -9,7 +9,6 @@ import torch
 
 from stages.distill.losses import (
     clm_loss,
-    combine_losses,
     feedback_loss,
     importance,
     position_logsumexp,
@@ -101,15 +100,3 @@ def test_feedback_loss_all_zero_importance_is_zero() -> None:
 def test_importance_sums_weights_over_samples() -> None:
     weights = torch.tensor([[0.5, 0.5, 0.0], [0.0, 0.25, 0.75]])
     torch.testing.assert_close(importance(weights), torch.tensor([0.5, 0.75, 0.75]))
-
-
-def test_combine_losses_weights_terms() -> None:
-    terms = combine_losses(torch.tensor(2.0), torch.tensor(4.0), torch.tensor(1.0), lam=0.9, beta=0.5)
-    torch.testing.assert_close(terms.total, torch.tensor(0.9 * 2.0 + 0.1 * 4.0 + 0.5 * 1.0))
-    assert terms.detached() == pytest.approx({"clm": 2.0, "fusion": 4.0, "feedback": 1.0, "total": 2.7})
-
-
-@pytest.mark.parametrize(("lam", "beta"), [(-0.1, 0.5), (1.5, 0.5), (0.9, -1.0)])
-def test_combine_losses_rejects_bad_coefficients(lam: float, beta: float) -> None:
-    with pytest.raises(ValueError, match="must be"):
-        combine_losses(torch.tensor(0.0), torch.tensor(0.0), torch.tensor(0.0), lam=lam, beta=beta)

@@ -81,12 +81,12 @@ def test_each_strategy_trains_three_steps_through_deepspeed(
     assert recipe.step == recipe.engine.global_steps == 3
     records = read_metrics(tmp_path / "logs" / "metrics.jsonl")
     assert [r["step"] for r in records] == [1, 2, 3]
-    assert all(torch.isfinite(torch.tensor([r[t] for t in LOSS_TERMS])).all() for r in records)
+    terms = ("loss/total", "loss/clm") if strategy == "none" else LOSS_TERMS  # `none` computes CLM alone
+    assert all(torch.isfinite(torch.tensor([r[t] for t in terms])).all() for r in records)
     assert any(
         not torch.equal(a, b) for a, b in zip(student_before, module.student.parameters(), strict=True)
     )
     groups = [g["name"] for g in recipe.engine.optimizer.param_groups]
-    fusion = [r["loss/fusion"] for r in records]
     if strategy == "adaptive":
         assert groups == ["student", "gate"]
         # The persistent gate is trained: its parameters move (by the feedback and fusion losses).
@@ -97,9 +97,9 @@ def test_each_strategy_trains_three_steps_through_deepspeed(
     else:
         assert groups == ["student"] and module.gate is None
     if strategy == "none":
-        assert fusion == [0.0, 0.0, 0.0] and all(r["loss/total"] == r["loss/clm"] for r in records)
+        assert all(r["loss/total"] == r["loss/clm"] and "loss/fusion" not in r for r in records)
     else:
-        assert all(f > 0 for f in fusion)
+        assert all(r["loss/fusion"] > 0 for r in records)
     if strategy == "single:gemma":
         assert records[0]["gate/mean_w/smol"] == 0.0
     lines = (tmp_path / "logs" / "samples-rank0.jsonl").read_text().splitlines()
