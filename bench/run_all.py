@@ -8,7 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 
-BENCHES = ("bench.extract_bench", "bench.align_bench", "bench.distill_bench", "bench.eval_bench")
+BENCHES = (
+    "bench.extract_bench",
+    "bench.extract_fidelity",
+    "bench.align_bench",
+    "bench.distill_bench",
+    "bench.eval_bench",
+)
 
 
 def main() -> int:

@@ -12,6 +12,8 @@ one row per sample, so that polars, duckdb or ``datasets`` read them as they are
     topk_ids        list<int32>    [(n−1)·k] row-major: row i = the k likeliest ids of token i+1
     topk_logprobs   list<float32>  [(n−1)·k] sorted descending within each row
     target_logprob  list<float32>  [n−1]     logprob of the actual token i+1
+    space_logprob   list<float32>  [n−1]     log σ: log P(token i+1 starts a new word); null
+                                             where the shard has no σ (``teacher_shard.py``)
     ce, bits_per_byte, topk_mass, entropy_topk   float32;  n_tokens int32;  truncated bool
 
 k is in the metadata (``polyfuse.top_k``) and equals len(topk_ids) / (n_tokens − 1). Any further
@@ -51,6 +53,7 @@ _KNOWN = {
     "topk_ids",
     "topk_logprobs",
     "target_logprobs",
+    "space_logprobs",
     "truncated",
     *SCORES,
 }
@@ -87,6 +90,14 @@ def plain_table(
         "topk_ids": _list_column([s.topk_ids for s in samples], pa.int32()),
         "topk_logprobs": _list_column([s.topk_logprobs for s in samples], logprobs),
         "target_logprob": _list_column([s.target_logprobs for s in samples], logprobs),
+        # Always present (null without σ), so that shards with and without σ share one schema.
+        "space_logprob": pa.array(
+            [
+                None if s.space_logprobs is None else s.space_logprobs.astype(logprobs.to_pandas_dtype())
+                for s in samples
+            ],
+            pa.list_(logprobs),
+        ),
     }
     for name in SCORES:
         columns[name] = pa.array([getattr(s, name) for s in samples], pa.float32())

@@ -31,6 +31,17 @@ either back into plain arrays:
     frequency count/N (−inf on padding) and ``draw_counts`` the counts — an unbiased estimate of
     the full distribution, where a top-k is a biased one.
 
+σ (schema version 2; ALM's tokenisation-bias correction, Minixhofer et al. 2025): every layout may
+    carry one more column, the teacher's probability that token i+1 starts a new word,
+    σ_i = Σ_v p(v | tokens ≤ i) over the ids v whose text starts with a space, tab or newline, or
+    that are special (``stages/align/token_text.space_mask``), summed over the full softmax.
+    Stored as −log σ on a grid of ``SPACE_STEP`` = 1/1024 nat, so a decoded log σ is within
+    1/2048 nat (0.0005) of the fp32 value; σ below e^−64 (``SPACE_FLOOR``) is stored as e^−64.
+        space_lp       list<uint16> [rows]          min(round(−1024 · log σ), 65535)
+    Decoded: ``TeacherSample.space_logprobs`` [rows] float32 = log σ. The column is absent (the
+    field None) in shards of schema version 1 and in shards the vLLM backend wrote (its prompt
+    logprobs are top-k only); such shards decode as before (``has_space_logprobs`` tells).
+
 The top-k layouts keep ``token_ids``, ``token_ends`` and ``topk_ids`` as plain int32 lists (rows·k,
 row-major) so that any Parquet reader sees real ids. Integer lists are written with Parquet's
 BYTE_STREAM_SPLIT encoding (BPE ids are roughly frequency-ordered, so the high-byte streams are
@@ -52,9 +63,12 @@ import pyarrow.parquet as pq
 from data_schemas.atomic import atomic_path
 from data_schemas.keys import sha256_file
 from data_schemas.manifest import ShardEntry
-from data_schemas.parquet_io import check_schema, with_version
+from data_schemas.parquet_io import SCHEMA_VERSION_KEY, check_schema, with_version
 
-TEACHER_SCHEMA_VERSION = 1
+TEACHER_SCHEMA_VERSION = 2
+"""2 added the optional σ column ``space_lp``; nothing else changed."""
+READABLE_VERSIONS = (1, 2)
+"""Schema versions this code decodes: a version-1 shard is a version-2 shard without σ."""
 LAYOUTS = ("quant", "fp16")
 """Layouts of top-k shards."""
 SAMPLED_LAYOUT = "sampled"
@@ -70,6 +84,11 @@ MIN_LOGPROB = -2000.0
 LAYOUT_KEY = b"polyfuse.logprob_layout"
 TOP_K_KEY = b"polyfuse.top_k"
 STEP_KEY = b"polyfuse.logprob_step"
+SPACE_COLUMN = "space_lp"
+SPACE_STEP = 1.0 / 1024
+"""Grid of the σ column in nats: a decoded log σ is within SPACE_STEP / 2 of the fp32 value."""
+SPACE_FLOOR = -65535 * SPACE_STEP
+"""Lowest log σ a shard holds (≈ −64 nats, the uint16 limit); smaller σ are stored as this."""
 ZSTD_LEVEL = 19
 """Costs ≈ 25 µs per token to write (nothing next to the model) and ≈ 0.6 byte per token less
 than zstd's default level; reading is as fast as at any level."""
@@ -83,9 +102,17 @@ def _ints(name: str, item: pa.DataType | None = None) -> pa.Field:
     return pa.field(name, pa.list_(pa.field("element", item, nullable=False)), nullable=False)
 
 
-def teacher_schema(layout: str = DEFAULT_LAYOUT, top_k: int = 10) -> pa.Schema:
+def teacher_schema(
+    layout: str = DEFAULT_LAYOUT,
+    top_k: int = 10,
+    *,
+    space: bool = False,
+    version: int = TEACHER_SCHEMA_VERSION,
+) -> pa.Schema:
     """The Arrow schema of a teacher shard written with ``layout`` and ``top_k`` (for
-    ``sampled``: the draws per row)."""
+    ``sampled``: the draws per row), with the σ column when ``space``; ``version`` an older
+    readable schema version to check an old shard against."""
+    assert version in READABLE_VERSIONS and not (space and version < 2), (version, space)
     if layout not in ALL_LAYOUTS:
         raise ValueError(
             f"logprob layout must be one of {LAYOUTS}, got {layout!r}: fix extract.logprob_layout"
@@ -114,12 +141,13 @@ def teacher_schema(layout: str = DEFAULT_LAYOUT, top_k: int = 10) -> pa.Schema:
             _ints("token_ends"),  # end char offset of each token (stages/tokenization.py)
             *support_fields,
             *logprob_fields,
+            *([_ints(SPACE_COLUMN, pa.uint16())] if space else []),
             *(pa.field(name, pa.float32(), nullable=False) for name in _SCORES),
             pa.field("n_tokens", pa.int32(), nullable=False),
             pa.field("truncated", pa.bool_(), nullable=False),
         ]
     )
-    schema = with_version(schema, kind="teacher", version=TEACHER_SCHEMA_VERSION)
+    schema = with_version(schema, kind="teacher", version=version)
     return schema.with_metadata(
         {
             **schema.metadata,
@@ -138,6 +166,8 @@ class TeacherSample:
     float32, sorted descending. target_logprobs: [n − 1] float32.
     draw_counts: None for a top-k shard; for a ``sampled`` one [n − 1, N] uint8, how often each
     ``topk_ids`` entry was drawn (0 on padding), with ``topk_logprobs`` = log(count / N).
+    space_logprobs: [n − 1] float32 log σ (≤ 0; module docstring), or None where the shard has no
+    σ column. Every sample of one shard has it, or none.
     """
 
     sample_id: str
@@ -152,6 +182,7 @@ class TeacherSample:
     entropy_topk: float
     truncated: bool
     draw_counts: np.ndarray | None = None
+    space_logprobs: np.ndarray | None = None
 
     @property
     def n_tokens(self) -> int:
@@ -230,8 +261,46 @@ def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
     return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
 
+def quantise_space(space_logprobs: np.ndarray) -> np.ndarray:
+    """[rows] log σ (≤ 0, −inf allowed) → the stored uint16 −log σ / SPACE_STEP, floored at
+    SPACE_FLOOR."""
+    q = np.rint(-np.asarray(space_logprobs, np.float64) / SPACE_STEP)
+    return np.minimum(q, -SPACE_FLOOR / SPACE_STEP).astype(np.uint16)
+
+
+def _space_column(samples: list[TeacherSample]) -> pa.Array | None:
+    """The σ column, or None when no sample has σ (``ValueError`` when only some have)."""
+    present = [s.space_logprobs is not None for s in samples]
+    if not any(present):
+        return None
+    if not all(present):
+        missing = next(s.sample_id for s, p in zip(samples, present, strict=True) if not p)
+        raise ValueError(
+            f"sample {missing} has no space_logprobs while others of the shard have: a backend "
+            "returns σ for every row or for none"
+        )
+    values = _concat([quantise_space(s.space_logprobs) for s in samples], np.uint16)
+    return _list(values, [len(s.space_logprobs) for s in samples], pa.uint16())
+
+
+def _check_space(s: TeacherSample, rows: int) -> None:
+    space = s.space_logprobs
+    if space is None:
+        return
+    if space.shape != (rows,):
+        raise ValueError(
+            f"sample {s.sample_id}: {s.n_tokens} tokens need space_logprobs of shape ({rows},), got {space.shape}"
+        )
+    if space.size and (np.isnan(space).any() or space.max() > 0):
+        raise ValueError(
+            f"sample {s.sample_id}: space_logprobs (log σ) must be ≤ 0 and not NaN, got max "
+            f"{np.nanmax(space) if not np.isnan(space).all() else 'NaN'}: the backend must clamp log σ at 0"
+        )
+
+
 def _check_encodable(s: TeacherSample, top_k: int, layout: str) -> None:
     rows = max(s.n_tokens - 1, 0)
+    _check_space(s, rows)
     if (layout == SAMPLED_LAYOUT) != (s.draw_counts is not None):
         raise ValueError(
             f"sample {s.sample_id}: a {layout} shard needs "
@@ -276,10 +345,12 @@ def _check_encodable(s: TeacherSample, top_k: int, layout: str) -> None:
 
 
 def encode_table(samples: list[TeacherSample], *, layout: str = DEFAULT_LAYOUT, top_k: int) -> pa.Table:
-    """The Arrow table of a teacher shard (``ValueError`` naming the sample on bad values)."""
-    schema = teacher_schema(layout, top_k)
+    """The Arrow table of a teacher shard (``ValueError`` naming the sample on bad values); with
+    the σ column when the samples carry ``space_logprobs``."""
     for s in samples:
         _check_encodable(s, top_k, layout)
+    space = _space_column(samples)
+    schema = teacher_schema(layout, top_k, space=space is not None)
     rows = [max(s.n_tokens - 1, 0) for s in samples]
     n_tokens = [s.n_tokens for s in samples]
     columns: dict[str, pa.Array] = {
@@ -300,6 +371,8 @@ def encode_table(samples: list[TeacherSample], *, layout: str = DEFAULT_LAYOUT, 
         columns["topk_logprobs"] = _list(lps, [r * top_k for r in rows], pa.float16())
         targets = _concat([s.target_logprobs for s in samples], np.float16)
         columns["target_logprob"] = _list(targets, rows, pa.float16())
+    if space is not None:
+        columns[SPACE_COLUMN] = space
     for name in _SCORES:
         columns[name] = pa.array([getattr(s, name) for s in samples], pa.float32())
     columns["n_tokens"] = pa.array(n_tokens, pa.int32())
@@ -360,17 +433,31 @@ def shard_layout(schema: pa.Schema) -> tuple[str, int]:
     return layout, top_k
 
 
-def read_teacher_shard(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
-    """Read a teacher shard after checking its kind, schema version, layout and columns."""
+def _file_schema(path: str | os.PathLike[str]) -> pa.Schema:
     try:
-        meta = pq.read_schema(path).metadata or {}
+        return pq.read_schema(path)
     except (OSError, pa.ArrowInvalid) as e:
         raise RuntimeError(f"{path} is not a readable Parquet file ({e}): delete it and re-extract") from e
+
+
+def read_teacher_shard(path: str | os.PathLike[str], columns: list[str] | None = None) -> pa.Table:
+    """Read a teacher shard after checking its kind, schema version (any of
+    ``READABLE_VERSIONS``), layout and columns."""
+    schema = _file_schema(path)
+    meta = schema.metadata or {}
     if LAYOUT_KEY not in meta:  # not a teacher shard of this version: let the standard check say so
         check_schema(path, teacher_schema())
-    layout, top_k = shard_layout(pq.read_schema(path))
-    check_schema(path, teacher_schema(layout, top_k))
+    layout, top_k = shard_layout(schema)
+    found = meta.get(SCHEMA_VERSION_KEY, b"").decode()
+    readable = {str(v): v for v in READABLE_VERSIONS}
+    # An unreadable version is checked against the current one, whose check names both.
+    check_schema(path, teacher_schema(layout, top_k, version=readable.get(found, TEACHER_SCHEMA_VERSION)))
     return pq.read_table(path, columns=columns)
+
+
+def has_space_logprobs(path: str | os.PathLike[str]) -> bool:
+    """Whether the teacher shard at ``path`` carries σ (its footer only; module docstring)."""
+    return SPACE_COLUMN in _file_schema(path).names
 
 
 def _flat(table: pa.Table, name: str, dtype: type) -> tuple[np.ndarray, np.ndarray]:
@@ -380,6 +467,15 @@ def _flat(table: pa.Table, name: str, dtype: type) -> tuple[np.ndarray, np.ndarr
     offsets = np.zeros(len(lengths) + 1, np.int64)
     np.cumsum(lengths, out=offsets[1:])
     return column.flatten().to_numpy(zero_copy_only=False).astype(dtype, copy=False), offsets
+
+
+def _space_arrays(table: pa.Table) -> list[np.ndarray | None]:
+    """Per sample its decoded log σ [rows] float32, or None for each when the table has no σ."""
+    if SPACE_COLUMN not in table.column_names:
+        return [None] * table.num_rows
+    q, offsets = _flat(table, SPACE_COLUMN, np.int64)
+    space = (q * -SPACE_STEP).astype(np.float32)
+    return [space[offsets[b] : offsets[b + 1]] for b in range(table.num_rows)]
 
 
 def decode_table(table: pa.Table) -> list[TeacherSample]:
@@ -402,6 +498,7 @@ def decode_table(table: pa.Table) -> list[TeacherSample]:
     scores = {name: table.column(name).to_numpy() for name in _SCORES}
     truncated = table.column("truncated").to_numpy(zero_copy_only=False)
     sample_ids = table.column("sample_id").to_pylist()
+    space = _space_arrays(table)
     out = []
     for b, sample_id in enumerate(sample_ids):
         a, z = row_off[b], row_off[b + 1]
@@ -431,6 +528,7 @@ def decode_table(table: pa.Table) -> list[TeacherSample]:
                 target_logprobs=target,
                 **{name: float(scores[name][b]) for name in _SCORES},
                 truncated=bool(truncated[b]),
+                space_logprobs=space[b],
             )
         )
     return out
@@ -446,6 +544,7 @@ def _decode_sampled(table: pa.Table, draws: int) -> list[TeacherSample]:
     target_q, _ = _flat(table, "target_lp", np.int64)
     scores = {name: table.column(name).to_numpy() for name in _SCORES}
     truncated = table.column("truncated").to_numpy(zero_copy_only=False)
+    space = _space_arrays(table)
     out = []
     for b, sample_id in enumerate(table.column("sample_id").to_pylist()):
         a, z = row_off[b], row_off[b + 1]
@@ -470,6 +569,7 @@ def _decode_sampled(table: pa.Table, draws: int) -> list[TeacherSample]:
                 **{name: float(scores[name][b]) for name in _SCORES},
                 truncated=bool(truncated[b]),
                 draw_counts=sample_counts,
+                space_logprobs=space[b],
             )
         )
     return out
@@ -485,7 +585,8 @@ def rounding_bound(layout: str, min_logprob: float) -> float:
 
 def check_teacher_table(table: pa.Table) -> list[str]:
     """Faults in the values of a teacher-shard table (empty: sound). Structure first (list
-    lengths, ranks), then NaN/inf, sortedness of the top-k and monotone token ends."""
+    lengths, ranks), then NaN/inf, sortedness of the top-k, the σ column's length and range, and
+    monotone token ends."""
     try:
         _, top_k = shard_layout(table.schema)
         samples = decode_table(table)
@@ -511,6 +612,14 @@ def check_teacher_table(table: pa.Table) -> list[str]:
             problems.append("NaN/inf logprobs")
         elif rows and (np.diff(s.topk_logprobs, axis=1) > 0).any():
             problems.append("top-k logprobs not sorted descending")
+        space = s.space_logprobs
+        if space is not None and (
+            space.shape != (rows,)
+            or (rows and not (np.isfinite(space).all() and space.min() >= SPACE_FLOOR and space.max() <= 0))
+        ):
+            problems.append(
+                f"space_logprobs of shape {space.shape} for {rows} rows, or outside [{SPACE_FLOOR:.1f}, 0]"
+            )
         if (np.diff(s.token_ends) < 0).any():
             problems.append("token_ends decrease")
         if rows and not all(math.isfinite(getattr(s, name)) for name in _SCORES):

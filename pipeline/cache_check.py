@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data_schemas.manifest import ENTRY_SUFFIX, MANIFEST_NAME, Manifest, read_entry, read_manifest
 from data_schemas.shard_check import sample_id_fault, shard_faults, stray_tmp_files
+from data_schemas.teacher_shard import has_space_logprobs
 from pipeline.teacher_stats import corpus_dir_of, corpus_shard_of
 
 DEFAULT_CONFIG = "configs/demo.yaml"
@@ -41,8 +42,14 @@ class Repairs:
     def command(self, verb: str, *args: str) -> str:
         return shlex.join(["polyfuse", verb, "--config", self.config, *args, *self.overrides])
 
-    def extract(self, teacher: str | None = None, *, finalize: bool = False) -> str:
+    def extract(
+        self, teacher: str | None = None, *, finalize: bool = False, backend: str | None = None
+    ) -> str:
+        """``polyfuse extract`` (of one teacher; ``backend``: with that teacher's backend set)."""
         args = (["--teacher", teacher] if teacher else []) + (["--finalize"] if finalize else [])
+        if backend is not None:
+            assert teacher is not None, "a backend override names its teacher"
+            args.append(f"teachers.{teacher}.backend={backend}")
         return self.command("extract", *args)
 
     def prepare(self) -> str:
@@ -68,6 +75,7 @@ def cache_faults(
     corpus_key: str | None = None,
     strays: bool = True,
     tokenizer_fingerprint: str | None = None,
+    space_logprobs: bool = False,
 ) -> list[Fault]:
     """Every fault of one manifest directory (corpus or teacher); empty: sound.
 
@@ -78,6 +86,8 @@ def cache_faults(
         strays: report leftover ``*.tmp`` files of killed writers (they waste disk, harm no data).
         tokenizer_fingerprint: of the teacher tokenizer the caller will use; a teacher directory
             extracted with another one is a fault. None: not checked.
+        space_logprobs: the caller needs σ (``space_logprob_fault``): teacher shards without it
+            are a fault, once the directory is otherwise sound.
     """
     if not (directory / MANIFEST_NAME).is_file():
         return [Fault(str(directory), "has no manifest (nothing extracted there yet)", repairs.extract())]
@@ -95,7 +105,49 @@ def cache_faults(
         ]
         return faults + (_stray_faults(directory) if strays else [])
     faults = _teacher_faults(directory, manifest, repairs, checksums, only, corpus_key, tokenizer_fingerprint)
+    if space_logprobs and not faults:
+        read = [directory / e.name for e in manifest.shards if only is None or e.name in only]
+        space = space_logprob_fault(directory, read, repairs)
+        faults += [space] if space else []
     return faults + (_stray_faults(directory) if strays else [])
+
+
+class SpaceLogprobsMissing(ValueError):
+    """A sound teacher cache without the σ a run needs: the config asks for more than the cache
+    holds (exit 2); the message names the shards and the command that fills them."""
+
+
+def space_logprob_fault(
+    directory: Path, shards: list[Path], repairs: Repairs, *, backend: str | None = None
+) -> Fault | None:
+    """The fault of the teacher ``shards`` (of ``directory``) that carry no σ column, with the
+    repair that gives them one; None when all have it. Reads each shard's footer only.
+
+    σ-less shards were written before schema version 2 or by the vLLM backend, under the same
+    teacher key as shards with σ (pipeline/extraction.py: KEY_SCHEMA_VERSION), so they count as
+    finished: the repair removes them (the whole directory when none of its shards has σ) and
+    extracts them again. With vLLM (the backend that wrote them, or ``backend``, the one the
+    caller's config resolves to) the repair sets the teacher's backend to transformers, the
+    backend that computes σ.
+    """
+    lacking = [path for path in shards if not has_space_logprobs(path)]
+    if not lacking:
+        return None
+    manifest = read_manifest(directory)
+    teacher = manifest.header.get("teacher")
+    on_vllm = "vllm" in (manifest.header.get("backend"), backend)
+    extract = repairs.extract(teacher, backend="transformers" if on_vllm and teacher else None)
+    everything = {directory / e.name for e in manifest.shards} <= set(lacking)
+    removed = [directory] if everything else [p for path in lacking for p in (path, entry_path(path))]
+    names = ", ".join(p.name for p in lacking[:3]) + (
+        f" (and {len(lacking) - 3} more)" if len(lacking) > 3 else ""
+    )
+    return Fault(
+        str(directory),
+        f"{len(lacking)} of the {len(shards)} shards read have no σ column (space_logprobs: written by "
+        f"polyfuse before teacher schema version 2, or by the vLLM backend), which this run needs: {names}",
+        Repairs.remove(removed, extract),
+    )
 
 
 class TeacherCacheError(RuntimeError):
@@ -111,11 +163,19 @@ def checked_teacher_shards(
     *,
     tokenizer_fingerprint: str | None = None,
     checksums: bool = True,
+    space_logprobs: bool = False,
+    backend: str | None = None,
 ) -> dict[str, Path]:
     """Corpus shard name → teacher shard path for the corpus train shards a run reads from one
     teacher, after ``cache_faults`` found none of them at fault; ``TeacherCacheError`` naming the
     teacher, the first fault and its repair otherwise. Teacher shards mirror the corpus train
-    shards by file name (``train/shard-00003.parquet`` → ``shard-00003.parquet``)."""
+    shards by file name (``train/shard-00003.parquet`` → ``shard-00003.parquet``).
+
+    ``space_logprobs``: the run needs σ (e.g. σ-corrected chunk distillation); a sound cache whose
+    shards lack it raises ``SpaceLogprobsMissing`` (a ValueError: exit 2) naming the command that
+    fills it. ``backend``: the teacher's backend as the run's config resolves it (its repair then
+    avoids vLLM, which writes no σ).
+    """
     files = {name: Path(name).name for name in corpus_shards}
     faults = cache_faults(
         directory,
@@ -128,7 +188,15 @@ def checked_teacher_shards(
     )
     if faults:
         raise TeacherCacheError(f"teacher {teacher!r}: {faults[0]}{more_faults(faults)}")
-    return {name: directory / file for name, file in files.items()}
+    paths = {name: directory / file for name, file in files.items()}
+    space = (
+        space_logprob_fault(directory, list(paths.values()), repairs, backend=backend)
+        if space_logprobs
+        else None
+    )
+    if space is not None:
+        raise SpaceLogprobsMissing(f"teacher {teacher!r}: {space}")
+    return paths
 
 
 def more_faults(faults: list[Fault]) -> str:

@@ -22,7 +22,7 @@ import dacite
 import yaml
 
 from stages.distill.settings import DistillSettings
-from stages.extract.settings import ExtractSettings
+from stages.extract.settings import ExtractDtype, ExtractSettings
 from stages.prepare.settings import CorpusSettings
 from stages.setting_rules import ConfigError
 from stages.setting_rules import require as _require
@@ -68,7 +68,7 @@ class TeacherConfig:
     treats the teacher as absent on the other samples). None: every shard."""
     backend: Literal["auto", "vllm", "transformers", "fake"] | None = None
     """Per-teacher override of ``extract.backend``."""
-    dtype: Literal["float32", "bfloat16", "float16"] | None = None
+    dtype: ExtractDtype | None = None
     """Per-teacher override of ``extract.dtype``."""
 
 

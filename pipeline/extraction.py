@@ -36,6 +36,12 @@ from stages.world import World, resolve_world
 
 logger = logging.getLogger(__name__)
 
+KEY_SCHEMA_VERSION = 1
+"""The shard format a teacher key names. Schema version 2 only added the optional σ column, which
+this code reads with or without (``data_schemas/teacher_shard.py``), so a cache extracted before
+σ keeps its key and every objective that does not need σ keeps reading it. A run that needs σ
+asks the cache checker for it (``cache_check.space_logprob_fault``), whose repair removes the
+σ-less shards and extracts them again under the same key (docs/reading-shards.md)."""
 TEACHER_SPLIT = "train"
 """Teachers are run over the training split only; held-out text is for evaluation."""
 STATS_NAME = "stats.json"
@@ -142,7 +148,7 @@ def plan_teacher(
         "dtype": dtype,
         "add_special_tokens": add_special,
         "logprob_layout": extraction_layout(ex),
-        "schema_version": TEACHER_SCHEMA_VERSION,
+        "schema_version": KEY_SCHEMA_VERSION,
     }
     if ex.draws:  # keys of top-k caches stay what they were before draws existed
         keyed["draws"] = ex.draws
@@ -294,6 +300,7 @@ def _run_teacher(
     import pyarrow.parquet as pq
     from tqdm import tqdm
 
+    from stages.align.token_text import build_token_table, space_mask
     from stages.extract.backends import open_backend, resolve_backend
     from stages.extract.extract import extract_shard
 
@@ -319,6 +326,7 @@ def _run_teacher(
         settings=ex,
         dtype=plan.dtype,
         vocab_size=plan.header["vocab_size"],
+        space_mask=space_mask(build_token_table(tokenizer)),
     )
     run.load_seconds = time.perf_counter() - start
     run.backend = f"{backend.name} {backend.version}"

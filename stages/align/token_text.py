@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from transformers import PreTrainedTokenizerFast
 
-__all__ = ["TokenTable", "build_token_table", "byte_level_alphabet"]
+__all__ = ["SPACE_CHARS", "TokenTable", "build_token_table", "byte_level_alphabet", "space_mask"]
 
 _BYTE_FALLBACK = re.compile(r"<0x([0-9A-Fa-f]{2})>")
+SPACE_CHARS = (" ", "\t", "\n")
+"""First characters that make a token start a new word (tokenkit's `space+tab+newline`)."""
 
 
 @dataclass(frozen=True)
@@ -109,3 +111,20 @@ def _byte_level_bytes(token: str, to_latin1: dict[int, str]) -> bytes:
         # A vocabulary entry outside the byte alphabet (seen in some merged vocabularies):
         # it can only have come from literal text.
         return token.encode()
+
+
+def space_mask(table: TokenTable, size: int | None = None) -> np.ndarray:
+    """[size] bool: the ids that start a new word, i.e. whose text starts with a space, tab or
+    newline, or that are special tokens (tokenkit's `space+tab+newline+special` mask, on the
+    resolved text, so `Ġdef`, `Ċ`, `▁the` and the byte token `<0x0A>` all count).
+
+    The teacher's probability mass on these ids is ALM's σ (``data_schemas/teacher_shard.py``).
+    ``size``: the model's output width (default: the table's); ids past the tokenizer's table
+    emit nothing and are False (Qwen's head has 151,936 rows for 151,665 tokens).
+    """
+    size = len(table.texts) if size is None else size
+    mask = np.zeros(size, dtype=bool)
+    known = min(size, len(table.texts))
+    mask[:known] = [text.startswith(SPACE_CHARS) for text in table.texts[:known]]
+    mask[:known] |= table.special[:known]
+    return mask

@@ -4,6 +4,9 @@
     score length-sorted groups of samples with the backend → per-sample scores →
     encode + write the shard atomically → write its entry file
 
+The shard carries σ (log P(next token starts a word), ``data_schemas/teacher_shard.py``) exactly
+when the backend returns it (transformers and fake, opened with the tokenizer's space mask).
+
 It takes flat arguments and never looks at ranks or manifests: ``pipeline/extraction.py`` decides
 which units run where and publishes the manifest. Its output depends only on its inputs (the
 grouping of samples is a function of the shard), so a rerun after a crash rewrites the same bytes.
@@ -76,7 +79,8 @@ def remove_stale_files(shard_path: Path) -> None:
 
 
 def check_finite(rows: TopkRows, *, teacher: str, sample_id: str, shard: Path) -> None:
-    if not (np.isfinite(rows.topk_logprobs).all() and np.isfinite(rows.target_logprobs).all()):
+    space_nan = rows.space_logprobs is not None and np.isnan(rows.space_logprobs).any()
+    if space_nan or not (np.isfinite(rows.topk_logprobs).all() and np.isfinite(rows.target_logprobs).all()):
         raise ValueError(
             f"teacher {teacher} produced NaN/inf logprobs for sample {sample_id} of {shard}: nothing "
             "was written; check the model folder and try extract.dtype=float32"
@@ -132,6 +136,7 @@ def extract_shard(
                 topk_logprobs=support_logprobs,
                 target_logprobs=result.target_logprobs,
                 draw_counts=draw_counts,
+                space_logprobs=result.space_logprobs,
                 ce=scores.ce,
                 bits_per_byte=scores.bits_per_byte,
                 topk_mass=scores.topk_mass,

@@ -10,6 +10,12 @@ from typing import Literal
 
 from stages.setting_rules import require
 
+MIXED_DTYPE = "bf16_mixed"
+"""The mixed extraction dtype: bf16 decoder layers, fp32 final norm, head and log-softmax
+(transformers backend; ``stages/extract/backends/mixed_dtype.py``)."""
+ExtractDtype = Literal["float32", "bfloat16", "float16", "bf16_mixed"]
+"""Compute dtypes of a teacher (``extract.dtype`` and a teacher's own ``dtype``)."""
+
 
 @dataclass
 class ExtractSettings:
@@ -22,8 +28,13 @@ class ExtractSettings:
     """Logprobs kept per position (sorted descending)."""
     max_tokens: int = 1024
     """Longest teacher sequence; longer samples are truncated and flagged, never dropped."""
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    """Teacher compute dtype; part of the cache key (a bf16 teacher is a different teacher)."""
+    dtype: ExtractDtype = "float32"
+    """Teacher compute dtype; part of the cache key (a bf16 teacher is a different teacher).
+    ``bf16_mixed`` (transformers backend only): the decoder layers in bf16, the final norm, LM head
+    and log-softmax in fp32 — the speed of bf16 where the CPU has native bf16 (AMX,
+    AVX512_BF16; ``stages/cpu_features.py``), the logits closer to fp32's than a bf16 model's
+    (``bench/extract_fidelity.py`` measures both). On a CPU without native bf16 (AVX2 only) any
+    bf16 is several times slower than float32."""
     batch_tokens: int = 4096
     """Token budget per forward batch (transformers backend)."""
     vllm_max_logprobs: int = 20

@@ -55,6 +55,7 @@ def test_plain_table_holds_the_decoded_values(teacher_dir: Path) -> None:
         assert row["topk_ids"] == s.topk_ids.ravel().tolist()
         np.testing.assert_array_equal(np.float32(row["topk_logprobs"]), s.topk_logprobs.ravel())
         np.testing.assert_array_equal(np.float32(row["target_logprob"]), s.target_logprobs)
+        np.testing.assert_array_equal(np.float32(row["space_logprob"]), s.space_logprobs)
     one_shard = read_plain(teacher_dir / "shard-00001.parquet")
     assert one_shard.num_rows == 4 and one_shard.column("sample_id").to_pylist() == [
         s.sample_id for s in samples[4:]
@@ -73,6 +74,16 @@ def test_a_layouts_further_arrays_become_columns() -> None:
     table = plain_table([a, b], top_k=2, source_layout="test")
     assert table.schema.field("row_weights").type == pa.list_(pa.float16())
     assert table.column("row_weights").to_pylist() == [[1.0, 1.0], None]
+    # No σ (a shard of schema version 1, or one vLLM wrote): the column is there, null.
+    assert table.column("space_logprob").to_pylist() == [None, None]
+    half = plain_table(
+        [dataclasses.replace(a, space_logprobs=np.full(2, -0.5, np.float32))],
+        top_k=2,
+        source_layout="t",
+        logprobs=pa.float16(),
+    )
+    assert half.schema.field("space_logprob").type == pa.list_(pa.float16())
+    assert half.column("space_logprob").to_pylist() == [[-0.5, -0.5]]
 
 
 def doc_snippets() -> dict[str, str]:

@@ -1,7 +1,9 @@
-"""The teacher-shard codec: both layouts round-trip within their stated rounding."""
+"""The teacher-shard codec: every layout round-trips within its stated rounding, σ included; a
+shard of schema version 1 (no σ) still decodes."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -13,10 +15,15 @@ import pytest
 from data_schemas.parquet_io import SCHEMA_VERSION_KEY
 from data_schemas.teacher_shard import (
     LOGPROB_STEP,
+    SPACE_COLUMN,
+    SPACE_FLOOR,
+    SPACE_STEP,
+    TEACHER_SCHEMA_VERSION,
     TeacherSample,
     check_teacher_table,
     decode_table,
     encode_table,
+    has_space_logprobs,
     read_teacher_shard,
     rounding_bound,
     write_teacher_shard,
@@ -119,7 +126,7 @@ def test_other_schema_version_is_refused(tmp_path: Path, samples: list[TeacherSa
     table = encode_table(samples, top_k=K)
     path = tmp_path / "old.parquet"
     pq.write_table(table.replace_schema_metadata({**table.schema.metadata, SCHEMA_VERSION_KEY: b"0"}), path)
-    with pytest.raises(RuntimeError, match="schema_version is 0, expected 1"):
+    with pytest.raises(RuntimeError, match=f"schema_version is 0, expected {TEACHER_SCHEMA_VERSION}"):
         read_teacher_shard(path)
 
 
@@ -170,3 +177,91 @@ def test_sampled_rows_that_do_not_sum_to_n_are_refused(tmp_path: Path) -> None:
         encode_table([sample], layout="sampled", top_k=12)
     with pytest.raises(ValueError, match="draw counts"):
         encode_table([sampled_sample(np.random.default_rng(4), 5, "x")], layout="quant", top_k=12)
+
+
+# -- σ: log P(the next token starts a new word) ---------------------------------------------------
+
+
+def with_space(samples: list[TeacherSample], seed: int = 5) -> list[TeacherSample]:
+    """The samples with log σ per row: near 0 (a word ends), mid-word values, one below the floor
+    and one σ = 0 (−inf), so both clamps are used."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for s in samples:
+        rows = len(s.target_logprobs)
+        space = np.where(rng.random(rows) < 0.5, -rng.exponential(0.05, rows), -rng.exponential(8.0, rows))
+        if rows > 3:
+            space[:3] = [0.0, -80.0, -np.inf]
+        out.append(dataclasses.replace(s, space_logprobs=space.astype(np.float32)))
+    return out
+
+
+@pytest.mark.parametrize("layout", ["quant", "fp16", "sampled"])
+def test_space_logprobs_round_trip_within_half_a_step(
+    tmp_path: Path, samples: list[TeacherSample], layout: str
+) -> None:
+    source = with_space(
+        [sampled_sample(np.random.default_rng(6), n, f"d:{i}") for i, n in enumerate([30, 1, 9])]
+        if layout == "sampled"
+        else samples
+    )
+    width = 12 if layout == "sampled" else K
+    path = tmp_path / "s.parquet"
+    write_teacher_shard(source, path, layout=layout, top_k=width)
+    assert has_space_logprobs(path)
+    table = read_teacher_shard(path)
+    for s, b in zip(source, decode_table(table), strict=True):
+        assert b.space_logprobs.dtype == np.float32 and b.space_logprobs.shape == s.space_logprobs.shape
+        expected = np.maximum(s.space_logprobs, SPACE_FLOOR)  # below the floor: stored as the floor
+        assert np.abs(b.space_logprobs - expected).max(initial=0) <= SPACE_STEP / 2 + 1e-6
+        assert (b.space_logprobs <= 0).all() and (b.space_logprobs >= SPACE_FLOOR).all()
+    assert SPACE_STEP / 2 < 0.0005
+    assert check_teacher_table(table) == []
+
+
+def test_space_column_costs_at_most_two_bytes_per_row(tmp_path: Path) -> None:
+    rng = np.random.default_rng(7)
+    samples = [make_sample(rng, 300, f"s:{i}") for i in range(40)]  # enough rows to swamp the footer
+    bare = write_teacher_shard(samples, tmp_path / "bare.parquet", top_k=K)
+    space = write_teacher_shard(with_space(samples), tmp_path / "space.parquet", top_k=K)
+    rows = sum(len(s.target_logprobs) for s in samples)
+    assert 1.0 < (space.bytes - bare.bytes) / rows <= 2.0
+
+
+def test_a_version_1_shard_decodes_without_space_logprobs(
+    tmp_path: Path, samples: list[TeacherSample]
+) -> None:
+    # Version 1 had the same columns as a version-2 shard without σ.
+    table = encode_table(samples, top_k=K)
+    assert SPACE_COLUMN not in table.column_names
+    path = tmp_path / "v1.parquet"
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, SCHEMA_VERSION_KEY: b"1"}), path)
+    assert not has_space_logprobs(path)
+    back = decode_table(read_teacher_shard(path))
+    assert [b.space_logprobs for b in back] == [None] * len(samples)
+    np.testing.assert_array_equal(back[0].topk_ids, samples[0].topk_ids)
+    assert check_teacher_table(read_teacher_shard(path)) == []
+
+
+def test_bad_space_logprobs_are_refused_and_found(samples: list[TeacherSample]) -> None:
+    good = with_space(samples)
+    nan = good[0].space_logprobs.copy()
+    nan[4] = np.nan
+    with pytest.raises(ValueError, match="sample s:0: space_logprobs"):
+        encode_table([dataclasses.replace(good[0], space_logprobs=nan)], top_k=K)
+    positive = np.abs(good[0].space_logprobs)
+    positive[4] = 0.25
+    with pytest.raises(ValueError, match=r"must be ≤ 0"):
+        encode_table([dataclasses.replace(good[0], space_logprobs=positive)], top_k=K)
+    with pytest.raises(ValueError, match="sample s:1 has no space_logprobs while others"):
+        encode_table([good[0], samples[1]], top_k=K)
+    # A σ list one entry short in sample s:0 (the column's values shifted into s:3) is a fault.
+    table = encode_table(good, top_k=K)
+    column = table.column(SPACE_COLUMN).combine_chunks()
+    offsets = column.offsets.to_numpy().copy()
+    offsets[1:2] -= 1
+    short = pa.ListArray.from_arrays(pa.array(offsets), column.values, type=column.type)
+    field = table.schema.field(SPACE_COLUMN)
+    damaged = table.set_column(table.schema.get_field_index(SPACE_COLUMN), field, short)
+    faults = check_teacher_table(damaged)
+    assert faults and faults[0].startswith("sample s:0: space_logprobs of shape (38,) for 39 rows")

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -229,3 +230,23 @@ def test_bad_input_is_named_before_any_model_loads(tmp_path: Path) -> None:
         run_extraction(load_config(write_config(tmp_path, tmp_path / "c", [slow])), progress=False)
     with pytest.raises(ConfigError, match="teacher 'zz' is not in the config"):
         run_extraction(load_config(write_config(tmp_path, tmp_path / "c", [fake_teacher("a")])), teacher="zz")
+
+
+def test_shards_carry_space_logprobs_and_the_mixed_dtype_is_its_own_teacher(tmp_path: Path) -> None:
+    from data_schemas.teacher_shard import has_space_logprobs
+    from pipeline.extraction import load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
+
+    config_path, report = reference_run(tmp_path, [fake_teacher("a", max_shards=2)])
+    shards = sorted(report.plans[0].directory.glob("*.parquet"))
+    assert len(shards) == 2 and all(has_space_logprobs(p) for p in shards)
+    config = load_config(config_path)
+    teacher = config.teachers[0]
+    corpus = prepare_shared_corpus(config)
+    tokenizer = load_teacher_tokenizer(teacher, "fake")
+    keys = {
+        dtype: plan_teacher(
+            replace(config, extract=replace(config.extract, dtype=dtype)), teacher, corpus, tokenizer
+        ).key
+        for dtype in ("float32", "bf16_mixed", "bfloat16")
+    }
+    assert keys["float32"] == report.plans[0].key and len(set(keys.values())) == 3

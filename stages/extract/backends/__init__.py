@@ -9,7 +9,10 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
+import numpy as np
+
 from stages.extract.backends.base import TeacherBackend, TopkRows
+from stages.extract.settings import MIXED_DTYPE as MIXED
 from stages.extract.settings import ExtractSettings
 
 __all__ = ["BACKENDS", "TeacherBackend", "TopkRows", "open_backend", "resolve_backend"]
@@ -39,17 +42,20 @@ def open_backend(
     settings: ExtractSettings,
     dtype: str,
     vocab_size: int,
+    space_mask: np.ndarray,
 ) -> TeacherBackend:
     """Load the teacher under backend ``name`` (after ``resolve_backend``) with the ``extract``
     section ``settings`` (checked) and the teacher's ``dtype`` (its own or ``settings.dtype``).
     ``vocab_size`` is the tokenizer's, used by the fake backend only. ``settings.draws`` > 0: the
     backend also draws that many tokens per row from the full softmax (transformers and fake; vLLM
-    returns only its top-k)."""
+    returns only its top-k). ``space_mask``: [V] bool ids that start a new word
+    (``stages/align/token_text.space_mask``), whose mass is each row's σ; the transformers and fake
+    backends return log σ, vLLM none (its prompt logprobs are top-k only)."""
     top_k, max_tokens, draws = settings.top_k, settings.max_tokens, settings.draws
     if name == "fake":
         from stages.extract.backends.fake_backend import FakeBackend
 
-        return FakeBackend(teacher, top_k=top_k, vocab_size=vocab_size, draws=draws)
+        return FakeBackend(teacher, top_k=top_k, vocab_size=vocab_size, draws=draws, space_mask=space_mask)
     if name == "transformers":
         from stages.extract.backends.transformers_backend import TransformersBackend
 
@@ -60,11 +66,17 @@ def open_backend(
             batch_tokens=settings.batch_tokens,
             max_tokens=max_tokens,
             draws=draws,
+            space_mask=space_mask,
         )
     if draws:
         raise ValueError(
             f"extract.draws={draws} needs the full softmax, which the {name} backend does not return: "
             f"set teachers.{teacher}.backend=transformers (or extract.backend=transformers)"
+        )
+    if dtype == MIXED:
+        raise ValueError(
+            f"dtype {MIXED} is a transformers-backend mode, the {name} backend has none: set "
+            f"teachers.{teacher}.backend=transformers or another dtype (float32, bfloat16)"
         )
     if name == "vllm":
         try:

@@ -2,8 +2,10 @@
 
 Every backend answers the same question for a batch of token sequences: for each row i (tokens
 ≤ i seen), what are the k most likely next tokens under the full softmax, their logprobs, and the
-logprob of the token that actually comes next. A sequence of n tokens has n − 1 rows; the last
-token has no next token and no row.
+logprob of the token that actually comes next; and, where the backend sees the full softmax and
+was given the tokenizer's space mask, log σ: the log of the probability that token i+1 starts a
+new word (``stages/align/token_text.space_mask``). A sequence of n tokens has n − 1 rows; the
+last token has no next token and no row.
 """
 
 from __future__ import annotations
@@ -31,17 +33,35 @@ class TopkRows:
     drawn_ids: np.ndarray | None = None
     """[n − 1, N] int32 tokens drawn from the full softmax of each row (stages/extract/draws.py),
     when the backend was asked for N > 0 draws; else None."""
+    space_logprobs: np.ndarray | None = None
+    """[n − 1] float32 log σ ≤ 0: log of the full softmax's mass on the space mask's ids, when
+    the backend was given a space mask and sees the full softmax; else None (vLLM)."""
 
     @property
     def n_rows(self) -> int:
         return len(self.target_logprobs)
 
+    def select(self, start: int, stop: int) -> TopkRows:
+        """Rows ``start:stop`` (one sample's rows out of a batch's)."""
+        drawn, space = self.drawn_ids, self.space_logprobs
+        return TopkRows(
+            self.topk_ids[start:stop],
+            self.topk_logprobs[start:stop],
+            self.target_logprobs[start:stop],
+            None if drawn is None else drawn[start:stop],
+            None if space is None else space[start:stop],
+        )
+
     @classmethod
-    def empty(cls, top_k: int, draws: int = 0) -> TopkRows:
-        """The rows of a sample with fewer than two tokens: none."""
+    def empty(cls, top_k: int, draws: int = 0, space: bool = False) -> TopkRows:
+        """The rows of a sample with fewer than two tokens: none (with an empty σ when ``space``)."""
         drawn = np.zeros((0, draws), np.int32) if draws else None
         return cls(
-            np.zeros((0, top_k), np.int32), np.zeros((0, top_k), np.float32), np.zeros(0, np.float32), drawn
+            np.zeros((0, top_k), np.int32),
+            np.zeros((0, top_k), np.float32),
+            np.zeros(0, np.float32),
+            drawn,
+            np.zeros(0, np.float32) if space else None,
         )
 
 
@@ -88,3 +108,12 @@ def check_max_tokens(max_tokens: int, model_positions: int | None, backend: str,
             f"backend (max_position_embeddings {model_positions}"
             f"{f', plus {extra} generated position' if extra else ''}), got {max_tokens}: lower extract.max_tokens"
         )
+
+
+def fit_space_mask(space_mask: np.ndarray, size: int) -> np.ndarray:
+    """The tokenizer's space mask cut or padded (with False: ids no token emits) to the model's
+    ``size`` output ids."""
+    fitted = np.zeros(size, dtype=bool)
+    known = min(size, len(space_mask))
+    fitted[:known] = np.asarray(space_mask, bool)[:known]
+    return fitted

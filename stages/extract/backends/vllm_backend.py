@@ -7,6 +7,15 @@ likely tokens at p, all from the raw (unprocessed) logits' log-softmax over the 
 (``logprobs_mode="raw_logprobs"``). Position p is our row p − 1. The one generated token is
 discarded. No tokenizer is loaded (``skip_tokenizer_init``): extraction tokenises itself.
 
+No σ (the mass on word-starting ids, ``data_schemas/teacher_shard.py``): it needs the whole
+softmax of every row, and vLLM (0.32) hands out only top-k prompt logprobs cheaply. Its two
+full-vocabulary routes cost as much as the teacher pass or more: ``prompt_logprobs=-1`` returns
+all V logprobs of every position to Python (1 MB per position for Gemma's 262k vocabulary), and
+``prompt_logprob_token_ids`` (V2 model runner only) needs a [rows, |mask|] id array in and out per
+request (tens of thousands of ids per row); logits processors act on generated tokens, never on
+prompt rows. Shards this backend writes have no σ column, and a run that needs σ is refused with
+a repair that re-extracts with the transformers backend (``pipeline/cache_check.py``).
+
 This is the only module that imports vLLM.
 """
 

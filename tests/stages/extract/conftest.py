@@ -57,9 +57,18 @@ def tokenized(sample_texts: list[str]) -> list:
 
 
 @pytest.fixture(scope="session")
-def transformers_backend(tiny_teacher: Path):
+def space_mask():
+    """SmolLM2's space mask: the ids whose mass is σ."""
+    from stages.align.token_text import build_token_table, space_mask
+    from stages.tokenization import load_tokenizer
+
+    return space_mask(build_token_table(load_tokenizer(SMOLLM2_TOKENIZER)))
+
+
+@pytest.fixture(scope="session")
+def transformers_backend(tiny_teacher: Path, space_mask):
     from stages.extract.backends.transformers_backend import TransformersBackend
 
-    backend = TransformersBackend(tiny_teacher, top_k=TOP_K, batch_tokens=600)
+    backend = TransformersBackend(tiny_teacher, top_k=TOP_K, batch_tokens=600, space_mask=space_mask)
     yield backend
     backend.close()

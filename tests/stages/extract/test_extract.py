@@ -12,7 +12,13 @@ import pytest
 from data_schemas.corpus_shard import CORPUS_SCHEMA
 from data_schemas.keys import sha256_file
 from data_schemas.parquet_io import write_shard
-from data_schemas.teacher_shard import LOGPROB_STEP, decode_table, read_teacher_shard
+from data_schemas.teacher_shard import (
+    LOGPROB_STEP,
+    SPACE_STEP,
+    decode_table,
+    has_space_logprobs,
+    read_teacher_shard,
+)
 from stages.extract.backends.base import TopkRows
 from stages.extract.backends.fake_backend import FakeBackend
 from stages.extract.extract import extract_shard
@@ -56,9 +62,9 @@ def run(corpus_shard: Path, out: Path, backend, tokenizer, **kw):
 
 
 def test_shard_holds_the_backend_rows_in_corpus_order(
-    tmp_path: Path, corpus_shard: Path, tokenizer, tokenized
+    tmp_path: Path, corpus_shard: Path, tokenizer, tokenized, space_mask
 ) -> None:
-    backend = FakeBackend("t", top_k=TOP_K, vocab_size=len(tokenizer))
+    backend = FakeBackend("t", top_k=TOP_K, vocab_size=len(tokenizer), space_mask=space_mask)
     seen = []
     out = tmp_path / "teacher" / "shard-00000.parquet"
     result = run(corpus_shard, out, backend, tokenizer, on_samples=seen.append)
@@ -71,6 +77,7 @@ def test_shard_holds_the_backend_rows_in_corpus_order(
         np.testing.assert_array_equal(sample.topk_ids, rows.topk_ids)
         assert np.abs(sample.topk_logprobs - rows.topk_logprobs).max(initial=0) <= LOGPROB_STEP / 2 + 1e-6
         assert np.abs(sample.target_logprobs - rows.target_logprobs).max(initial=0) <= LOGPROB_STEP / 2 + 1e-6
+        assert np.abs(sample.space_logprobs - rows.space_logprobs).max(initial=0) <= SPACE_STEP / 2 + 1e-6
         assert sample.truncated == tok.truncated
     # The long sample is truncated and flagged, never dropped.
     assert samples[0].truncated and samples[0].n_tokens == MAX_TOKENS
@@ -115,3 +122,14 @@ def test_transformers_extraction_is_byte_deterministic(
     first = run(corpus_shard, tmp_path / "a" / "shard-00000.parquet", transformers_backend, tokenizer)
     second = run(corpus_shard, tmp_path / "b" / "shard-00000.parquet", transformers_backend, tokenizer)
     assert first.entry.sha256 == second.entry.sha256
+    assert has_space_logprobs(tmp_path / "a" / "shard-00000.parquet")
+
+
+def test_a_backend_without_space_logprobs_writes_a_shard_without_them(
+    tmp_path: Path, corpus_shard: Path, tokenizer
+) -> None:
+    """What the vLLM backend returns (no σ) gives a shard without the column, which decodes."""
+    out = tmp_path / "teacher" / "shard-00000.parquet"
+    run(corpus_shard, out, FakeBackend("t", top_k=TOP_K, vocab_size=len(tokenizer)), tokenizer)
+    assert not has_space_logprobs(out)
+    assert {s.space_logprobs is None for s in decode_table(read_teacher_shard(out))} == {True}

@@ -14,30 +14,61 @@ from stages.extract.backends.transformers_backend import TransformersBackend, le
 from tests.stages.extract.conftest import TOP_K
 
 
-def naive_rows(model: torch.nn.Module, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Full logits of one unpadded sequence → log-softmax → top-k and the target's logprob."""
+def naive_rows(
+    model: torch.nn.Module, ids: np.ndarray, space_mask: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Full logits of one unpadded sequence → log-softmax → top-k, the target's logprob and
+    log σ = log Σ exp(logprobs) over the space mask, in float64."""
     with torch.inference_mode():
         logits = model(input_ids=torch.from_numpy(ids.astype(np.int64))[None]).logits[0, :-1].float()
     logprobs = torch.log_softmax(logits, dim=-1)
     values, indices = torch.topk(logprobs, TOP_K, dim=-1)
     target = logprobs.gather(-1, torch.from_numpy(ids[1:].astype(np.int64))[:, None])[:, 0]
-    return indices.numpy(), values.numpy(), target.numpy()
+    space = np.log(np.exp(logprobs.double().numpy())[:, space_mask].sum(axis=1))
+    return indices.numpy(), values.numpy(), target.numpy(), space
 
 
-def test_batched_rows_match_a_naive_reference(tiny_teacher: Path, transformers_backend, tokenized) -> None:
+def test_batched_rows_match_a_naive_reference(
+    tiny_teacher: Path, transformers_backend, tokenized, space_mask
+) -> None:
     model = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval()
     assert transformers_backend._split, "body + lm_head should reproduce the Llama forward"
     rows = transformers_backend.topk_logprobs([t.ids for t in tokenized])
     assert len(rows) == len(tokenized)
     for tok, got in zip(tokenized, rows, strict=True):
-        assert got.n_rows == max(len(tok.ids) - 1, 0)
+        assert got.n_rows == max(len(tok.ids) - 1, 0) == len(got.space_logprobs)
         if got.n_rows == 0:
             continue
-        ids, logprobs, target = naive_rows(model, tok.ids)
+        ids, logprobs, target, space = naive_rows(model, tok.ids, space_mask)
         np.testing.assert_array_equal(got.topk_ids, ids)
         np.testing.assert_allclose(got.topk_logprobs, logprobs, atol=1e-5, rtol=0)
         np.testing.assert_allclose(got.target_logprobs, target, atol=1e-5, rtol=0)
-        assert got.topk_ids.dtype == np.int32 and got.topk_logprobs.dtype == np.float32
+        np.testing.assert_allclose(got.space_logprobs, space, atol=1e-5, rtol=0)
+        assert (
+            got.topk_ids.dtype == np.int32
+            and got.topk_logprobs.dtype == got.space_logprobs.dtype == np.float32
+        )
+        assert (got.space_logprobs <= 0).all()
+
+
+def test_space_logprobs_only_with_a_mask_and_fitted_to_the_head(tiny_teacher: Path, tokenized) -> None:
+    """No mask: no σ. A mask of every id: σ = 1. A mask shorter than the head (a tokenizer with
+    fewer ids than the model's rows) is padded with ids that are not word starts: [False, True]
+    makes σ the probability of id 1."""
+    seqs = [t.ids for t in tokenized[1:3]]
+    bare = TransformersBackend(tiny_teacher, top_k=TOP_K)
+    assert all(r.space_logprobs is None for r in bare.topk_logprobs(seqs))
+    everything = TransformersBackend(tiny_teacher, top_k=TOP_K, space_mask=np.ones(49152, bool))
+    for rows in everything.topk_logprobs(seqs):
+        np.testing.assert_allclose(rows.space_logprobs, 0.0, atol=1e-5)
+    only_one = TransformersBackend(tiny_teacher, top_k=TOP_K, space_mask=np.array([False, True]))
+    model = AutoModelForCausalLM.from_pretrained(tiny_teacher, dtype=torch.float32).eval()
+    id_one = np.zeros(49152, bool)
+    id_one[1] = True
+    for seq, rows in zip(seqs, only_one.topk_logprobs(seqs), strict=True):
+        np.testing.assert_allclose(rows.space_logprobs, naive_rows(model, seq, id_one)[3], atol=1e-5, rtol=0)
+    empty = only_one.topk_logprobs([np.array([5], np.int32)])[0]
+    assert empty.n_rows == 0 and empty.space_logprobs.shape == (0,)
 
 
 @pytest.mark.gpu

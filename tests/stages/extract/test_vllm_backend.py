@@ -30,6 +30,7 @@ def test_vllm_matches_transformers(tiny_teacher: Path, transformers_backend, tok
     for tok, v, h in zip(tokenized, vllm_rows, hf_rows, strict=True):
         assert v.n_rows == h.n_rows == max(len(tok.ids) - 1, 0)
         assert v.topk_ids.dtype == np.int32 and v.topk_logprobs.dtype == np.float32
+        assert v.space_logprobs is None  # top-k prompt logprobs only: no σ (vllm_backend.py)
         for r in range(v.n_rows):
             positions += 1
             if set(v.topk_ids[r]) == set(h.topk_ids[r]):
