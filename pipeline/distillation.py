@@ -25,6 +25,7 @@ from pipeline.cache_check import Repairs, cache_faults, checked_teacher_shards, 
 from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
 from pipeline.output_dirs import check_writable, run_lock
+from stages.extract.backends import resolve_backend
 from stages.model_source import model_folder, resolve_model
 from stages.world import World
 
@@ -74,14 +75,15 @@ def distill_from_config(
             f"strategy {parsed.name!r} needs teachers: add a `teachers:` list or use --strategy none"
         )
     run_dir = Path(config.runs_dir) / config.name
-    check_writable(config.runs_dir, "runs_dir")  # before anything loads: a model takes minutes
-    check_writable(config.cache_dir, "cache_dir")
+    check_writable(config.cache_dir, "cache_dir")  # before anything loads: a model takes minutes
     env = engine.prepare_distributed_env()
     if env.world_size > 1:
         engine.init_distributed()
     stream_inputs = _rank_zero_first(
         env, lambda: resolve_stream_inputs(config, checksums=env.is_main, repairs=repairs)
     )
+    # The caches are sound: now the run folder (before the student loads; a refused cache leaves none).
+    check_writable(config.runs_dir, "runs_dir")
     stream = build_stream(config, stream_inputs, rank=env.rank, world_size=env.world_size)
     run = RecipeRun(
         run_dir=run_dir,
@@ -166,6 +168,11 @@ def resolve_stream_inputs(
             repairs,
             tokenizer_fingerprint=plan.header["tokenizer_fingerprint"],
             checksums=checksums,
+            # σ-corrected chunk distillation reads each teacher's σ: a cache without it is refused
+            # here, with the extract command that fills it, before any model loads.
+            space_logprobs=config.distill.objective == "chunk"
+            and config.distill.chunk_space_threshold is not None,
+            backend=resolve_backend(teacher.backend or config.extract.backend),
         )
         vocab_map = load_or_build_vocab_map(
             tokenizer,

@@ -28,6 +28,7 @@ from data_schemas.teacher_shard import SAMPLED_LAYOUT, TEACHER_SCHEMA_VERSION
 from pipeline.config import Config, TeacherConfig
 from pipeline.corpus import prepare_from_config
 from pipeline.teacher_stats import domain_table, round_stat, teacher_sample_frame, teacher_summary
+from stages.extract.backends import resolve_backend, resolve_dtype
 from stages.extract.draws import DRAW_SEED
 from stages.extract.settings import ExtractSettings
 from stages.model_source import model_folder, resolve_model
@@ -136,7 +137,7 @@ def plan_teacher(
 
     ex = config.extract
     backend = teacher.backend or ex.backend
-    dtype = teacher.dtype or ex.dtype
+    dtype = resolve_dtype(teacher.dtype or ex.dtype, resolve_backend(backend))
     # None: the tokenizer's own default, which adds BOS where the model was trained with one.
     add_special = True if teacher.add_special_tokens is None else teacher.add_special_tokens
     model = teacher_identity(teacher, backend)
@@ -301,7 +302,7 @@ def _run_teacher(
     from tqdm import tqdm
 
     from stages.align.token_text import build_token_table, space_mask
-    from stages.extract.backends import open_backend, resolve_backend
+    from stages.extract.backends import open_backend
     from stages.extract.extract import extract_shard
 
     ex = config.extract

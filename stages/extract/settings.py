@@ -13,7 +13,7 @@ from stages.setting_rules import require
 MIXED_DTYPE = "bf16_mixed"
 """The mixed extraction dtype: bf16 decoder layers, fp32 final norm, head and log-softmax
 (transformers backend; ``stages/extract/backends/mixed_dtype.py``)."""
-ExtractDtype = Literal["float32", "bfloat16", "float16", "bf16_mixed"]
+ExtractDtype = Literal["auto", "float32", "bfloat16", "float16", "bf16_mixed"]
 """Compute dtypes of a teacher (``extract.dtype`` and a teacher's own ``dtype``)."""
 
 
@@ -28,8 +28,11 @@ class ExtractSettings:
     """Logprobs kept per position (sorted descending)."""
     max_tokens: int = 1024
     """Longest teacher sequence; longer samples are truncated and flagged, never dropped."""
-    dtype: ExtractDtype = "float32"
-    """Teacher compute dtype; part of the cache key (a bf16 teacher is a different teacher).
+    dtype: ExtractDtype = "auto"
+    """Teacher compute dtype; part of the cache key (a bf16 teacher is a different teacher), which
+    holds the resolved one. ``auto``: ``bf16_mixed`` with the transformers backend on a CPU with
+    native bf16, else float32 (``backends.resolve_dtype``; the fidelity that decided it:
+    bench/results/extract_fidelity.md).
     ``bf16_mixed`` (transformers backend only): the decoder layers in bf16, the final norm, LM head
     and log-softmax in fp32 — the speed of bf16 where the CPU has native bf16 (AMX,
     AVX512_BF16; ``stages/cpu_features.py``), the logits closer to fp32's than a bf16 model's

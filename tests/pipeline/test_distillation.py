@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -333,3 +334,65 @@ def test_run_killed_mid_checkpoint_resumes_to_the_same_losses_and_weights(
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     gates = [torch.load(runs / run / "export" / "gate.pt")["state_dict"] for run in ("straight", "killed")]
     assert gates[0].keys() == gates[1].keys() and all(torch.equal(gates[0][k], gates[1][k]) for k in gates[0])
+
+
+# -- the chunk objective (ALM) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", [0.1, None])
+def test_chunk_objective_trains_under_the_likelihood_gate_and_loads_no_teacher(
+    world: FakeWorld, tmp_path: Path, loaded_models, threshold
+) -> None:
+    config = world.config_for(
+        tmp_path / "runs",
+        name="chunk",
+        max_steps=2,
+        objective="chunk",
+        lam=0.5,
+        gate_objective="likelihood",
+        chunk_space_threshold=threshold,
+    )
+    result = CliRunner().invoke(app, ["distill", "--config", str(write_config(config, tmp_path / "c.yaml"))])
+    assert result.exit_code == 0, result.output
+    assert loaded_models == [str(world.student)]
+    records = read_metrics(tmp_path / "runs" / "chunk" / "logs" / "metrics.jsonl")
+    for record in records:
+        assert {"loss/clm", "loss/chunk", "loss/gate_nll", "loss/feedback"} <= record.keys()
+        assert "loss/fusion" not in record
+        assert record["loss/chunk"] != 0.0 and all(
+            map(math.isfinite, (record["loss/chunk"], record["loss/total"]))
+        )
+        # Every row after the first shared boundary is in a chunk: most of the text teaches.
+        assert record["chunk/covered_rate"] > 0.8 and record["chunk/rows_per_chunk"] >= 1.0
+    summary = json.loads((tmp_path / "runs" / "chunk" / "export" / "fusion_stats.json").read_text())
+    assert set(summary["mean_loss"]) == {"total", "clm", "chunk", "feedback", "gate_nll"}
+
+
+def test_unknown_objective_names_the_choices_and_writes_nothing(world: FakeWorld, tmp_path: Path) -> None:
+    path = write_config(world.config_for(tmp_path / "runs"), tmp_path / "c.yaml")
+    result = CliRunner().invoke(app, ["distill", "--config", str(path), "distill.objective=alm"])
+    assert result.exit_code == 2
+    assert "distill.objective" in result.output and "fusion" in result.output and "chunk" in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_sigma_correction_on_a_cache_without_sigma_names_the_extract_command(
+    world: FakeWorld, tmp_path: Path, loaded_models
+) -> None:
+    from tests.pipeline.test_cache_check import strip_space_logprobs
+
+    cache = tmp_path / "cache"
+    shutil.copytree(world.root / "cache", cache)
+    for manifest in (cache / "teachers").rglob("manifest.json"):
+        strip_space_logprobs(manifest.parent)
+    config = dataclasses.replace(
+        world.config_for(tmp_path / "runs", objective="chunk", lam=0.5), cache_dir=str(cache)
+    )
+    path = write_config(config, tmp_path / "c.yaml")
+    result = CliRunner().invoke(app, ["distill", "--config", str(path)])
+    assert result.exit_code == 2, result.output
+    assert "no σ" in result.output and f"polyfuse extract --config {path} --teacher" in result.output
+    assert loaded_models == [] and not (tmp_path / "runs").exists()
+    # The same cache serves the uncorrected chunks, and every other objective.
+    result = CliRunner().invoke(app, ["distill", "--config", str(path), "distill.chunk_space_threshold=null"])
+    assert result.exit_code == 0, result.output

@@ -77,7 +77,7 @@ class TransformersBackend:
         model_path: str | Path,
         *,
         top_k: int,
-        dtype: str = ExtractSettings.dtype,
+        dtype: str = "float32",
         batch_tokens: int = ExtractSettings.batch_tokens,
         max_tokens: int | None = None,
         device: str | None = None,

@@ -58,7 +58,7 @@ class VllmBackend:
         *,
         top_k: int,
         max_tokens: int,
-        dtype: str = ExtractSettings.dtype,
+        dtype: str = "float32",
         max_logprobs: int = ExtractSettings.vllm_max_logprobs,
         enforce_eager: bool = ExtractSettings.vllm_enforce_eager,
         tensor_parallel_size: int = ExtractSettings.vllm_tensor_parallel_size,
