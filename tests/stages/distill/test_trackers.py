@@ -42,8 +42,12 @@ def wandb_records(log_dir: Path) -> tuple[dict, list[dict]]:
     """(run config, history rows) of the one offline W&B run under ``log_dir``, read from its
     `.wandb` transaction log (LevelDB-style 32 KiB blocks of 7-byte-headed chunks after a 7-byte
     file header, each record a `wandb_internal_pb2.Record`)."""
+    import wandb
     from wandb.proto import wandb_internal_pb2
 
+    # finish() returns before W&B's service process has written the run's last records; its
+    # shutdown waits for them (a process that exits shuts it down the same way, at exit).
+    wandb.teardown()
     (path,) = glob.glob(str(log_dir / "wandb" / "offline-run-*" / "run-*.wandb"))
     raw = Path(path).read_bytes()
     assert raw[:4] == b":W&B"
