@@ -365,10 +365,11 @@ def _unknown_keys(cls: type, data: Any, prefix: str) -> list[str]:
 
 
 def _literal_choices(tp: Any) -> tuple[Any, ...]:
-    """The allowed values of a ``Literal[...]`` field (also inside ``Optional``); () otherwise."""
+    """The allowed values of a ``Literal[...]`` field (also inside ``Optional``, a list or a union,
+    each once); () otherwise."""
     if typing.get_origin(tp) is Literal:
         return typing.get_args(tp)
-    return tuple(c for arg in typing.get_args(tp) for c in _literal_choices(arg))
+    return tuple(dict.fromkeys(c for arg in typing.get_args(tp) for c in _literal_choices(arg)))
 
 
 def _type_name(tp: Any) -> str:

@@ -26,7 +26,7 @@ from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
 from pipeline.output_dirs import check_writable, run_lock
 from stages.extract.backends import resolve_backend
-from stages.model_source import model_folder, resolve_model
+from stages.model_source import model_folder, resolve_dataset, resolve_model
 from stages.world import World
 
 logger = logging.getLogger(__name__)
@@ -194,12 +194,18 @@ def resolve_stream_inputs(
 
 def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
     """The export's ``config.yaml``: every field of the run's config (with the strategy it ran,
-    e.g. from --strategy, and hub ids pinned to the commit they resolved to), headed by the cache
-    keys it read, so that ``polyfuse distill --config export/config.yaml`` reproduces the run."""
+    e.g. from --strategy, and hub ids of models and datasets pinned to the commit they resolved
+    to), headed by the cache keys it read, so that ``polyfuse distill --config export/config.yaml``
+    reproduces the run."""
     import yaml
 
+    sources = [
+        replace(s, dataset=resolve_dataset(s.dataset).pinned) if s.dataset is not None else s
+        for s in config.corpus.sources
+    ]
     resolved = replace(
         config,
+        corpus=replace(config.corpus, sources=sources),
         student=replace(config.student, path=resolve_model(config.student.path).pinned),
         teachers=[replace(t, path=resolve_model(t.path).pinned) for t in config.teachers],
     )

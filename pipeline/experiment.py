@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from data_schemas.atomic import atomic_open, write_json_atomic
 from pipeline.config import Config
 from pipeline.evaluation import NONE_LABEL, PAIRED_NOTE, evaluate_from_config
+from stages.distill.model_card import heldout_frame, write_model_card
 from stages.evaluate.interference import Interference, interference_reduction
 from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_to_references, comparisons_to_dict
 from stages.evaluate.report import comparison_sections, experiment_markdown, results_frame
@@ -486,6 +487,8 @@ def run_experiment(
     table = results_frame(scores, interference, metrics=REPORT_METRICS)
     references = [r for r in (TARGET_LABEL, NONE_LABEL) if r in scores]
     comparisons = compare_to_references(scores, references, REPORT_METRICS)
+    for name, export in exports.items():  # every export's model card gets its held-out table
+        write_model_card(export, heldout_frame(name, scores, comparisons, TARGET_LABEL, REPORT_METRICS))
     bpb = {
         label: {u.split("/", 1)[1]: (s.value, s.se) for u, s in per.items() if s.metric == "bpb"}
         for label, per in scores.items()

@@ -9,6 +9,10 @@ online it asks the hub which commit the revision points at now and downloads wha
 with ``HF_HUB_OFFLINE=1`` it reads only the local hub cache (``refs/<branch>`` there). Either way
 the result is a snapshot folder ``…/models--org--name/snapshots/<commit>``, whose commit is what
 ``model_fingerprint`` hashes: a branch that moved is a different teacher, with its own cache.
+
+Corpus sources name hub *datasets* the same way (``corpus.sources[].dataset``): ``resolve_dataset``
+is the same resolution for a dataset repo (``…/datasets--org--name/snapshots/<commit>``), whose
+commit enters the corpus key.
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 
 @dataclass(frozen=True)
 class ModelSource:
-    """A model spec as configured and the local folder it resolved to."""
+    """A model spec (or a dataset spec, `resolve_dataset`) as configured and the local folder it
+    resolved to."""
 
     spec: str
     folder: Path
@@ -82,27 +87,52 @@ def model_folder(spec: str | os.PathLike[str]) -> Path:
     return resolve_model(spec).folder
 
 
+def resolve_dataset(spec: str) -> ModelSource:
+    """The snapshot folder of the hub dataset ``org/name[@revision]``, resolved once per process
+    like a model id (module docstring); ``ValueError`` naming the id and the fix when it cannot be."""
+    match = HUB_ID.match(spec)
+    if match is None:
+        raise ValueError(
+            f"dataset {spec!r} is not a hub dataset id: write org/name or org/name@revision, or use "
+            "corpus.sources[].path for local files"
+        )
+    return _resolve_hub(spec, match["repo"], match["revision"], hub_cache(), hub_offline(), "dataset")
+
+
 @functools.cache
-def _resolve_hub(spec: str, repo_id: str, revision: str | None, cache: Path, offline: bool) -> ModelSource:
+def _resolve_hub(
+    spec: str, repo_id: str, revision: str | None, cache: Path, offline: bool, repo_type: str = "model"
+) -> ModelSource:
     from huggingface_hub import snapshot_download
 
     try:
         folder = Path(
-            snapshot_download(repo_id, revision=revision, cache_dir=cache, local_files_only=offline)
+            snapshot_download(
+                repo_id, repo_type=repo_type, revision=revision, cache_dir=cache, local_files_only=offline
+            )
         )
     except (OSError, ValueError) as e:  # every hub and cache error is an OSError subclass
         where = f"the local Hugging Face cache {cache}" if offline else "the Hugging Face hub"
+        download = " ".join(
+            ["hf download", repo_id]
+            + ([f"--repo-type {repo_type}"] if repo_type != "model" else [])
+            + ([f"--revision {revision}"] if revision else [])
+        )
         fix = (
-            f"download it where there is network (`hf download {repo_id}"
-            f"{f' --revision {revision}' if revision else ''}`) and copy the cache here, or unset "
+            f"download it where there is network (`{download}`) and copy the cache here, or unset "
             "HF_HUB_OFFLINE"
             if offline
             else "check the id and revision and your network or HF_TOKEN"
         )
+        local = (
+            "point the path at a local model folder (`make setup` makes the demo ones)"
+            if repo_type == "model"
+            else "point corpus.sources[].path at local files instead"
+        )
+        not_local = "is not a local folder and " if repo_type == "model" else ""
         raise ValueError(
-            f"model {spec!r} is not a local folder and could not be resolved from {where} "
-            f"({type(e).__name__}): {fix}; or point the path at a local model folder "
-            "(`make setup` makes the demo ones)"
+            f"{repo_type} {spec!r} {not_local}could not be resolved from {where} "
+            f"({type(e).__name__}): {fix}; or {local}"
         ) from e
     commit = hub_revision(folder)
     assert commit is not None, f"snapshot_download returned {folder}, not a snapshot folder"

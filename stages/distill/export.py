@@ -6,6 +6,7 @@
       gate.pt                                                  gate state_dict + what it was trained on
       fusion_stats.json                                        summary of the run's metrics.jsonl
       config.yaml                                              the resolved config it was trained with
+      README.md                                                the model card (model_card.py)
 
 `gate.pt` is a dict: `state_dict` plus `gate_info` (strategy, teachers, features, τ). Its
 `teachers` and `features` fix the gate's shape, so it rebuilds as
@@ -27,6 +28,7 @@ from torch import nn
 
 from data_schemas.atomic import fsync_dir, write_json_atomic
 from stages.distill.metrics import read_metrics
+from stages.distill.model_card import write_model_card
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -80,6 +82,7 @@ def write_export(
     write_json_atomic(tmp / "fusion_stats.json", fusion_stats)
     for name, text in (extra_files or {}).items():
         (tmp / name).write_text(text, encoding="utf-8")
+    write_model_card(tmp)
     shutil.rmtree(export_dir, ignore_errors=True)
     tmp.rename(export_dir)
     fsync_dir(export_dir.parent)

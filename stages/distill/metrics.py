@@ -1,5 +1,6 @@
-"""What a user sees of a distill run: a progress bar, `metrics.jsonl` and TensorBoard, from one
-small logger object, plus the accumulator that turns micro-batch outputs into those numbers.
+"""What a user sees of a distill run: a progress bar, `metrics.jsonl` and the trackers of
+`distill.report_to` (TensorBoard by default, trackers.py), from one small logger object, plus
+the accumulator that turns micro-batch outputs into those numbers.
 
 Every rank accumulates its own micro-batches; at a log step the sums are all-reduced (one small
 collective) so the numbers describe the whole job, and only rank 0 writes anything.
@@ -21,6 +22,7 @@ from stages.distill.batch import FusionBatch
 from stages.distill.gate_diagnostics import contested, em_mixture_weights, mixture_bits, oracle_teacher
 from stages.distill.loss_terms import TERMS
 from stages.distill.model import FusionOutput
+from stages.distill.trackers import Tracker, open_trackers
 
 
 class StepStats:
@@ -194,15 +196,19 @@ def _gate_diagnostics_summary(s: dict[str, torch.Tensor]) -> dict[str, float]:
 
 
 class MetricsLogger:
-    """JSONL + TensorBoard + a tqdm progress bar; a no-op object on ranks other than 0.
+    """`metrics.jsonl` + the chosen trackers (trackers.py) + a tqdm progress bar; a no-op object on
+    ranks other than 0.
 
     Args:
-        log_dir: where `metrics.jsonl` and the TensorBoard event files go.
+        log_dir: where `metrics.jsonl` and the trackers' files go.
         enabled: false on every rank but 0.
         total_steps: optimizer steps of the run (for the bar's ETA).
         start_step: steps already done (a resumed run); JSONL lines past it are dropped first, so a
             run killed after its last checkpoint does not leave duplicate steps in the log.
         progress: show the progress bar (off in tests and when stderr is not wanted).
+        report_to: `distill.report_to`: the trackers beside `metrics.jsonl` (`["none"]`: none).
+        run_config: the run's resolved YAML, the trackers' run config.
+        run_name: the run's name in the trackers.
     """
 
     def __init__(
@@ -213,20 +219,21 @@ class MetricsLogger:
         total_steps: int,
         start_step: int = 0,
         progress: bool = True,
-        tensorboard: bool = True,
+        report_to: Sequence[str] = ("tensorboard",),
+        run_config: str | None = None,
+        run_name: str = "distill",
     ) -> None:
         self.enabled = enabled
         self.path = Path(log_dir) / "metrics.jsonl"
-        self._tb = None
+        self._trackers: list[Tracker] = []
         self._bar = None
         if not enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         _truncate_after(self.path, start_step)
-        if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self._tb = SummaryWriter(log_dir=str(Path(log_dir) / "tensorboard"), purge_step=start_step + 1)
+        self._trackers = open_trackers(
+            report_to, Path(log_dir), start_step=start_step, run_config=run_config, run_name=run_name
+        )
         if progress:
             from tqdm.auto import tqdm
 
@@ -245,21 +252,20 @@ class MetricsLogger:
         self._bar.update(step - self._bar.n)
 
     def log(self, step: int, metrics: dict[str, Any]) -> None:
-        """One JSONL line and the TensorBoard scalars/histogram of `metrics` at `step`."""
+        """One JSONL line of `metrics` at `step`, and its finite scalars (same names) and the
+        selected-teacher histogram to every tracker."""
         if not self.enabled:
             return
         record = {"step": step, "time": time.time(), **metrics}
         with open(self.path, "a", encoding="utf-8") as f:
             f.write(json.dumps(record, allow_nan=True) + "\n")
-        if self._tb is None:
-            return
-        for name, value in metrics.items():
-            if isinstance(value, float | int) and math.isfinite(value):
-                self._tb.add_scalar(name, value, step)
-        hist = metrics.get("gate/selected_hist")
-        if hist and sum(hist):
-            counts = torch.repeat_interleave(torch.arange(len(hist)), torch.tensor(hist))
-            self._tb.add_histogram("gate/selected_count", counts, step, bins=len(hist))
+        scalars = {
+            name: value
+            for name, value in metrics.items()
+            if isinstance(value, float | int) and not isinstance(value, bool) and math.isfinite(value)
+        }
+        for tracker in self._trackers:
+            tracker.log(step, scalars, metrics.get("gate/selected_hist"))
 
     def write(self, message: str) -> None:
         """A line of text that does not break the progress bar (rank 0 only)."""
@@ -273,8 +279,9 @@ class MetricsLogger:
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
-        if self._tb is not None:
-            self._tb.close()
+        for tracker in self._trackers:
+            tracker.close()
+        self._trackers = []
 
 
 class SampleLog:

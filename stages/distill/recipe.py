@@ -86,6 +86,7 @@ class RecipeRun:
     the tests kill a run at a known step."""
     progress: bool = True
     tensorboard: bool = True
+    """False turns every tracker of ``distill.report_to`` off (metrics.jsonl stays)."""
     export_files: dict[str, str] | None = None
     """Further text files of the export, name → content: the resolved `config.yaml` the run was
     started from (pipeline/distillation.py), so that every export says how to reproduce it."""
@@ -182,7 +183,9 @@ class DistillRecipe:
             total_steps=cfg.max_steps,
             start_step=self.step,
             progress=run.progress,
-            tensorboard=run.tensorboard,
+            report_to=cfg.report_to if run.tensorboard else ["none"],
+            run_config=(run.export_files or {}).get("config.yaml"),
+            run_name=run.run_dir.name,
         )
         self.stats = StepStats(self.teacher_names, self.terms)
         self.sample_log = SampleLog(run.run_dir / "logs", self.dist.rank, start_step=self.step)

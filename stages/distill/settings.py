@@ -6,9 +6,10 @@ unchanged, and ``strategy`` is parsed once into its ``Strategy`` (strategies.py)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
+from stages.distill.trackers import INSTALL, missing_trackers
 from stages.setting_rules import require
 
 STRATEGY_NAMES = (
@@ -23,6 +24,8 @@ STRATEGY_NAMES = (
     "none",
 )
 """Every fusion strategy (strategies.py has the table of what each does)."""
+TrackerName = Literal["tensorboard", "wandb", "none"]
+"""A value of ``distill.report_to`` (trackers.py)."""
 
 
 @dataclass
@@ -123,6 +126,15 @@ class DistillSettings:
     """AdamW β2 of both parameter groups (FuseLLM's 0.95)."""
     keep_checkpoints: int = 2
     """Newest checkpoints kept under ``runs_dir/name/checkpoints``; older ones are deleted."""
+    report_to: list[TrackerName] | TrackerName = field(default_factory=lambda: ["tensorboard"])
+    """Experiment trackers that get the metrics beside ``logs/metrics.jsonl`` (always written), with
+    the same names, and the resolved config as their run config (stages/distill/trackers.py):
+    ``tensorboard`` (logs/tensorboard), ``wandb`` (logs/wandb, offline unless WANDB_MODE says
+    otherwise; needs ``pip install wandb``), or ``none``. A list, or one name (``report_to: wandb``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.report_to, str):  # one name: the list of it
+            self.report_to = [self.report_to]
 
     def check(self) -> None:
         require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
@@ -186,4 +198,27 @@ class DistillSettings:
         require(self.grad_clip > 0, "distill.grad_clip", self.grad_clip, "must be positive", "use 1.0")
         require(
             self.loader_workers >= 0, "distill.loader_workers", self.loader_workers, "must be ≥ 0", "use 2"
+        )
+        require(
+            bool(self.report_to) and len(set(self.report_to)) == len(self.report_to),
+            "distill.report_to",
+            self.report_to,
+            "must name each tracker once",
+            "use e.g. [tensorboard], or [none] for metrics.jsonl alone",
+        )
+        require(
+            "none" not in self.report_to or self.report_to == ["none"],
+            "distill.report_to",
+            self.report_to,
+            "cannot list none beside a tracker",
+            "drop none, or use [none] alone",
+        )
+        missing = missing_trackers(self.report_to)
+        require(
+            not missing,
+            "distill.report_to",
+            self.report_to,
+            f"lists {', '.join(missing)}, which is not installed",
+            "; ".join(f"install it: {INSTALL[name]}" for name in missing)
+            + f", or remove {', '.join(missing)} from distill.report_to",
         )

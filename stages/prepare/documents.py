@@ -87,12 +87,19 @@ def _read_jsonl(path: Path, text_field: str, id_field: str | None) -> Iterator[D
             row = json.loads(line)
         except json.JSONDecodeError as e:
             raise ValueError(f"{path}:{lineno} is not valid JSON ({e.msg}): fix the line") from e
-        yield _document(row, text_field, id_field, lineno - 1, f"{path}:{lineno}")
+        yield row_document(row, text_field, id_field, lineno - 1, f"{path}:{lineno}")
 
 
-def _document(row: object, text_field: str, id_field: str | None, index: int, where: str) -> Document:
-    if not isinstance(row, dict) or text_field not in row:
-        raise ValueError(f"{where} has no text field {text_field!r}: set corpus.sources[].text_field")
+def row_document(row: object, text_field: str, id_field: str | None, index: int, where: str) -> Document:
+    """The document of one record (a JSON line, a table row); ``index`` is its id when the record
+    has no ``id_field``. ``ValueError`` naming ``where`` and the fix for a record without text."""
+    if not isinstance(row, dict):
+        raise ValueError(f"{where} is a {type(row).__name__}, not a record with a text field: fix the source")
+    if text_field not in row:
+        raise ValueError(
+            f"{where} has no text field {text_field!r} (its fields: {', '.join(map(str, row)) or 'none'}): "
+            "set corpus.sources[].text_field to the one that holds the text"
+        )
     text = row[text_field]
     if not isinstance(text, str):
         raise ValueError(f"{where}: field {text_field!r} is {type(text).__name__}, not text")
@@ -111,7 +118,7 @@ def _read_table_rows(
     rows: Iterator[dict], path: Path, text_field: str, id_field: str | None
 ) -> Iterator[Document]:
     for index, row in enumerate(rows):
-        yield _document(row, text_field, id_field, index, f"{path} row {index}")
+        yield row_document(row, text_field, id_field, index, f"{path} row {index}")
 
 
 def read_documents(path: Path, fmt: str, text_field: str, id_field: str | None) -> Iterator[Document]:

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -22,7 +23,8 @@ from data_schemas.keys import content_key
 from data_schemas.manifest import Manifest, read_manifest, write_manifest
 from data_schemas.parquet_io import write_shard
 from stages.prepare.chunking import chunk_document
-from stages.prepare.documents import read_documents, resolve_format, source_hash
+from stages.prepare.documents import Document, read_documents, resolve_format, source_hash
+from stages.prepare.hub_dataset import describe_hub_source, read_hub_documents
 from stages.prepare.settings import CorpusSettings, CorpusSource
 
 logger = logging.getLogger(__name__)
@@ -40,9 +42,14 @@ class PreparedCorpus:
 
 
 def describe_sources(sources: list[CorpusSource]) -> list[dict]:
-    """What of the sources enters the corpus key: domain, reading settings and content hash."""
+    """What of the sources enters the corpus key: domain, reading settings and content hash (a
+    hub dataset's: its resolved commit, hub_dataset.py)."""
     described = []
     for src in sources:
+        if src.dataset is not None:
+            described.append(describe_hub_source(src))
+            continue
+        assert src.path is not None, "CorpusSource.check: a path or a dataset"
         fmt = resolve_format(Path(src.path), src.format)
         described.append(
             {
@@ -58,7 +65,8 @@ def describe_sources(sources: list[CorpusSource]) -> list[dict]:
 
 
 def compute_corpus_key(described: list[dict], settings: dict) -> str:
-    """Hash of the sources' content and the chunking settings (paths are not part of it)."""
+    """Hash of the sources' content and the chunking settings (paths and dataset ids as written
+    are not part of it; a dataset's repo and commit are)."""
     content = [{k: v for k, v in d.items() if k != "path"} for d in described]
     return content_key({"sources": content, "settings": settings})
 
@@ -82,12 +90,12 @@ def build_rows(
     a seeded hash so that every shard mixes domains."""
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for src in sources:
-        docs = [d for d in read_documents(Path(src.path), src.format, src.text_field, src.id_field)]
+        docs = list(source_documents(src))
         ids = [d.doc_id for d in docs]
         dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if dupes:
             raise ValueError(
-                f"{src.path}: document ids {dupes[:3]} repeat: make the id field unique "
+                f"{src.label}: document ids {dupes[:3]} repeat: make the id field unique "
                 "or set corpus.sources[].id_field to null"
             )
         heldout = _heldout_doc_ids(ids, src.domain, heldout_fraction, seed)
@@ -107,11 +115,19 @@ def build_rows(
                     }
                 )
     if not rows["train"]:
-        names = ", ".join(str(s.path) for s in sources) or "none"
+        names = ", ".join(s.label for s in sources) or "none"
         raise ValueError(f"the corpus is empty (sources: {names}): point corpus.sources at files with text")
     for split in SPLITS:
         rows[split].sort(key=lambda r: _rank(seed, r["sample_id"]))
     return rows
+
+
+def source_documents(src: CorpusSource) -> Iterator[Document]:
+    """The documents of one source: its local files, or its hub dataset's split."""
+    if src.dataset is not None:
+        return read_hub_documents(src)
+    assert src.path is not None, "CorpusSource.check: a path or a dataset"
+    return read_documents(Path(src.path), src.format, src.text_field, src.id_field)
 
 
 def domain_stats(rows: dict[str, list[dict]]) -> dict[str, dict[str, dict[str, int]]]:

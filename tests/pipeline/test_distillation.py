@@ -82,6 +82,33 @@ def test_distill_trains_exports_and_loads_no_teacher_model(
     assert "# corpus_key: " in exported.read_text() and "# teacher_key gemma: " in exported.read_text()
 
 
+def test_the_export_config_pins_a_hub_dataset_to_its_commit(
+    world: FakeWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.distillation import StreamInputs, export_config_yaml
+    from stages import model_source
+    from stages.prepare.settings import CorpusSource
+    from tests.hub_cache import add_snapshot, point_branch
+
+    commit = "c" * 40
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model_source._resolve_hub.cache_clear()
+    (tmp_path / "web" / "data").mkdir(parents=True)
+    (tmp_path / "web" / "data" / "train.jsonl").write_text('{"text": "x"}\n')
+    add_snapshot(tmp_path / "hub", "org/web", commit, tmp_path / "web", "dataset")
+    point_branch(tmp_path / "hub", "org/web", "main", commit, "dataset")
+    local = world.config.corpus.sources
+    sources = [*local, CorpusSource(dataset="org/web", domain="web")]
+    config = dataclasses.replace(
+        world.config, corpus=dataclasses.replace(world.config.corpus, sources=sources)
+    )
+    exported = yaml.safe_load(export_config_yaml(config, StreamInputs("corpuskey", [], [], {})))
+    model_source._resolve_hub.cache_clear()
+    assert exported["corpus"]["sources"][-1]["dataset"] == f"org/web@{commit}"  # main, pinned
+    assert exported["corpus"]["sources"][:-1] == [dataclasses.asdict(s) for s in local]
+
+
 def test_unknown_strategy_and_single_teacher_are_user_errors(world: FakeWorld, tmp_path: Path) -> None:
     config = write_config(world.config_for(tmp_path / "runs"), tmp_path / "c.yaml")
     result = CliRunner().invoke(app, ["distill", "--config", str(config), "--strategy", "single:gpt"])

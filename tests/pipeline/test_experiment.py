@@ -11,6 +11,7 @@ import numpy as np
 import polars as pl
 import pytest
 import torch
+from huggingface_hub import ModelCard
 
 import pipeline.distillation
 from pipeline.config import EvaluateConfig
@@ -169,6 +170,13 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
     assert paired["none"]["adaptive"]["bpb/mixed"]["n"] == results["scores"]["adaptive"]["bpb/mixed"]["n"]
     assert "Paired Δ vs the target `target`" in report and "Paired Δ vs `none`" in report
     assert "bpb_delta_vs_none.png" in report
+    # Every export's model card carries its held-out table, read back by huggingface_hub.
+    for method in RUN_METHODS:
+        card = ModelCard.load(Path(results["exports"][method]) / "README.md")
+        assert "polyfuse" in card.data.tags and "Not evaluated yet" not in card.text
+        assert "Δ vs target" in card.text and ("Δ vs none" in card.text) == (method != "none")
+    delta = paired["target"]["adaptive"]["bpb/mixed"]["delta"]
+    assert f"{delta:+.4f} ± " in (Path(results["exports"]["adaptive"]) / "README.md").read_text()
 
     def refuse(*args, **kwargs):
         raise AssertionError("a finished method was trained again")

@@ -4,7 +4,6 @@ not move, a local folder wins, and an id not in the cache is a user error naming
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 from pathlib import Path
 
@@ -16,32 +15,12 @@ from pipeline.extraction import load_teacher_tokenizer, plan_teacher, prepare_sh
 from stages import model_source
 from stages.extract.model_fingerprint import model_fingerprint
 from stages.model_source import resolve_model
+from tests.hub_cache import add_snapshot, point_branch
 from tests.pipeline.test_extraction import write_config, write_corpus
 from tests.tiny_models import save_tiny_llama
 
 SMOLLM2 = Path(__file__).resolve().parents[2] / "models" / "tokenizers" / "smollm2-135m-instruct"
 COMMIT_1, COMMIT_2 = "1" * 40, "2" * 40
-
-
-def add_snapshot(hub: Path, repo_id: str, commit: str, files: Path) -> Path:
-    """``files`` as the snapshot ``commit`` of ``repo_id`` in the hub cache ``hub``, the way
-    huggingface_hub lays it out: content in blobs/, symlinks in snapshots/<commit>/."""
-    repo = hub / f"models--{repo_id.replace('/', '--')}"
-    snapshot = repo / "snapshots" / commit
-    snapshot.mkdir(parents=True)
-    (repo / "blobs").mkdir(exist_ok=True)
-    for path in sorted(files.iterdir()):
-        blob = repo / "blobs" / hashlib.sha256(path.read_bytes()).hexdigest()
-        if not blob.exists():
-            shutil.copyfile(path, blob)
-        (snapshot / path.name).symlink_to(Path("..") / ".." / "blobs" / blob.name)
-    return snapshot
-
-
-def point_branch(hub: Path, repo_id: str, branch: str, commit: str) -> None:
-    refs = hub / f"models--{repo_id.replace('/', '--')}" / "refs"
-    refs.mkdir(parents=True, exist_ok=True)
-    (refs / branch).write_text(commit)
 
 
 @pytest.fixture(scope="module")
