@@ -178,9 +178,11 @@ def resolve_stream_inputs(
             tokenizer,
             student_tokenizer,
             cache_dir=Path(config.cache_dir) / "vocab_maps",
-            mode=config.distill.vocab_map,
+            # Exact-token KD maps candidates by their exact string only.
+            mode="exact" if config.distill.objective == "exact_token" else config.distill.vocab_map,
         )
-        texts = tuple(build_token_table(tokenizer).texts) if config.distill.aligner == "dtw" else None
+        texts_needed = config.distill.aligner == "dtw" or config.distill.objective == "exact_token"
+        texts = tuple(build_token_table(tokenizer).texts) if texts_needed else None
         teachers.append(TeacherSource(teacher.name, checked, vocab_map, texts))
         logger.info(
             "teacher %s: %d of %d train shards cached in %s",

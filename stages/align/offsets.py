@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["RowAlignment", "align_rows_by_offsets", "boundary_rows"]
+__all__ = ["RowAlignment", "align_rows_by_offsets", "boundary_rows", "same_next_token"]
 
 
 @dataclass(frozen=True)
@@ -77,3 +77,28 @@ def align_rows_by_offsets(teacher_ends: np.ndarray, student_ends: np.ndarray) ->
         teacher_rows=teacher_rows[slot[matched]],
         n_student_rows=n_student_rows,
     )
+
+
+def same_next_token(
+    alignment: RowAlignment,
+    teacher_ids: np.ndarray,
+    student_ids: np.ndarray,
+    teacher_texts: np.ndarray,
+    student_texts: np.ndarray,
+) -> RowAlignment:
+    """The aligned rows whose next token is the same string on both sides (exact-token KD).
+
+    Such a row starts at the same character in both tokenisations and both write the next stretch
+    of text as one token with the same string: the next chunk is one token on both sides, and the
+    teacher's distribution over its next token is a distribution over the student's next token
+    (for the candidates both vocabularies share). Special tokens (empty text) never match.
+
+    teacher_ids, student_ids: `[n]` the two tokenisations' ids; teacher_texts, student_texts:
+    object arrays of the text every id emits (`token_text.TokenTable.texts`).
+    """
+    if len(alignment.student_rows) == 0:
+        return alignment
+    theirs = teacher_texts[np.asarray(teacher_ids)[alignment.teacher_rows + 1]]
+    ours = student_texts[np.asarray(student_ids)[alignment.student_rows + 1]]
+    keep = (theirs == ours) & (ours != "")
+    return RowAlignment(alignment.student_rows[keep], alignment.teacher_rows[keep], alignment.n_student_rows)

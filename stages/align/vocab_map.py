@@ -8,6 +8,9 @@
   token the student itself would emit first for that continuation. A teacher token that ends
   inside a multi-byte character (byte-level `ĠðŁ`, byte fallback `<0xF0>`) is not text: it takes
   the student token with the longest byte string that is a prefix of its bytes.
+- `exact`: the student token with exactly the teacher token's bytes, else −1 (the exact-token KD
+  objective: a candidate the student cannot write as one token of the same string carries no
+  target; its mass stays in the rest bucket).
 - `edit_distance` (FuseLLM MinED): the same real-text strings; an exact match, else the student
   token at minimal Levenshtein distance, ties to the closest length, then the lowest student id
   (FuseLLM's ties follow dict order, so its builds differ). The search is exact; it is fast
@@ -16,7 +19,7 @@
 
 A teacher with the student's own tokenizer (same fingerprint) gets the identity map.
 
-In both modes special tokens map explicitly (EOS↔EOS, else the student special token with the
+In every mode special tokens map explicitly (EOS↔EOS, else the student special token with the
 same string, else BOS↔BOS / UNK↔UNK, else −1) — never by string distance — and no ordinary
 token maps onto a student special token. Ties are broken by id everywhere, so two builds are
 byte-identical.
@@ -55,8 +58,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VOCAB_MAP_FORMAT = 1
-VocabMapMode = Literal["prefix", "edit_distance"]
-_MODES = ("prefix", "edit_distance")
+VocabMapMode = Literal["prefix", "edit_distance", "exact"]
+_MODES = ("prefix", "edit_distance", "exact")
 
 
 def build_vocab_map(
@@ -85,9 +88,22 @@ def _build_vocab_map(
         vocab_map[teacher_id] = student_id
     if mode == "prefix":
         _map_by_prefix(teacher, teacher_table, student, student_table, vocab_map)
+    elif mode == "exact":
+        _map_exactly(teacher_table, student_table, vocab_map)
     else:
         _map_by_edit_distance(teacher_table, student_table, vocab_map)
     return vocab_map
+
+
+def _map_exactly(teacher_table: TokenTable, student_table: TokenTable, vocab_map: np.ndarray) -> None:
+    """Ordinary teacher tokens → the lowest ordinary student id with the same bytes, else −1."""
+    by_bytes: dict[bytes, int] = {}
+    for student_id, piece in enumerate(student_table.pieces):
+        if piece and not student_table.special[student_id]:
+            by_bytes.setdefault(piece, student_id)
+    for teacher_id, piece in enumerate(teacher_table.pieces):
+        if piece and not teacher_table.special[teacher_id]:
+            vocab_map[teacher_id] = by_bytes.get(piece, -1)
 
 
 def _map_special_tokens(

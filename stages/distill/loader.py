@@ -43,6 +43,7 @@ from data_schemas.parquet_io import check_schema
 from data_schemas.teacher_shard import TeacherSample, decode_table, read_teacher_shard
 from stages.align.chunks import ChunkTeacher, chunk_sample
 from stages.align.dtw import align_rows_by_dtw
+from stages.align.offsets import RowAlignment, align_rows_by_offsets, same_next_token
 from stages.align.sample import AlignedTargets, align_sample, no_targets
 from stages.align.spans import common_boundaries, span_logliks
 from stages.align.token_text import build_token_table
@@ -139,7 +140,9 @@ class FusionStream(IterableDataset):
         target: the sparse target kind, one of `TARGET_KINDS` (stages/align/sample.py): `sampled`
             reads caches of drawn tokens, the others top-k caches.
         gate_objective: one of `GATE_OBJECTIVES`; `likelihood` adds the span log-likelihoods.
-        objective: `distill.objective`; `chunk` builds chunks instead of token-level targets.
+        objective: `distill.objective`; `chunk` builds chunks instead of token-level targets;
+            `exact_token` keeps the targets of rows whose next token is the same string on both
+            sides only (`offsets.same_next_token`; the vocabulary map must be `exact`).
         space_threshold: under `chunk`, merge chunks until every teacher's σ exceeds it and add
             log σ at their ends; None: plain chunks (stages/align/chunks.py).
         aligner: `offsets` (same-character rows) or `dtw` (FuseLLM's MinED DTW over the token
@@ -179,9 +182,10 @@ class FusionStream(IterableDataset):
         self.gate_objective = gate_objective
         if aligner not in ALIGNERS:
             raise ValueError(f"distill.aligner must be one of {ALIGNERS}, got {aligner!r}")
-        if aligner == "dtw" and any(t.token_texts is None for t in teachers):
+        if (aligner == "dtw" or objective == "exact_token") and any(t.token_texts is None for t in teachers):
             raise ValueError(
-                "distill.aligner=dtw needs every teacher's token_texts (pipeline/distillation.py)"
+                "distill.aligner=dtw and the exact_token objective need every teacher's token_texts "
+                "(pipeline/distillation.py)"
             )
         self.aligner = aligner
         self.objective = objective
@@ -320,6 +324,12 @@ class FusionStream(IterableDataset):
                 f"{'drawn tokens' if teacher.draw_counts is not None else 'top-k rows'}, but "
                 f"distill.target is {self.target}: use the cache extract.draws selects"
             )
+        if self.objective == "exact_token":
+            alignment = reader.exact_token_alignment(source, teacher, student)
+        elif self.aligner == "dtw":
+            alignment = reader.dtw_alignment(source, teacher, student.ids)
+        else:
+            alignment = None  # offsets
         return align_sample(
             student.ends,
             teacher.token_ends,
@@ -328,7 +338,7 @@ class FusionStream(IterableDataset):
             source.vocab_map,
             # drawn tokens: their empirical distribution, unmapped draws in the rest
             target="residual" if self.target == "sampled" else self.target,
-            alignment=reader.dtw_alignment(source, teacher, student.ids) if self.aligner == "dtw" else None,
+            alignment=alignment,
         )
 
     def _chunks(self, text: str, student, used: Sequence[TeacherSample | None]):
@@ -363,8 +373,27 @@ class _ShardReader:
     def __init__(self, stream: FusionStream) -> None:
         self.stream = stream
         self.tokenizer = load_tokenizer(stream.student_tokenizer)
-        self.student_texts = build_token_table(self.tokenizer).texts if stream.aligner == "dtw" else None
+        texts = stream.aligner == "dtw" or stream.objective == "exact_token"
+        self.student_texts = build_token_table(self.tokenizer).texts if texts else None
+        # Per teacher, its texts as an array (exact_token compares the next tokens' strings).
+        self.text_arrays = {
+            t.name: np.array(t.token_texts, dtype=object)
+            for t in stream.teachers
+            if t.token_texts is not None
+        }
+        self.student_text_array = np.array(self.student_texts, dtype=object) if texts else None
         self._index: int | None = None
+
+    def exact_token_alignment(self, source: TeacherSource, teacher: TeacherSample, student) -> RowAlignment:
+        """The offset-aligned rows whose next token is the same string on both sides."""
+        assert self.student_text_array is not None
+        return same_next_token(
+            align_rows_by_offsets(teacher.token_ends, student.ends),
+            teacher.token_ids,
+            student.ids,
+            self.text_arrays[source.name],
+            self.student_text_array,
+        )
 
     def dtw_alignment(self, source: TeacherSource, teacher: TeacherSample, student_ids: Sequence[int]):
         """FuseLLM's hard DTW alignment of one sample's teacher and student tokens, by their texts."""

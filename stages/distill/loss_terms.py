@@ -165,6 +165,16 @@ TERMS: dict[str, LossTerm] = {
         },
         reads_supports=True,
     ),
+    # Exact-token KD: the fusion maths on the loader's exact-token targets (loader.py).
+    "exact_token": LossTerm(
+        fusion_term,
+        stats=("fused_positions", "entropy_sum"),
+        rates={
+            "exact_token/rate": ("fused_positions", "student_rows"),
+            "exact_token/target_entropy": ("entropy_sum", "fused_positions"),
+        },
+        reads_supports=True,
+    ),
     "feedback": LossTerm(feedback_term, rates={"gate/cv2": ("loss", "micro_batches")}),
     "gate_nll": LossTerm(gate_nll_term),
     "chunk": LossTerm(

@@ -44,12 +44,16 @@ class DistillSettings:
     top-k probabilities plus one "rest" bucket holding 1 − Σ top-k; ``sampled`` the empirical
     distribution of N tokens drawn from the full softmax (needs a cache extracted with
     ``extract.draws`` = N, and that same setting here)."""
-    objective: Literal["fusion", "chunk"] = "fusion"
+    objective: Literal["fusion", "chunk", "exact_token"] = "fusion"
     """The distillation loss term (stages/distill/loss_terms.py), weighted 1 − λ: ``fusion`` the
     cross-entropy against the mixture of the teachers' top-k mapped to student ids (DESIGN.md §6);
     ``chunk`` chunk-level likelihood matching (ALM, stages/distill/chunk_loss.py): on stretches
     of text that the student and every teacher start and end at a token boundary, the student's
-    log-likelihood against the teachers' mixture, with nothing mapped and no row dropped."""
+    log-likelihood against the teachers' mixture, with nothing mapped and no row dropped;
+    ``exact_token`` the fusion cross-entropy only at rows whose next token is the same string for
+    the student and the teacher, candidates mapped by exact string and the rest of the teacher's
+    mass in the rest bucket (needs ``target`` residual or sampled), no token-level target
+    elsewhere."""
     chunk_temperature: float = 100.0
     """τ_c of the `chunk` objective: the binarisation temperature of ALM (tokenkit's 100)."""
     chunk_space_threshold: float | None = 0.1
@@ -140,6 +144,14 @@ class DistillSettings:
         require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
         require(self.beta >= 0.0, "distill.beta", self.beta, "must be ≥ 0", "use 0.5")
         require(0.0 <= self.tau < 1.0, "distill.tau", self.tau, "must be in [0, 1)", "use 0.15")
+        require(
+            self.objective != "exact_token" or self.target != "renormalised",
+            "distill.target",
+            self.target,
+            "cannot serve the exact_token objective, which keeps the teacher's unmapped mass in the "
+            "rest bucket",
+            "use distill.target=residual (or sampled)",
+        )
         require(
             self.chunk_temperature > 0,
             "distill.chunk_temperature",

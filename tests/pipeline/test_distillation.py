@@ -423,3 +423,28 @@ def test_sigma_correction_on_a_cache_without_sigma_names_the_extract_command(
     # The same cache serves the uncorrected chunks, and every other objective.
     result = CliRunner().invoke(app, ["distill", "--config", str(path), "distill.chunk_space_threshold=null"])
     assert result.exit_code == 0, result.output
+
+
+def test_exact_token_objective_trains_on_the_rows_both_write_alike(world: FakeWorld, tmp_path: Path) -> None:
+    common = {"max_steps": 2, "target": "residual", "lam": 0.5}
+    runs = {}
+    for objective in ("fusion", "exact_token"):
+        config = world.config_for(tmp_path / "runs", name=objective, objective=objective, **common)
+        path = write_config(config, tmp_path / f"{objective}.yaml")
+        result = CliRunner().invoke(app, ["distill", "--config", str(path), "--strategy", "single:gemma"])
+        assert result.exit_code == 0, result.output
+        runs[objective] = read_metrics(tmp_path / "runs" / objective / "logs" / "metrics.jsonl")
+    for fusion, exact in zip(runs["fusion"], runs["exact_token"], strict=True):
+        assert "loss/exact_token" in exact and "loss/fusion" not in exact
+        # Exact-token rows are a strict, non-empty subset of the offset-aligned rows.
+        assert 0.0 < exact["exact_token/rate"] < fusion["fusion/fused_rate"]
+
+
+def test_exact_token_with_the_renormalised_target_is_refused(world: FakeWorld, tmp_path: Path) -> None:
+    path = write_config(world.config_for(tmp_path / "runs"), tmp_path / "c.yaml")
+    result = CliRunner().invoke(
+        app,
+        ["distill", "--config", str(path), "distill.objective=exact_token", "distill.target=renormalised"],
+    )
+    assert result.exit_code == 2 and "distill.target=residual" in result.output
+    assert not (tmp_path / "runs").exists()

@@ -124,3 +124,23 @@ def test_accented_text(demo_tokenizers):
     ]  # fmt: skip
     # SmolLM2 splits "Ç" in two bytes; Qwen emits it whole: they meet after its second byte.
     assert aligned_pairs(demo_tokenizers, QWEN, text)[:2] == [("ĩ", "Ãĩ"), ("a", "a")]
+
+
+def test_same_next_token_keeps_only_rows_whose_next_strings_agree(demo_tokenizers, demo_token_tables):
+    from stages.align.offsets import same_next_token
+
+    text = "x = 1\n    def f():"
+    student = tokenize_with_ends(demo_tokenizers[SMOLLM2], text, add_special_tokens=True, max_tokens=None)
+    qwen = tokenize_with_ends(demo_tokenizers[QWEN], text, add_special_tokens=True, max_tokens=None)
+    texts = {name: np.array(demo_token_tables[name].texts, dtype=object) for name in (SMOLLM2, QWEN)}
+    aligned = align_rows_by_offsets(qwen.ends, student.ends)
+    exact = same_next_token(aligned, qwen.ids, student.ids, texts[QWEN], texts[SMOLLM2])
+    next_text = [texts[SMOLLM2][student.ids[j + 1]] for j in exact.student_rows]
+    # After "1" both start at the newline but write it differently (`\n` against `\n   `): aligned,
+    # yet no exact-token row; after the indentation both write " def", " f" and so on.
+    after_one = int(np.flatnonzero(student.ends == text.index("1") + 1)[0])
+    assert after_one in aligned.student_rows and after_one not in exact.student_rows
+    assert " def" in next_text and "\n   " not in next_text
+    for j, i in zip(exact.student_rows, exact.teacher_rows, strict=True):
+        assert texts[QWEN][qwen.ids[i + 1]] == texts[SMOLLM2][student.ids[j + 1]]
+        assert qwen.ends[i + 1] == student.ends[j + 1]

@@ -207,3 +207,16 @@ def test_cache_is_reused_invalidated_and_byte_identical(demo_tokenizers, tmp_pat
 def test_unknown_mode_is_rejected(demo_tokenizers):
     with pytest.raises(ValueError, match="prefix"):
         build_vocab_map(demo_tokenizers[SMOLLM2], demo_tokenizers[SMOLLM2], mode="cooccurrence")
+
+
+def test_exact_map_takes_only_the_same_string(demo_tokenizers, demo_token_tables):
+    qwen, smol = demo_token_tables[QWEN], demo_token_tables[SMOLLM2]
+    exact = build_vocab_map(demo_tokenizers[QWEN], demo_tokenizers[SMOLLM2], mode="exact")
+    mapped = exact >= 0
+    ordinary = ~qwen.special[: len(exact)]
+    for teacher_id in np.flatnonzero(mapped & ordinary)[:2000]:
+        assert smol.pieces[exact[teacher_id]] == qwen.pieces[teacher_id]
+    # `:\n` is one Qwen token and none of SmolLM2's: unmapped, its mass goes to the rest bucket.
+    colon_newline = qwen.texts.index(":\n")
+    assert exact[colon_newline] == -1 and ":\n" not in smol.texts
+    assert smol.texts[exact[qwen.texts.index(" def")]] == " def"
