@@ -267,6 +267,51 @@ def experiment(
     typer.echo(f"report written to {result.report_dir}/report.md")
 
 
+@app.command()
+@user_errors
+def curves(
+    config: ConfigOpt = Path("configs/experiment.yaml"),
+    overrides: OverridesArg = None,
+    arms: Annotated[
+        str | None,
+        typer.Option(
+            "--arms", help="Comma-separated arms (pipeline/curves.py ARMS; default: every non-ablation arm)."
+        ),
+    ] = None,
+    epochs: Annotated[int, typer.Option("--epochs", help="Passes over the training samples.")] = 4,
+    lr: Annotated[
+        float | None, typer.Option("--lr", help="Peak learning rate (default: distill.lr).")
+    ] = None,
+    teacher: Annotated[
+        str | None,
+        typer.Option(
+            "--teacher", help="The teacher of the single-teacher arms (default: the lowest bits per byte)."
+        ),
+    ] = None,
+    results: Annotated[
+        Path | None, typer.Option("--results", help="Also write curves.{json,md,png} into this folder.")
+    ] = None,
+) -> None:
+    """Learning curves: each arm trained for several epochs on the same samples, every epoch scored
+    on the same held-out documents → runs/NAME/report/curves.{md,json,png}. Resumes."""
+    import shlex
+
+    from pipeline.config import load_config
+    from pipeline.curves import curve_markdown, run_curves
+
+    cfg = load_config(config, overrides)
+    chosen = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    command = " ".join(
+        ["polyfuse curves --config", shlex.quote(str(config)), f"--epochs {epochs}"]
+        + ([f"--arms {shlex.quote(arms)}"] if arms else [])
+        + ([f"--lr {lr:g}"] if lr is not None else [])
+        + ([f"--teacher {shlex.quote(teacher)}"] if teacher else [])
+        + [shlex.quote(o) for o in overrides or []]
+    )
+    out = run_curves(cfg, chosen, epochs=epochs, lr=lr, teacher=teacher, results_dir=results, command=command)
+    typer.echo(curve_markdown(out))
+
+
 @app.command("config-help")
 def config_help() -> None:
     """List every config field with its default and meaning."""

@@ -227,7 +227,7 @@ def build_stream(config: Config, inputs: StreamInputs, *, rank: int, world_size:
 
     add_special = config.student.add_special_tokens
     return FusionStream(
-        inputs.corpus_shards,
+        inputs.corpus_shards[: config.distill.train_shards],
         inputs.teachers,
         student_tokenizer=str(model_folder(config.student.path)),
         # None: the tokenizer's own default (BOS where the model was trained with one), as extract does.

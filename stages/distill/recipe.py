@@ -232,6 +232,8 @@ class DistillRecipe:
                 self.metrics.log(self.step, self.last_metrics)
             if checkpoint_now:
                 self.save_checkpoint()
+            if cfg.export_every and self.step % cfg.export_every == 0:
+                self.export(self.run.run_dir / "exports" / checkpoint_tag(self.step))
 
     def _learning_rates(self) -> dict[str, float]:
         return {
@@ -349,12 +351,13 @@ class DistillRecipe:
         }
 
     # ----------------------------------------------------------------------------------- export
-    def export(self) -> Path | None:
-        """Gather the weights (every rank) and write the export folder (rank 0)."""
+    def export(self, export_dir: Path | None = None) -> Path:
+        """Gather the weights (every rank) and write an export folder (rank 0): the run's
+        `export/` by default; `exports/step-N/` for the intermediate ones of `export_every`."""
         module: FusionModule = self.engine.module
         student_state = ds.gathered_state_dict(module.student)
         gate_state = ds.gathered_state_dict(module.gate) if module.gate is not None else None
-        export_dir = self.run.run_dir / "export"
+        export_dir = self.run.run_dir / "export" if export_dir is None else export_dir
         if self.dist.is_main:
             info = {
                 "strategy": self.strategy.name,

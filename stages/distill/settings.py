@@ -102,6 +102,9 @@ class DistillSettings:
     """Linear warm-up optimizer steps."""
     max_steps: int = 100
     """Optimizer steps to train."""
+    train_shards: int | None = None
+    """Train on the first N corpus train shards only (the samples the teachers of ``max_shards``
+    cover, for a data-limited run that repeats them every epoch); null: every train shard."""
     micro_batch_size: int = 2
     """Samples per micro-batch per rank."""
     grad_accum_steps: int = 4
@@ -118,6 +121,9 @@ class DistillSettings:
     """DataLoader worker processes that read and align shards."""
     checkpoint_every: int = 50
     """Optimizer steps between checkpoints."""
+    export_every: int = 0
+    """Optimizer steps between intermediate exports (``runs_dir/name/exports/step-N``, each a whole
+    HF folder: what learning curves evaluate after every epoch); 0: only the final ``export``."""
     log_every: int = 5
     """Optimizer steps between log lines."""
     deepspeed_config: str | None = None
@@ -196,6 +202,16 @@ class DistillSettings:
             self.warmup_steps,
             "must be ≥ 0",
             "use e.g. 10 (0: no warm-up)",
+        )
+        require(
+            self.train_shards is None or self.train_shards >= 1,
+            "distill.train_shards",
+            self.train_shards,
+            "must be at least 1 or null",
+            "use null (every train shard) or the teachers' max_shards",
+        )
+        require(
+            self.export_every >= 0, "distill.export_every", self.export_every, "must be ≥ 0", "use 0 (none)"
         )
         require(
             self.keep_checkpoints >= 1,

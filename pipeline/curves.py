@@ -1,0 +1,437 @@
+"""``polyfuse curves``: learning curves of distillation arms where distillation is known to pay,
+the data-limited regime (the same few samples repeated for several epochs).
+
+    extract (every teacher once; finished caches are found)
+       │
+       ├─► each arm trains the same student on the same samples (the first `train_shards` corpus
+       │   train shards, the ones every teacher covers) for `epochs` passes, an export after every
+       │   epoch                                  runs/<name>/arms/<arm>-lr<lr>-e<epochs>/exports/
+       ▼
+    every epoch's export and the untrained student scored on the same held-out documents
+       (scores cached per model)                                        runs/<name>/eval/
+       ▼
+    per arm and epoch: paired Δ bits per byte against the untrained student; each arm at its best
+    epoch against `none` at its best; the curves with their paired error bars
+                                        runs/<name>/report/curves.{md,json,png} (+ bench/results/)
+
+An arm is a strategy and the distill fields it changes (`ARMS`); every other setting is the
+config's, so the arms differ in what they distil alone. Arms that name `{teacher}` use the
+`--teacher` given (the strongest, by default the one with the lowest stored bits per byte).
+A rerun trains nothing that is exported and scores nothing that is cached.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from data_schemas.atomic import atomic_open, write_json_atomic
+from pipeline.config import Config
+from pipeline.evaluation import evaluate_from_config
+from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_models
+from stages.evaluate.unit_score import UnitScore
+
+logger = logging.getLogger(__name__)
+
+TARGET_LABEL = "untrained"
+
+
+@dataclass(frozen=True)
+class Arm:
+    """One curve: a strategy and the distill fields it changes."""
+
+    name: str
+    strategy: str
+    overrides: tuple[tuple[str, Any], ...] = ()
+    about: str = ""
+    ablation: bool = False
+    """Run only when named (`--arms`), not in the default set."""
+
+
+ARMS = {
+    a.name: a
+    for a in (
+        Arm("none", "none", about="plain training (CLM) on the same samples"),
+        Arm(
+            "ce_chunk",
+            "single:{teacher}",
+            (("objective", "chunk"), ("lam", 0.5)),
+            "CE + chunk-level likelihood matching (ALM) against {teacher}, λ = 0.5",
+        ),
+        Arm(
+            "chunk",
+            "single:{teacher}",
+            (("objective", "chunk"), ("lam", 0.0)),
+            "chunk-level likelihood matching alone against {teacher}",
+        ),
+        Arm(
+            "ce_exact_token",
+            "single:{teacher}",
+            (("objective", "exact_token"), ("lam", 0.5), ("target", "residual")),
+            "CE + exact-token KD from {teacher} (rows whose next token is the same string), λ = 0.5",
+        ),
+        Arm(
+            "ce_chunk_gate",
+            "adaptive",
+            (("objective", "chunk"), ("lam", 0.5), ("gate_objective", "likelihood")),
+            "CE + chunk matching against every teacher under the likelihood gate, λ = 0.5",
+        ),
+        Arm(
+            "ce_chunk_no_sigma",
+            "single:{teacher}",
+            (("objective", "chunk"), ("lam", 0.5), ("chunk_space_threshold", None)),
+            "ablation: CE + chunk matching without the σ correction",
+            ablation=True,
+        ),
+        Arm(
+            "ce_fusion",
+            "single:{teacher}",
+            (("objective", "fusion"), ("lam", 0.5), ("target", "residual")),
+            "ablation: CE + the first-token vocabulary-map KD (residual target), λ = 0.5",
+            ablation=True,
+        ),
+        Arm(
+            "chunk_gate",
+            "adaptive",
+            (("objective", "chunk"), ("lam", 0.0), ("gate_objective", "likelihood")),
+            "ablation: chunk matching alone against every teacher under the likelihood gate",
+            ablation=True,
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What every arm of one invocation shares."""
+
+    epochs: int
+    lr: float
+    teacher: str
+    train_shards: int
+    steps_per_epoch: int
+
+
+def plan_curves(config: Config, *, epochs: int, lr: float | None, teacher: str | None) -> Plan:
+    """The shared plan: the train shards every teacher covers, the steps of one pass over them."""
+    from pipeline.distillation import resolve_stream_inputs
+
+    if epochs < 1:
+        raise ValueError(f"--epochs must be at least 1, got {epochs}")
+    names = [t.name for t in config.teachers]
+    if not names:
+        raise ValueError("learning curves compare distillation arms: the config needs `teachers:`")
+    inputs = resolve_stream_inputs(config, checksums=False)
+    covered = min(len(t.shards) for t in inputs.teachers)
+    shards = min(covered, config.distill.train_shards or covered)
+    samples = sum(s.rows for s in inputs.corpus_shards[:shards])
+    per_step = config.distill.micro_batch_size * config.distill.grad_accum_steps
+    if samples % per_step:
+        raise ValueError(
+            f"the {samples} samples of the first {shards} train shards are not a whole number of optimizer "
+            f"steps of {per_step} samples: choose distill.micro_batch_size × grad_accum_steps dividing {samples}"
+        )
+    if teacher is None:
+        teacher = strongest_teacher(inputs)
+    elif teacher not in names:
+        raise ValueError(f"--teacher {teacher!r} is not a configured teacher: use one of {', '.join(names)}")
+    return Plan(epochs, config.distill.lr if lr is None else lr, teacher, shards, samples // per_step)
+
+
+def strongest_teacher(inputs: Any) -> str:
+    """The teacher with the lowest mean stored bits per byte over the samples it covers."""
+    from data_schemas.teacher_shard import decode_table, read_teacher_shard
+
+    means = {}
+    for source in inputs.teachers:
+        values = [
+            s.bits_per_byte for p in source.shards.values() for s in decode_table(read_teacher_shard(p))
+        ]
+        means[source.name] = sum(values) / max(len(values), 1)
+    return min(means, key=means.__getitem__)
+
+
+def arm_folder(arm: Arm, plan: Plan) -> str:
+    """The arm's run folder: its settings that vary between invocations are in the name, so a run
+    with another learning rate or length never reuses this one's exports."""
+    return f"{arm.name}-lr{plan.lr:g}-e{plan.epochs}"
+
+
+def arm_config(config: Config, arm: Arm, plan: Plan) -> Config:
+    """The config an arm trains with: its folder, strategy and overrides, the plan's schedule."""
+    overrides = dict(arm.overrides)
+    distill = dataclasses.replace(
+        config.distill,
+        strategy=arm.strategy.format(teacher=plan.teacher),
+        lr=plan.lr,
+        train_shards=plan.train_shards,
+        max_steps=plan.epochs * plan.steps_per_epoch,
+        export_every=plan.steps_per_epoch,
+        checkpoint_every=plan.steps_per_epoch,
+        **overrides,
+    )
+    distill.check()
+    return dataclasses.replace(
+        config, name=arm_folder(arm, plan), runs_dir=str(curves_dir(config) / "arms"), distill=distill
+    )
+
+
+def curves_dir(config: Config) -> Path:
+    return Path(config.runs_dir) / config.name
+
+
+def train_arm(config: Config, arm: Arm, plan: Plan, *, progress: bool = True) -> list[Path]:
+    """The arm's epoch exports, in order: found when its final export exists, else trained (resumed
+    from its last checkpoint when interrupted). Records its wall time and the load beside it."""
+    from pipeline.distillation import distill_from_config
+    from stages.distill.run_state import checkpoint_tags
+
+    sub = arm_config(config, arm, plan)
+    run_dir = Path(sub.runs_dir) / sub.name
+    if not (run_dir / "export" / "config.json").is_file():
+        resume = (run_dir / "checkpoints").is_dir() and bool(checkpoint_tags(run_dir / "checkpoints"))
+        logger.info("arm %s: %s", arm.name, "resuming" if resume else "training")
+        load_before, started = os.getloadavg(), time.perf_counter()
+        run = distill_from_config(sub, resume=resume, progress=progress)
+        seconds = time.perf_counter() - started
+        gc.collect()  # the destroyed engine's reference cycles (see pipeline/experiment.py)
+        if run.export_dir is None:
+            raise RuntimeError(f"arm {arm.name}: distill stopped before exporting; rerun to resume it")
+        timing = {
+            "seconds": seconds,
+            "resumed": resume,
+            "load_before": load_before,
+            "load_after": os.getloadavg(),
+        }
+        write_json_atomic(run_dir / "timing.json", timing)
+        shutil.rmtree(run_dir / "checkpoints", ignore_errors=True)
+    exports = sorted((run_dir / "exports").glob("step-*"))
+    if len(exports) != plan.epochs:
+        raise RuntimeError(
+            f"arm {arm.name}: {len(exports)} epoch exports in {run_dir / 'exports'}, expected {plan.epochs}: "
+            f"delete {run_dir} and rerun"
+        )
+    return exports
+
+
+def choose_arms(names: list[str] | None) -> list[Arm]:
+    if names is None:
+        return [a for a in ARMS.values() if not a.ablation]
+    unknown = [n for n in names if n not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arm(s) {unknown}: choose from {', '.join(ARMS)}")
+    return [ARMS[n] for n in names]
+
+
+def mean_bpb(scores: dict[str, UnitScore]) -> float:
+    """The unweighted mean over domains of a model's held-out bits per byte."""
+    values = [s.value for s in scores.values() if s.metric == "bpb"]
+    return sum(values) / len(values)
+
+
+def run_curves(
+    config: Config,
+    arms: list[str] | None = None,
+    *,
+    epochs: int = 4,
+    lr: float | None = None,
+    teacher: str | None = None,
+    progress: bool = True,
+    results_dir: Path | None = None,
+    command: str | None = None,
+) -> dict:
+    """Extract, train every arm, score every epoch, write the report (module docstring).
+
+    ``results_dir``: also write curves.{json,md,png} there (bench/results). Returns results.json."""
+    from pipeline.extraction import run_extraction
+
+    chosen = choose_arms(arms)
+    run_extraction(config, progress=progress)
+    plan = plan_curves(config, epochs=epochs, lr=lr, teacher=teacher)
+    logger.info(
+        "curves: %d arms × %d epochs of %d steps on the first %d train shards, lr %g, teacher %s",
+        len(chosen), plan.epochs, plan.steps_per_epoch, plan.train_shards, plan.lr, plan.teacher,
+    )  # fmt: skip
+    exports = {arm.name: train_arm(config, arm, plan, progress=progress) for arm in chosen}
+
+    target = Path(config.student.path)
+    folders, labels = [target], [TARGET_LABEL]
+    for name, paths in exports.items():
+        for epoch, path in enumerate(paths, start=1):
+            folders.append(path)
+            labels.append(f"{name}@{epoch}")
+    evaluation = evaluate_from_config(config, folders, target=target, labels=labels)
+    scores = {
+        label: {u: UnitScore.from_dict(s) for u, s in entry["scores"].items()}
+        for label, entry in evaluation.payload["models"].items()
+    }
+    results = curve_results(scores, [a.name for a in chosen], plan)
+    results["arms"] = {
+        a.name: {
+            "strategy": a.strategy.format(teacher=plan.teacher),
+            "overrides": dict(a.overrides),
+            "about": a.about.format(teacher=plan.teacher),
+            "folder": str(Path(arm_config(config, a, plan).runs_dir) / arm_folder(a, plan)),
+            "timing": _timing(config, a, plan),
+        }
+        for a in chosen
+    }
+    results["plan"] = dataclasses.asdict(plan)
+    results["command"] = command or f"polyfuse curves --epochs {plan.epochs} --arms {','.join(exports)}"
+    from stages.cpu_features import cpu_summary
+
+    results["machine"] = cpu_summary()
+    report_dir = curves_dir(config) / "report"
+    for folder in [report_dir, *([results_dir] if results_dir else [])]:
+        write_curve_report(folder, results)
+    return results
+
+
+def _timing(config: Config, arm: Arm, plan: Plan) -> dict:
+    path = Path(arm_config(config, arm, plan).runs_dir) / arm_folder(arm, plan) / "timing.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan: Plan) -> dict:
+    """Per arm and epoch Δ against the untrained student, the best epochs, and each arm's best
+    against `none`'s best (paired, per domain and the mean over domains)."""
+    untrained = scores[TARGET_LABEL]
+    curves: dict[str, list[dict]] = {}
+    best: dict[str, int] = {}
+    for arm in arms:
+        points = []
+        for epoch in range(1, plan.epochs + 1):
+            label = f"{arm}@{epoch}"
+            deltas = compare_models(scores[label], untrained)
+            points.append({"epoch": epoch, "mean_bpb": mean_bpb(scores[label]), **_deltas(deltas)})
+        curves[arm] = points
+        best[arm] = min(points, key=lambda p: p["mean_bpb"])["epoch"]
+    against_none = {}
+    final_against_none = {}
+    if "none" in arms:
+        reference = scores[f"none@{best['none']}"]
+        final = scores[f"none@{plan.epochs}"]
+        for arm in arms:
+            if arm != "none":
+                against_none[arm] = _deltas(compare_models(scores[f"{arm}@{best[arm]}"], reference))
+                final_against_none[arm] = _deltas(compare_models(scores[f"{arm}@{plan.epochs}"], final))
+    return {
+        "curves": curves,
+        "best_epoch": best,
+        "best_vs_none_best": against_none,
+        "final_vs_none_final": final_against_none,
+        "untrained_mean_bpb": mean_bpb(untrained),
+    }
+
+
+def _deltas(deltas: dict[str, PairedDelta]) -> dict[str, dict[str, float]]:
+    """unit (`mean bpb` or the domain) → {delta, se, z}."""
+    return {
+        (u if u == MEAN_BPB else u.removeprefix("bpb/")): {"delta": d.delta, "se": d.se, "z": d.z}
+        for u, d in deltas.items()
+    }
+
+
+def write_curve_report(folder: Path, results: dict) -> None:
+    """curves.json, curves.md and curves.png in ``folder``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / "curves.json", results)
+    plot_curves(results, folder / "curves.png")
+    with atomic_open(folder / "curves.md") as f:
+        f.write(curve_markdown(results))
+
+
+def plot_curves(results: dict, path: Path) -> Path:
+    """Δ mean bits per byte against the untrained student per epoch, one line per arm, ± paired SE."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm, points in results["curves"].items():
+        epochs = [0] + [p["epoch"] for p in points]
+        deltas = [0.0] + [p[MEAN_BPB]["delta"] for p in points]
+        errors = [0.0] + [p[MEAN_BPB]["se"] for p in points]
+        ax.errorbar(epochs, deltas, yerr=errors, marker="o", capsize=3, label=arm)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("Δ mean bits per byte vs untrained (lower is better)")
+    ax.set_title("Held-out learning curves (± paired SE over documents)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def _cell(d: dict[str, float]) -> str:
+    se = "nan" if math.isnan(d["se"]) else f"{d['se']:.4f}"
+    return f"{d['delta']:+.4f} ± {se}"
+
+
+def curve_markdown(results: dict) -> str:
+    plan = results["plan"]
+    lines = [
+        "# Learning curves: distillation in the data-limited regime",
+        "",
+        f"`{results['command']}` — {plan['epochs']} epochs of {plan['steps_per_epoch']} steps over the first "
+        f"{plan['train_shards']} train shards, lr {plan['lr']:g}, teacher `{plan['teacher']}`. "
+        f"Machine: {results['machine']}.",
+        "",
+        "Held-out bits per byte: Δ against the untrained student (mean over domains, lower is better), ± "
+        "the paired standard error over documents. Untrained mean: "
+        f"{results['untrained_mean_bpb']:.4f}.",
+        "",
+        "| arm | " + " | ".join(f"epoch {e}" for e in range(1, plan["epochs"] + 1)) + " | best |",
+        "|---|" + "---|" * (plan["epochs"] + 1),
+    ]
+    for arm, points in results["curves"].items():
+        cells = [_cell(p[MEAN_BPB]) for p in points]
+        lines.append(f"| {arm} | " + " | ".join(cells) + f" | {results['best_epoch'][arm]} |")
+    lines += ["", "![curves](curves.png)", ""]
+    for title, key in (
+        ("Each arm at its best epoch against `none` at its best", "best_vs_none_best"),
+        ("Each arm at the last epoch against `none` at the last", "final_vs_none_final"),
+    ):
+        table = results[key]
+        if not table:
+            continue
+        units = list(next(iter(table.values())))
+        lines += [f"## {title}", "", "| arm | " + " | ".join(units) + " |", "|---|" + "---|" * len(units)]
+        lines += [f"| {arm} | " + " | ".join(_cell(d[u]) for u in units) + " |" for arm, d in table.items()]
+        lines.append("")
+    lines += [
+        "## Arms",
+        "",
+        "| arm | strategy | overrides | training time (s) | load before → after |",
+        "|---|---|---|---|---|",
+    ]
+    for arm, info in results["arms"].items():
+        timing = info["timing"]
+        seconds = f"{timing['seconds']:.0f}" if timing else "—"
+        load = (
+            f"{timing['load_before'][0]:.1f} → {timing['load_after'][0]:.1f}"
+            + (" (resumed)" if timing.get("resumed") else "")
+            if timing
+            else "—"
+        )
+        lines.append(f"| {arm} | {info['strategy']} | {info['overrides']} | {seconds} | {load} |")
+    lines.append("")
+    lines += [f"- `{arm}`: {info['about']}" for arm, info in results["arms"].items()]
+    lines += [
+        "",
+        "The best epoch is chosen on the same held-out documents it is reported on (every arm gets the "
+        "same selection); the last-epoch table has no selection.",
+        "",
+    ]
+    return "\n".join(lines)

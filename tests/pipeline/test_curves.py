@@ -1,0 +1,90 @@
+"""`polyfuse curves` end to end on fake-backend teacher shards with a tiny student: each arm trains
+for two epochs on the samples every teacher covers, every epoch is scored, the report pairs each
+arm's best epoch with `none`'s; a rerun trains nothing again."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import pipeline.distillation
+from pipeline.config import EvaluateConfig
+from pipeline.curves import ARMS, arm_config, choose_arms, plan_curves, run_curves, strongest_teacher
+from tests.stages.distill.fake_world import GEMMA, SMOLLM2, fake_world
+
+RUN_ARMS = ["none", "ce_chunk", "ce_exact_token"]
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory):
+    for folder in (SMOLLM2, GEMMA):
+        if not (folder / "tokenizer.json").is_file():
+            pytest.fail(f"{folder} is missing: run `make tokenizers`")
+    world = fake_world(tmp_path_factory.getbasetemp() / "distill-world")
+    evaluate = EvaluateConfig(max_samples_per_domain=3, max_tokens=256, batch_tokens=512, tasks=[], threads=1)
+    runs = tmp_path_factory.mktemp("curves")
+    return dataclasses.replace(world.config_for(runs, name="curves"), evaluate=evaluate)
+
+
+def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
+    plan = plan_curves(config, epochs=3, lr=None, teacher="gemma")
+    # Gemma covers the first 2 shards of 6 samples; 2 samples per optimizer step.
+    assert (plan.train_shards, plan.steps_per_epoch, plan.lr) == (2, 6, config.distill.lr)
+    sub = arm_config(config, ARMS["ce_chunk"], plan)
+    d = sub.distill
+    assert (d.strategy, d.objective, d.lam, d.train_shards) == ("single:gemma", "chunk", 0.5, 2)
+    assert (d.max_steps, d.export_every, d.checkpoint_every) == (18, 6, 6)
+    assert sub.name == f"ce_chunk-lr{config.distill.lr:g}-e3"
+    with pytest.raises(ValueError, match="--teacher 'gpt'"):
+        plan_curves(config, epochs=3, lr=None, teacher="gpt")
+    with pytest.raises(ValueError, match="unknown arm"):
+        choose_arms(["chunky"])
+
+
+def test_the_default_teacher_is_the_one_with_the_lowest_bits_per_byte(config) -> None:
+    from data_schemas.teacher_shard import decode_table, read_teacher_shard
+    from pipeline.distillation import resolve_stream_inputs
+
+    inputs = resolve_stream_inputs(config, checksums=False)
+    means = {
+        t.name: sum(s.bits_per_byte for p in t.shards.values() for s in decode_table(read_teacher_shard(p)))
+        / sum(len(decode_table(read_teacher_shard(p))) for p in t.shards.values())
+        for t in inputs.teachers
+    }
+    assert strongest_teacher(inputs) == min(means, key=means.__getitem__)
+
+
+def test_curves_train_score_every_epoch_and_rerun_without_training(
+    config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = run_curves(config, RUN_ARMS, epochs=2, teacher="gemma", progress=False, results_dir=tmp_path)
+    assert list(results["curves"]) == RUN_ARMS
+    for arm, points in results["curves"].items():
+        assert [p["epoch"] for p in points] == [1, 2]
+        for point in points:
+            assert {"mean bpb", "mixed"} <= point.keys() and point["mean bpb"]["se"] > 0
+        assert results["best_epoch"][arm] in (1, 2)
+        assert results["arms"][arm]["timing"]["seconds"] > 0
+    # Trained students differ from the untrained one on the held-out documents.
+    assert all(abs(p["mean bpb"]["delta"]) > 0 for points in results["curves"].values() for p in points)
+    assert set(results["best_vs_none_best"]) == {"ce_chunk", "ce_exact_token"}
+    for name in ("curves.json", "curves.md", "curves.png"):
+        assert (tmp_path / name).is_file() and (Path(config.runs_dir) / "curves" / "report" / name).is_file()
+    markdown = (tmp_path / "curves.md").read_text()
+    assert "| ce_chunk |" in markdown and "best epoch" in markdown.lower()
+    # The epoch exports are plain HF folders; the checkpoints are gone once the arm is done.
+    arm_dir = Path(results["arms"]["ce_chunk"]["folder"])
+    assert (
+        len(list((arm_dir / "exports").glob("step-*/config.json"))) == 2
+        and not (arm_dir / "checkpoints").exists()
+    )
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a rerun must not train")
+
+    monkeypatch.setattr(pipeline.distillation, "distill_from_config", no_training)
+    again = run_curves(config, RUN_ARMS, epochs=2, teacher="gemma", progress=False)
+    assert json.dumps(again["curves"], sort_keys=True) == json.dumps(results["curves"], sort_keys=True)
