@@ -62,6 +62,33 @@ class Repairs:
         return f"{rm} && {then}" if then else rm
 
 
+def repairs_note(path: Path, repairs: Repairs, *, guessed: bool) -> str:
+    """What the printed repair commands assume, in plain words: a cache records neither the config
+    nor the overrides it was built with, so a command repairs it only when they are the user's.
+    ``guessed``: no --config was given (the default is assumed)."""
+    from pipeline.config import load_config
+
+    given = f"--config {repairs.config}" + (f" {shlex.join(repairs.overrides)}" if repairs.overrides else "")
+    fix = f"rerun `polyfuse validate {shlex.quote(str(path))} --config CONFIG key=value ...` with them"
+    if guessed:
+        note = (
+            f"note: the repairs above are written for {given} (validate's default) with no overrides; "
+            f"if this cache was built with another config or with key=value overrides, {fix}"
+        )
+    else:
+        note = (
+            f"note: the repairs above are written for {given}; they repair this cache only if it was "
+            f"built with that config and those overrides (add any you built it with: {fix})"
+        )
+    try:
+        cache_dir = Path(load_config(repairs.config, list(repairs.overrides)).cache_dir).resolve()
+    except ValueError:  # the config itself is wrong here: say so instead of any repair
+        return f"{note}; {repairs.config} does not load here, so none of them will run as printed"
+    if not path.resolve().is_relative_to(cache_dir):
+        note += f"; {path} is not under that config's cache_dir {cache_dir}, so they would rebuild that one"
+    return note
+
+
 def entry_path(shard: Path) -> Path:
     return shard.with_name(f"{shard.name}{ENTRY_SUFFIX}")
 
@@ -89,7 +116,10 @@ def cache_faults(
         space_logprobs: the caller needs σ (``space_logprob_fault``): teacher shards without it
             are a fault, once the directory is otherwise sound.
     """
-    if not (directory / MANIFEST_NAME).is_file():
+    manifest_path = directory / MANIFEST_NAME
+    if manifest_path.exists() and not manifest_path.is_file():  # no repair can write over it
+        return [Fault(str(manifest_path), "is not a file", _manifest_repair(directory, repairs))]
+    if not manifest_path.is_file():
         return [Fault(str(directory), "has no manifest (nothing extracted there yet)", repairs.extract())]
     try:
         manifest = read_manifest(directory)

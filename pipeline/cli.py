@@ -139,20 +139,29 @@ def inspect(
 @user_errors
 def validate(
     path: Annotated[Path, typer.Argument(help="Cache dir, teacher/corpus dir, manifest or shard.")],
+    overrides: OverridesArg = None,
     checksums: Annotated[bool, typer.Option(help="Verify sha256 of every shard (reads every byte).")] = True,
     config: Annotated[
-        Path, typer.Option("--config", "-c", help="The config the repair commands are written for.")
-    ] = DEFAULT_CONFIG,
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="The config the cache was built with: the repair commands are written for it and the "
+            f"key=value overrides (default: {DEFAULT_CONFIG}).",
+        ),
+    ] = None,
 ) -> None:
     """Check checksums, schema, row counts, sample ids, NaN/inf and top-k order; exit 1 on any fault.
     Each fault comes with the command that repairs it."""
-    from pipeline.cache_check import Repairs
+    from pipeline.cache_check import Repairs, repairs_note
     from pipeline.inspection import validate_path
 
-    faults = validate_path(path, checksums=checksums, repairs=Repairs(str(config)))
+    repairs = Repairs(str(config or DEFAULT_CONFIG), tuple(overrides or ()))
+    faults = validate_path(path, checksums=checksums, repairs=repairs)
     for fault in faults:
         typer.echo(f"FAULT {fault}", err=True)
     if faults:
+        typer.echo(repairs_note(path, repairs, guessed=config is None), err=True)
         typer.echo(f"{len(faults)} fault(s) under {path}", err=True)
         raise SystemExit(1)  # not typer.Exit: that is a RuntimeError, which @user_errors would rewrap
     typer.echo(f"{path}: no faults")

@@ -17,10 +17,26 @@ def prepare_from_config(config: Config) -> PreparedCorpus:
 
 
 def corpus_stats_rows(prepared: PreparedCorpus) -> list[dict]:
-    """One row per (split, domain): documents, chunks, characters."""
+    """One row per (split, domain): documents, chunks, characters; then one ``dropped`` row per
+    domain whose sources held empty (whitespace-only) documents, which preparation drops."""
     stats = prepared.manifest.header["stats"]
-    return [
+    rows = [
         {"split": split, "domain": domain, **values}
         for split, per_domain in stats.items()
         for domain, values in per_domain.items()
+    ]
+    dropped: dict[str, int] = {}
+    for source in prepared.manifest.header["sources"]:
+        if source.get("empty_documents"):
+            dropped[source["domain"]] = dropped.get(source["domain"], 0) + source["empty_documents"]
+    return rows + [
+        {
+            "split": "dropped (empty)",
+            "domain": domain,
+            "documents": n,
+            "chunks": 0,
+            "chars": 0,
+            "split_words": 0,
+        }
+        for domain, n in dropped.items()
     ]

@@ -26,6 +26,7 @@ from pipeline.config import Config
 from pipeline.extraction import TEACHER_SPLIT, load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
 from pipeline.output_dirs import check_writable, run_lock
 from stages.extract.backends import resolve_backend
+from stages.model_config import check_causal_lm, check_tokenizer_fits
 from stages.model_source import model_folder, resolve_dataset, resolve_model
 from stages.world import World
 
@@ -95,6 +96,7 @@ def distill_from_config(
         stop_after_steps=stop_after_steps,
         progress=progress,
         export_files={"config.yaml": export_config_yaml(config, stream_inputs)},
+        input_keys=stream_inputs.input_keys,
     )
     with run_lock(run_dir) if env.is_main else contextlib.nullcontext():
         result = run_distill(config.distill, run, stream)
@@ -120,6 +122,15 @@ class StreamInputs:
     """`loader.TeacherSource`s, in config order."""
     teacher_keys: dict[str, str] = field(default_factory=dict)
     """teacher name → teacher_key of the cache it was read from."""
+
+    @property
+    def input_keys(self) -> dict[str, str]:
+        """``corpus_key`` and ``teacher_key NAME`` → key: what the data of a run is, as the
+        export's config.yaml heads it and a resume compares it."""
+        return {
+            "corpus_key": self.corpus_key,
+            **{f"teacher_key {n}": k for n, k in self.teacher_keys.items()},
+        }
 
 
 def resolve_stream_inputs(
@@ -151,10 +162,13 @@ def resolve_stream_inputs(
         for entry in corpus.manifest.shards
         if entry.name.startswith(f"{TEACHER_SPLIT}/")
     ]
+    student = model_folder(config.student.path)
     try:
-        student_tokenizer = load_tokenizer(model_folder(config.student.path))
+        student_tokenizer = load_tokenizer(student)
     except ValueError as e:
         raise ValueError(f"student: {e}") from e
+    check_causal_lm(student, "student.path")  # before the recipe loads it: a one-line refusal
+    check_tokenizer_fits(student_tokenizer, student, "student.path")
     teachers, keys = [], {}
     for teacher in config.teachers:
         tokenizer = load_teacher_tokenizer(teacher, teacher.backend or config.extract.backend)
@@ -215,8 +229,7 @@ def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
         "# The resolved config this export was trained with. Reproduce it from the same working",
         "# directory (relative paths) with: polyfuse distill --config <this file>",
         "# (it writes runs_dir/name again: pass name=OTHER to keep this export).",
-        f"# corpus_key: {inputs.corpus_key}",
-        *(f"# teacher_key {name}: {key}" for name, key in inputs.teacher_keys.items()),
+        *(f"# {name}: {key}" for name, key in inputs.input_keys.items()),
     ]
     return "\n".join(header) + "\n" + yaml.safe_dump(asdict(resolved), sort_keys=False, allow_unicode=True)
 

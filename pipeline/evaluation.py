@@ -32,7 +32,7 @@ from data_schemas.keys import content_key, sha256_file
 from pipeline.config import Config, EvaluateConfig
 from pipeline.corpus import prepare_from_config
 from stages.evaluate import mc_sets
-from stages.evaluate.harness import check_named_tasks, score_model, scorer_version
+from stages.evaluate.harness import check_named_tasks, check_scorable, score_model, scorer_version
 from stages.evaluate.interference import Interference, knowledge_interference
 from stages.evaluate.mc_sets import Passage
 from stages.evaluate.paired_delta import compare_to_references, comparisons_to_dict
@@ -193,6 +193,32 @@ def _check_model_folder(folder: Path) -> None:
         )
 
 
+def record_scores(record: dict) -> dict[str, UnitScore]:
+    """The `UnitScore`s of a score record (``{"facts": …, "scores": {unit: score dict}}``)."""
+    return {u: UnitScore.from_dict(s) for u, s in record["scores"].items()}
+
+
+def read_cached_scores(path: Path) -> dict | None:
+    """The score record cached at ``path``; None when there is none, or when it is damaged (not
+    JSON, cut short, no ``scores``): a damaged entry is named in a warning and removed, and the
+    model is scored again."""
+    if not path.is_file():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        record_scores(record)  # every unit must rebuild
+        return record
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError) as e:
+        logger.warning(
+            "%s: damaged score cache entry (%s: %s): removed, scoring the model again",
+            path,
+            type(e).__name__,
+            " ".join(str(e).split())[:200],
+        )
+        path.unlink(missing_ok=True)
+        return None
+
+
 def display_names(folders: list[Path]) -> list[str]:
     """Shortest trailing path parts that tell the folders apart (``smollm2-135m-instruct``,
     ``adaptive/export`` …)."""
@@ -225,8 +251,9 @@ def evaluate_from_config(
         target = model_folder(config.student.path)
     if len({f.resolve() for f in folders}) != len(folders):
         raise ValueError("a model folder is given twice: pass each once")
-    for folder in folders:
+    for folder in folders:  # every folder before any model loads: a bad one costs seconds
         _check_model_folder(folder)
+        check_scorable(folder)
 
     prepared = prepare_from_config(config)
     passages = heldout_passages(prepared)
@@ -261,8 +288,8 @@ def evaluate_from_config(
     for name, folder in zip(names, folders):
         fingerprint = model_fingerprint(folder)[:16]
         cached = score_dir / f"{fingerprint}.json"
-        if cached.is_file():
-            record = json.loads(cached.read_text())
+        record = read_cached_scores(cached)
+        if record is not None:
             logger.info("%s: scores found in %s", folder, cached)
         else:
             scores, facts = score_model(
@@ -277,7 +304,7 @@ def evaluate_from_config(
             )
             record = {"facts": facts, "scores": {u: s.to_dict() for u, s in scores.items()}}
             write_json_atomic(cached, record)
-        model_scores[name] = {u: UnitScore.from_dict(s) for u, s in record["scores"].items()}
+        model_scores[name] = record_scores(record)
         entries[name] = {"path": str(folder), "fingerprint": fingerprint, **record}
 
     resolved = [f.resolve() for f in folders]

@@ -3,7 +3,8 @@
     extract (every teacher once; finished caches are found, not redone)
        │
        ├─► distill the same student with each method ──► runs/<name>/methods/<method>/export
-       │   (a method whose export exists is not trained again; one with checkpoints resumes)
+       │   (a method whose export exists is not trained again when its settings and cache keys
+       │   match, and refused with the fix when not; one with checkpoints resumes)
        ▼
     evaluate the target before fusion, each teacher with real weights, each export
        (scores cached per model: a rerun scores only new exports)   runs/<name>/eval/
@@ -175,11 +176,66 @@ def _teachers_exist(method: Method, teacher_names: list[str]) -> bool:
     return not method.strategy.startswith("single:") or method.strategy.split(":", 1)[1] in teacher_names
 
 
+def export_changes(sub: Config, export: Path) -> list[str]:
+    """How the training of ``export`` (its config.yaml) differs from what ``sub`` would train, as
+    ``"name old → new"``: every ``distill`` field a resume may not change, the seed, the student
+    and teachers (hub ids pinned) and the corpus and teacher cache keys. Empty: the export is
+    ``sub``'s result."""
+    from pipeline.distillation import export_config_yaml, resolve_stream_inputs
+    from stages.distill.run_state import resume_changes
+
+    saved = export / "config.yaml"
+    if not saved.is_file():
+        return [f"{saved} (none: the export does not say how it was trained)"]
+    expected = export_config_yaml(sub, resolve_stream_inputs(sub, checksums=False))
+    return resume_changes(_training_identity(saved.read_text(encoding="utf-8")), _training_identity(expected))
+
+
+def _training_identity(config_yaml: str) -> dict[str, Any]:
+    """What of an export's config.yaml decides the trained weights (``export_changes``)."""
+    import yaml
+
+    from stages.distill.run_state import RESUMABLE_SETTINGS
+
+    data = yaml.safe_load(config_yaml) or {}
+    keys = dict(
+        line.removeprefix("# ").split(": ", 1)
+        for line in config_yaml.splitlines()
+        if line.startswith(("# corpus_key: ", "# teacher_key "))
+    )
+    distill = {f"distill.{k}": v for k, v in data.get("distill", {}).items() if k not in RESUMABLE_SETTINGS}
+    return {**keys, **distill, **{k: data.get(k) for k in ("seed", "student", "teachers")}}
+
+
+def refuse_stale_exports(config: Config, methods: list[Method]) -> None:
+    """``ValueError`` listing every method whose finished export was trained otherwise than this
+    experiment would train it, with the command that clears them (docs/reliability.md: an export
+    is reused only when its settings and cache keys match)."""
+    stale = {}
+    for method in methods:
+        sub = method_config(config, method)
+        export = Path(sub.runs_dir) / sub.name / "export"
+        if (export / "config.json").is_file() and (changes := export_changes(sub, export)):
+            stale[method.name] = (export.parent, changes)
+    if stale:
+        listed = "; ".join(
+            f"{name} ({', '.join(changes[:3])}{' …' if len(changes) > 3 else ''})"
+            for name, (_, changes) in stale.items()
+        )
+        folders = " ".join(str(folder) for folder, _ in stale.values())
+        raise ValueError(
+            f"experiment {config.name}: finished method(s) were trained with other settings or data than "
+            f"this run asks for: {listed}: train them again with `rm -rf {folders}` and rerun, or give "
+            "this experiment another name (name=...)"
+        )
+
+
 def train_method(config: Config, method: Method, *, progress: bool = True) -> Path:
-    """The method's export folder: found when it exists, else trained (resumed from the last
+    """The method's export folder: found when it exists (``run_experiment`` has refused an export
+    trained otherwise, ``refuse_stale_exports``), else trained (resumed from the last complete
     checkpoint when the run was interrupted)."""
     from pipeline.distillation import distill_from_config
-    from stages.distill.run_state import checkpoint_tags
+    from stages.distill.run_state import complete_checkpoint_tags
 
     sub = method_config(config, method)
     run_dir = Path(sub.runs_dir) / sub.name
@@ -188,7 +244,7 @@ def train_method(config: Config, method: Method, *, progress: bool = True) -> Pa
     if (export / "config.json").is_file():
         logger.info("method %s: trained already (%s)", method.name, export)
         return export
-    resume = (run_dir / "checkpoints").is_dir() and bool(checkpoint_tags(run_dir / "checkpoints"))
+    resume = bool(complete_checkpoint_tags(run_dir / "checkpoints"))
     logger.info("method %s: %s", method.name, "resuming" if resume else "training")
     run = distill_from_config(sub, resume=resume, progress=progress)
     # The destroyed engine (recipe cleanup) still sits in reference cycles: free its ≈ 2 GB before
@@ -453,6 +509,7 @@ def run_experiment(
     chosen = choose_methods(methods, [t.name for t in config.teachers])
     if config.teachers:
         run_extraction(config, progress=progress)
+    refuse_stale_exports(config, chosen)  # before any method trains: a refusal costs no training
     exports = {m.name: train_method(config, m, progress=progress) for m in chosen}
 
     folders, labels = evaluated_models(config, exports)

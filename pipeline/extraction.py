@@ -174,12 +174,17 @@ def plan_teacher(
 
 def load_teacher_tokenizer(teacher: TeacherConfig, backend: str) -> Any:
     from stages.extract.model_fingerprint import check_model_folder
+    from stages.model_config import check_causal_lm, check_tokenizer_fits
     from stages.tokenization import load_tokenizer
 
     try:
-        if backend != "fake":
-            check_model_folder(teacher.path)
-        return load_tokenizer(model_folder(teacher.path))
+        if backend == "fake":  # no model: a tokenizer folder is enough
+            return load_tokenizer(model_folder(teacher.path))
+        folder = check_model_folder(teacher.path)
+        check_causal_lm(folder, "teachers[].path")
+        tokenizer = load_tokenizer(folder)
+        check_tokenizer_fits(tokenizer, folder, "teachers[].path")  # before any weights load
+        return tokenizer
     except ValueError as e:
         raise ValueError(f"teacher {teacher.name}: {e}") from e
 

@@ -34,12 +34,40 @@ from pipeline.teacher_stats import (
 
 
 def manifest_dirs(path: Path) -> list[Path]:
-    """Directories under (or at) ``path`` that hold a manifest, sorted."""
+    """Directories under (or at) ``path`` that hold a manifest, sorted; for a shard, the one
+    directory whose manifest lists it (none for a shard outside a cache).
+
+    Raises:
+        ValueError: ``path`` is a file that is neither a shard nor a manifest (exit 2).
+    """
     if path.is_file():
+        if path.suffix == ".parquet":
+            home = shard_home(path)
+            return [home] if home is not None else []
+        if path.name != MANIFEST_NAME:
+            raise ValueError(
+                f"{path} is neither a cache directory, a shard (.parquet) nor a {MANIFEST_NAME}: pass "
+                "e.g. cache/, cache/teachers/KEY/CORPUS_KEY or one of its shards"
+            )
         path = path.parent
     if (path / MANIFEST_NAME).exists():
         return [path]
     return sorted(p.parent for p in path.rglob(MANIFEST_NAME))
+
+
+def shard_home(shard: Path) -> Path | None:
+    """The directory whose manifest lists ``shard``: its own folder for a teacher shard, the
+    folder above its split folder for a corpus shard (``train/shard-00000.parquet``); None for a
+    shard no manifest lists."""
+    for directory in (shard.parent, shard.parent.parent):
+        if (directory / MANIFEST_NAME).exists():
+            try:
+                manifest = read_manifest(directory)
+            except (RuntimeError, OSError):  # a damaged manifest: its own fault, validate names it
+                return directory
+            listed = {*manifest.planned, *(e.name for e in manifest.shards)}
+            return directory if shard.relative_to(directory).as_posix() in listed else None
+    return None
 
 
 def file_kind(path: Path) -> str:
@@ -127,8 +155,8 @@ def _inspect_shard(path: Path) -> list[tuple[str, pl.DataFrame]]:
         return _shard_tables(path)
     except (RuntimeError, ValueError) as e:
         # A shard of a cache that is cut off or damaged: name the fault and its repair.
-        directory = path.parents[1] if path.parent.name in ("train", "heldout") else path.parent
-        if (directory / MANIFEST_NAME).is_file():
+        directory = shard_home(path)
+        if directory is not None and (directory / MANIFEST_NAME).is_file():
             faults = [f for f in cache_faults(directory, Repairs()) if Path(f.path) == path]
             if faults:
                 raise RuntimeError(str(faults[0])) from e
@@ -187,7 +215,7 @@ def validate_path(path: Path, *, checksums: bool = True, repairs: Repairs | None
     if not path.exists():
         raise ValueError(f"{path} does not exist: pass a cache directory, manifest or shard")
     repairs = repairs or Repairs()
-    if path.is_file() and path.suffix == ".parquet" and not (path.parent / MANIFEST_NAME).exists():
+    if path.is_file() and path.suffix == ".parquet" and shard_home(path) is None:
         return _validate_loose_shard(path)
     dirs = manifest_dirs(path)
     if not dirs:
@@ -199,9 +227,19 @@ def validate_path(path: Path, *, checksums: bool = True, repairs: Repairs | None
 
 
 def _validate_loose_shard(path: Path) -> list[Fault]:
-    repair = f"delete {path} and extract it again"
+    """A shard no manifest lists, checked as the kind its own metadata says (no checksum to
+    compare: the manifest holds those)."""
+    kind = file_kind(path)
+    if kind not in ("corpus", "teacher"):
+        raise ValueError(f"{path} is not a polyfuse shard (kind {kind!r}): pass a teacher or corpus shard")
+    # Outside its cache nothing can rebuild this very file: the fix is its cache's.
+    repair = f"delete {path}; validate the cache it was copied from"
     try:
-        table = read_shard_table(path, "teacher")
+        table = read_shard_table(path, kind)
     except RuntimeError as e:
         return [Fault(str(path), str(e), repair)]
-    return [Fault(str(path), problem, repair) for problem in check_teacher_table(table)]
+    return (
+        [Fault(str(path), problem, repair) for problem in check_teacher_table(table)]
+        if kind == "teacher"
+        else []
+    )

@@ -135,5 +135,11 @@ def _resolve_hub(
             f"({type(e).__name__}): {fix}; or {local}"
         ) from e
     commit = hub_revision(folder)
-    assert commit is not None, f"snapshot_download returned {folder}, not a snapshot folder"
+    if commit is None:  # a hand-edited or damaged cache: refs/<branch> names no commit
+        ref = f"refs/{revision or 'main'}"
+        raise ValueError(
+            f"model {spec!r}: the Hugging Face cache resolves {ref} to {folder}, which is no snapshot "
+            f"of a commit (its {ref} must hold a 40-hex commit hash): delete {folder.parent.parent} and "
+            f"download the model again (`hf download {repo_id}`), or pin a commit ({repo_id}@<commit>)"
+        )
     return ModelSource(spec, folder, repo_id, commit)

@@ -50,6 +50,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 __all__ = [
     "TokenizedText",
+    "check_tokenizer_files",
     "load_tokenizer",
     "tokenize_many_with_ends",
     "tokenize_with_ends",
@@ -75,9 +76,8 @@ class TokenizedText:
     truncated: bool
 
 
-def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
-    """Load a fast (Rust-backed) tokenizer from a local folder; never touches a model hub."""
-    folder = Path(path)
+def check_tokenizer_files(folder: Path) -> None:
+    """``ValueError`` naming the fix unless ``folder`` is a folder with tokenizer files."""
     if folder.is_file():
         raise ValueError(
             f"{folder} is a file, not a tokenizer folder: point the config at the model folder that holds "
@@ -89,6 +89,12 @@ def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
             "run `make setup` (or `python -m pipeline.material tokenizers`) or point the config "
             "at a local Hugging Face tokenizer folder"
         )
+
+
+def load_tokenizer(path: str | Path) -> PreTrainedTokenizerFast:
+    """Load a fast (Rust-backed) tokenizer from a local folder; never touches a model hub."""
+    folder = Path(path)
+    check_tokenizer_files(folder)
     try:
         # Never the folder's own code (an auto_map to its .py files), and never a question on stdin.
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)

@@ -9,6 +9,7 @@ collective) so the numbers describe the whole job, and only rank 0 writes anythi
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 from collections.abc import Mapping, Sequence
@@ -18,11 +19,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from data_schemas.atomic import atomic_open
 from stages.distill.batch import FusionBatch
 from stages.distill.gate_diagnostics import contested, em_mixture_weights, mixture_bits, oracle_teacher
 from stages.distill.loss_terms import TERMS
 from stages.distill.model import FusionOutput
 from stages.distill.trackers import Tracker, open_trackers
+
+logger = logging.getLogger(__name__)
 
 
 class StepStats:
@@ -306,12 +310,33 @@ class SampleLog:
 
 
 def _truncate_after(path: Path, step: int) -> None:
-    """Drop JSONL records with a step beyond `step` (left by a run killed after a checkpoint)."""
+    """Keep the complete JSONL records at or before `step`: records beyond it are left by a run
+    killed after its last checkpoint, and a line that is no JSON object is torn (a full disk or a
+    kill mid-write). Torn lines are named in one warning; the file is rewritten atomically."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-    kept = [line for line in kept if json.loads(line).get("step", 0) <= step]
-    path.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    kept, torn = [], 0
+    # errors="replace": a write cut inside a character leaves bytes that are no UTF-8.
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            torn += 1
+        elif record.get("step", 0) <= step:
+            kept.append(line)
+    if torn:
+        logger.warning(
+            "%s: dropped %d torn line(s) (an interrupted write); kept the records to step %d",
+            path,
+            torn,
+            step,
+        )
+    with atomic_open(path) as f:
+        f.write("".join(f"{line}\n" for line in kept))
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

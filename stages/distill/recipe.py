@@ -9,9 +9,10 @@ loader.py, DeepSpeed in engine.py. A run lives in one folder:
     <run_dir>/logs/metrics.jsonl, logs/tensorboard/
     <run_dir>/export/                    export.py
 
-`resume=True` loads the latest checkpoint and continues exactly where it stopped: on fp32 CPU, a
-run killed after step s and resumed ends with the same losses and weights as one that never
-stopped (tests/stages/distill/test_recipe.py).
+`resume=True` loads the latest complete checkpoint and continues exactly where it stopped: on
+fp32 CPU, a run killed after step s and resumed ends with the same losses and weights as one that
+never stopped (tests/stages/distill/test_recipe.py). Before the student loads, a resume whose run
+differs from the checkpoint's resume record is refused (run_state.py, docs/reliability.md).
 """
 
 from __future__ import annotations
@@ -36,12 +37,22 @@ from stages.distill.loss_terms import term_weights
 from stages.distill.metrics import MetricsLogger, SampleLog, StepStats
 from stages.distill.model import FusionModule, FusionOutput
 from stages.distill.run_state import (
+    LATEST,
     checkpoint_tag,
     checkpoint_tags,
+    complete_checkpoint_tags,
+    disk_full,
+    disk_full_message,
     gather_from_ranks,
+    incomplete_checkpoint_tags,
+    latest_tag,
+    read_resume_record,
+    resume_changes,
+    resume_record,
     rng_state,
     seed_everything,
     set_rng_state,
+    write_resume_record,
 )
 from stages.distill.settings import DistillSettings
 from stages.distill.strategies import Strategy
@@ -90,6 +101,10 @@ class RecipeRun:
     export_files: dict[str, str] | None = None
     """Further text files of the export, name → content: the resolved `config.yaml` the run was
     started from (pipeline/distillation.py), so that every export says how to reproduce it."""
+    input_keys: dict[str, str] | None = None
+    """The content keys of the caches the run reads (``corpus_key``, ``teacher_key NAME``): a
+    resume over other data (a teacher's path changed under the same name, another draws cache)
+    is refused."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +144,14 @@ class DistillRecipe:
 
         cfg, run = self.cfg, self.run
         self.dist = run.world
+        self._drop_incomplete_checkpoints()
+        if run.resume:
+            self._check_resumable()  # before the student loads: a changed run is refused in seconds
+        elif complete_checkpoint_tags(self.checkpoint_dir):  # every rank checks: none may go on alone
+            raise ValueError(
+                f"{self.checkpoint_dir} already holds checkpoints: pass --resume to continue that run, "
+                "or choose another run name (name=...)"
+            )
         seed_everything(run.seed)  # same on every rank: the gate's init must agree
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         # Never the folder's own code, and never a question on stdin (transformers asks when unset).
@@ -172,11 +195,6 @@ class DistillRecipe:
         self.authors_rng = torch.Generator().manual_seed(run.seed + 1_000_003 * (self.dist.rank + 1))
         if run.resume:
             self._load_checkpoint()
-        elif checkpoint_tags(self.checkpoint_dir):  # every rank checks: none may go on alone
-            raise ValueError(
-                f"{self.checkpoint_dir} already holds checkpoints: pass --resume to continue that run, "
-                "or choose another run name (name=...)"
-            )
         self.metrics = MetricsLogger(
             run.run_dir / "logs",
             enabled=self.dist.is_main,
@@ -269,51 +287,79 @@ class DistillRecipe:
             "polyfuse_strategy": self.strategy.name,
             "polyfuse_teachers": list(self.teacher_names),
             "polyfuse_metrics": self.last_metrics,
-            "polyfuse_settings": self.resume_settings(),
         }
         # DeepSpeed writes `latest` in place, where a kill can leave it empty; it returns after a
-        # barrier (every rank's files written), and rank 0 then points `latest` at the tag atomically.
-        self.engine.save_checkpoint(
-            str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False
-        )
+        # barrier (every rank's files written), and rank 0 then points `latest` at the tag atomically:
+        # a folder `latest` does not name is incomplete (run_state.py).
+        try:
+            self.engine.save_checkpoint(
+                str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False
+            )
+            if self.dist.is_main:
+                write_resume_record(self.checkpoint_dir / tag, self.resume_settings())
+        except (OSError, RuntimeError) as e:
+            if not disk_full(e):
+                raise
+            raise RuntimeError(disk_full_message(self.checkpoint_dir / tag)) from e
         self.last_checkpoint = self.checkpoint_dir / tag
         if self.dist.is_main:
-            with atomic_open(self.checkpoint_dir / "latest") as f:
+            with atomic_open(self.checkpoint_dir / LATEST) as f:
                 f.write(tag)
             for old in checkpoint_tags(self.checkpoint_dir)[: -self.cfg.keep_checkpoints]:
                 shutil.rmtree(self.checkpoint_dir / old, ignore_errors=True)
         logger.debug("checkpoint %s written", self.last_checkpoint)
         return self.last_checkpoint
 
-    def _load_checkpoint(self) -> None:
-        if not (self.checkpoint_dir / "latest").is_file():
+    def _drop_incomplete_checkpoints(self) -> None:
+        """A checkpoint cut short (killed, or the disk filled) is never resumed from: say so and
+        remove it (rank 0; the others already ignore it, since `latest` does not name it)."""
+        incomplete = incomplete_checkpoint_tags(self.checkpoint_dir)
+        if not incomplete or not self.dist.is_main:
+            return
+        logger.warning(
+            "%s: %s was cut short before it was complete (a kill or a full disk): removed, not resumed from",
+            self.checkpoint_dir,
+            ", ".join(incomplete),
+        )
+        for tag in incomplete:
+            shutil.rmtree(self.checkpoint_dir / tag, ignore_errors=True)
+
+    def _check_resumable(self) -> None:
+        """Refuse, before any model loads, a resume with nothing to resume from or whose run
+        differs from its checkpoint's in anything but `RESUMABLE_SETTINGS` (each change named)."""
+        tag = latest_tag(self.checkpoint_dir)
+        if tag is None:
             raise ValueError(
                 f"--resume: {self.checkpoint_dir} has no checkpoint to resume from: run without --resume"
             )
+        saved = read_resume_record(self.checkpoint_dir / tag)
+        if saved is not None:  # None: written before records existed; `_load_checkpoint` checks it
+            self._refuse_changes(saved)
+
+    def _refuse_changes(self, saved: dict[str, Any]) -> None:
+        changed = resume_changes(saved, self.resume_settings())
+        if changed:
+            raise ValueError(
+                f"--resume: this run changes {', '.join(changed)} against its checkpoint: resume with the "
+                "settings it was started with, or start a new run (name=...) with the new ones"
+            )
+
+    def _load_checkpoint(self) -> None:
         path, state = self.engine.load_checkpoint(str(self.checkpoint_dir))
         if path is None or not state:
             raise RuntimeError(
                 f"cannot load the latest checkpoint of {self.checkpoint_dir}: delete it and rerun"
             )
-        for key, want in (
-            ("polyfuse_strategy", self.strategy.name),
-            ("polyfuse_teachers", list(self.teacher_names)),
-        ):
-            if state[key] != want:
-                raise ValueError(
-                    f"--resume: the checkpoint was trained with {key.removeprefix('polyfuse_')} "
-                    f"{state[key]!r}, this run has {want!r}: resume with the same settings or use another run name"
-                )
-        saved = state.get("polyfuse_settings", {})  # absent in checkpoints of older versions
-        changed = {
-            k: (saved[k], v) for k, v in self.resume_settings().items() if k in saved and saved[k] != v
-        }
-        if changed:
-            listed = ", ".join(f"{k} {old!r} → {new!r}" for k, (old, new) in sorted(changed.items()))
-            raise ValueError(
-                f"--resume: this run changes {listed} against its checkpoint: resume with the settings "
-                "it was started with, or start a new run (name=...) with the new ones"
-            )
+        loaded = Path(path).parent if Path(path).is_file() else Path(path)
+        if read_resume_record(loaded) is None:
+            # A checkpoint of an older version: its client state holds part of the record.
+            legacy = {
+                **state.get("polyfuse_settings", {}),
+                "strategy": state["polyfuse_strategy"],
+                "teachers": state["polyfuse_teachers"],
+            }
+            now = self.resume_settings()
+            self._refuse_changes({k: v for k, v in legacy.items() if k in now})
         self.step = state["polyfuse_step"]
         self.stream.load_state_dict(state["polyfuse_loader"])
         self.batches_consumed = state["polyfuse_loader"]["batches"]
@@ -325,30 +371,20 @@ class DistillRecipe:
             )
         set_rng_state(rngs[self.dist.rank], self.authors_rng)
         self.last_metrics = state.get("polyfuse_metrics", {})
-        self.last_checkpoint = Path(path).parent if Path(path).is_file() else Path(path)
+        self.last_checkpoint = loaded
         logger.info("resumed from %s at step %d", path, self.step)
 
     def resume_settings(self) -> dict[str, Any]:
-        """What a resumed run must share with its checkpoint: the loss and optimiser settings. A
-        resume that changed them would silently train a run no single setting describes."""
-        c = self.cfg
-        names = (
-            "objective",
-            "lam",
-            "beta",
-            "tau",
-            "lr",
-            "gate_lr",
-            "weight_decay",
-            "warmup_steps",
-            "max_steps",
+        """What a resumed run must share with its checkpoint (`run_state.resume_record`): a resume
+        that changed it would silently train a run no config describes."""
+        return resume_record(
+            self.cfg,
+            teachers=self.teacher_names,
+            input_keys=self.run.input_keys or {},
+            seed=self.run.seed,
+            student=str(self.run.student_path),
+            world_size=self.run.world.world_size,
         )
-        names += ("micro_batch_size", "grad_accum_steps", "gate_features", "feedback_scope", "gate_objective")
-        return {
-            **{n: getattr(c, n) for n in names},
-            "fusion_trains_gate": c.fusion_trains_gate,
-            "adam_betas": [c.adam_beta1, c.adam_beta2],
-        }
 
     # ----------------------------------------------------------------------------------- export
     def export(self, export_dir: Path | None = None) -> Path:

@@ -34,6 +34,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import yaml
+
 from stages.evaluate.bits_per_byte import ScoredText, domain_bits_per_byte
 from stages.evaluate.unit_score import UnitScore
 
@@ -71,6 +73,11 @@ def check_named_tasks(names: Sequence[str], include_paths: Sequence[Path] = ()) 
             )
         try:
             manager.load([name])
+        except yaml.YAMLError as e:  # a task YAML (or one it includes) that does not parse
+            raise ValueError(
+                f"evaluate.lm_eval_tasks: the task file {name} is not valid YAML "
+                f"({' '.join(str(e).split())}): fix its syntax or remove it from evaluate.lm_eval_tasks"
+            ) from e
         except (OSError, KeyError, ValueError) as e:  # datasets offline: ConnectionError (an OSError)
             raise ValueError(
                 f"evaluate.lm_eval_tasks: the data of lm-eval task {name} is not available offline "
@@ -78,6 +85,30 @@ def check_named_tasks(names: Sequence[str], include_paths: Sequence[Path] = ()) 
                 f"--tasks {name} --limit 1` with HF_DATASETS_OFFLINE unset) or remove {name} from "
                 "evaluate.lm_eval_tasks"
             ) from e
+
+
+def check_scorable(folder: Path) -> None:
+    """``ValueError`` naming the folder and the fix, before its weights load, unless lm-eval can
+    score it as polyfuse does: a causal LM whose tokenizer files are there, fit its embedding and
+    give a prefix token (BOS, else EOS) to predict a text's first token from (module docstring)."""
+    from transformers import AutoTokenizer
+
+    from stages.model_config import check_causal_lm, check_tokenizer_fits
+    from stages.tokenization import check_tokenizer_files
+
+    check_causal_lm(folder, "the model")
+    check_tokenizer_files(folder)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot load the tokenizer in {folder}: {' '.join(str(e).split())}") from e
+    check_tokenizer_fits(tokenizer, folder, "the model")
+    if tokenizer.bos_token_id is None and tokenizer.eos_token_id is None:
+        raise ValueError(
+            f"the tokenizer in {folder} has neither a BOS nor an EOS token, so lm-eval has no token to "
+            "predict a text's first token from: set bos_token (or eos_token) in its "
+            "tokenizer_config.json to the token the model starts or ends documents with"
+        )
 
 
 def load_lm(folder: Path, *, dtype: str, batch_size: int, max_length: int, device: str | None = None):

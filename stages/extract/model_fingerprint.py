@@ -13,6 +13,7 @@ import hashlib
 from pathlib import Path
 
 from data_schemas.keys import sha256_ends, sha256_file
+from stages.model_config import read_model_config
 from stages.model_source import hub_revision, model_folder
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")
@@ -65,16 +66,11 @@ def refuse_own_code(folder: Path) -> None:
     files (an ``auto_map`` for a model type transformers does not know). polyfuse never runs
     them: every load passes ``trust_remote_code=False``, and this check says so before a backend
     that might ask on stdin is opened."""
-    import json
-
     from transformers import CONFIG_MAPPING
 
-    try:
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"model folder {folder}: config.json is not readable JSON ({e}): restore it") from e
-    model_type = config.get("model_type") if isinstance(config, dict) else None
-    if isinstance(config, dict) and config.get("auto_map") and model_type not in CONFIG_MAPPING:
+    config = read_model_config(folder)
+    model_type = config.get("model_type")
+    if config.get("auto_map") and model_type not in CONFIG_MAPPING:
         raise ValueError(
             f"model folder {folder} needs its own code to load (config.json auto_map "
             f"{sorted(config['auto_map'])} for model_type {model_type!r}, which transformers does not "

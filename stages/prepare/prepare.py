@@ -42,8 +42,11 @@ class PreparedCorpus:
 
 
 def describe_sources(sources: list[CorpusSource]) -> list[dict]:
-    """What of the sources enters the corpus key: domain, reading settings and content hash (a
-    hub dataset's: its resolved commit, hub_dataset.py)."""
+    """What of the sources enters the corpus key: domain, reading settings, content hash (a hub
+    dataset's: its resolved commit, hub_dataset.py) and, only where there are any, the number of
+    empty (whitespace-only) documents, which preparation drops before drawing the held-out split:
+    a source without one keeps the key it had before empty documents were counted, and one with
+    them gets a new key, since its split changed."""
     described = []
     for src in sources:
         if src.dataset is not None:
@@ -51,6 +54,9 @@ def describe_sources(sources: list[CorpusSource]) -> list[dict]:
             continue
         assert src.path is not None, "CorpusSource.check: a path or a dataset"
         fmt = resolve_format(Path(src.path), src.format)
+        empty = sum(
+            not d.text.strip() for d in read_documents(Path(src.path), fmt, src.text_field, src.id_field)
+        )
         described.append(
             {
                 "path": str(src.path),
@@ -59,6 +65,7 @@ def describe_sources(sources: list[CorpusSource]) -> list[dict]:
                 "text_field": src.text_field,
                 "id_field": src.id_field,
                 "sha256": source_hash(Path(src.path), fmt),
+                **({"empty_documents": empty} if empty else {}),
             }
         )
     return described
@@ -77,6 +84,8 @@ def _rank(seed: int, *parts: str) -> str:
 
 
 def _heldout_doc_ids(doc_ids: list[str], domain: str, fraction: float, seed: int) -> set[str]:
+    """The held-out documents of one domain: a seeded draw of ``fraction`` of them that always
+    leaves at least one training document."""
     if fraction <= 0 or len(doc_ids) < 2:
         return set()
     n = min(len(doc_ids) - 1, max(1, round(fraction * len(doc_ids))))
@@ -86,22 +95,22 @@ def _heldout_doc_ids(doc_ids: list[str], domain: str, fraction: float, seed: int
 def build_rows(
     sources: list[CorpusSource], max_chars: int, heldout_fraction: float, seed: int
 ) -> dict[str, list[dict]]:
-    """Rows of every split: documents chunked, held-out documents set apart, samples ordered by
-    a seeded hash so that every shard mixes domains."""
+    """Rows of every split: empty (whitespace-only) documents dropped, documents chunked,
+    held-out documents set apart, samples ordered by a seeded hash so that every shard mixes
+    domains. A document keeps its position in its source as its sample ids' index."""
     rows: dict[str, list[dict]] = {split: [] for split in SPLITS}
     for src in sources:
-        docs = list(source_documents(src))
-        ids = [d.doc_id for d in docs]
+        read = list(enumerate(source_documents(src)))
+        docs = [(index, d) for index, d in read if d.text.strip()]
+        ids = [d.doc_id for _, d in read]
         dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) != len(ids) else []
         if dupes:
             raise ValueError(
                 f"{src.label}: document ids {dupes[:3]} repeat: make the id field unique "
                 "or set corpus.sources[].id_field to null"
             )
-        heldout = _heldout_doc_ids(ids, src.domain, heldout_fraction, seed)
-        for index, doc in enumerate(docs):
-            if not doc.text.strip():
-                continue
+        heldout = _heldout_doc_ids([d.doc_id for _, d in docs], src.domain, heldout_fraction, seed)
+        for index, doc in docs:
             split = "heldout" if doc.doc_id in heldout else "train"
             for c, chunk in enumerate(chunk_document(doc.text, max_chars)):
                 rows[split].append(
@@ -117,6 +126,13 @@ def build_rows(
     if not rows["train"]:
         names = ", ".join(s.label for s in sources) or "none"
         raise ValueError(f"the corpus is empty (sources: {names}): point corpus.sources at files with text")
+    textless = sorted({s.domain for s in sources} - {r["domain"] for r in rows["train"]})
+    if textless:
+        paths = ", ".join(s.label for s in sources if s.domain in textless)
+        raise ValueError(
+            f"corpus domain(s) {textless} hold no text (only empty documents in {paths}): point "
+            "corpus.sources at files with text or remove those sources"
+        )
     for split in SPLITS:
         rows[split].sort(key=lambda r: _rank(seed, r["sample_id"]))
     return rows

@@ -448,3 +448,79 @@ def test_exact_token_with_the_renormalised_target_is_refused(world: FakeWorld, t
     )
     assert result.exit_code == 2 and "distill.target=residual" in result.output
     assert not (tmp_path / "runs").exists()
+
+
+def test_resume_refuses_other_data_settings_and_teachers_before_any_model_loads(
+    world: FakeWorld, tmp_path: Path, loaded_models
+) -> None:
+    """The aligner and the target change what the student learns; a teacher removed changes the
+    gate's shape (once torch's "size mismatch for gate.layers.0.weight" after the student loaded):
+    each is named, with the teachers then and now, before any model loads."""
+    from pipeline.distillation import distill_from_config
+
+    config = world.config_for(tmp_path / "runs", name="resume", max_steps=2, checkpoint_every=1)
+    distill_from_config(config, progress=False, stop_after_steps=1)
+    loaded_models.clear()
+    other = dataclasses.replace(
+        config, distill=dataclasses.replace(config.distill, aligner="dtw", target="residual")
+    )
+    with pytest.raises(
+        ValueError, match=r"changes aligner 'offsets' → 'dtw', target 'renormalised' → 'residual'"
+    ):
+        distill_from_config(other, resume=True, progress=False)
+    fewer = dataclasses.replace(config, teachers=config.teachers[:1])
+    with pytest.raises(ValueError, match=r"teachers \['smol', 'gemma'\] → \['smol'\]"):
+        distill_from_config(fewer, resume=True, progress=False)
+    assert loaded_models == []
+
+
+def test_a_student_tokenizer_larger_than_its_embedding_is_refused_before_any_model_loads(
+    world: FakeWorld, tmp_path: Path, loaded_models
+) -> None:
+    """Tokens added to the tokenizer without resizing the weights: the corpus holds them, so their
+    ids (past the 49,152 embedding rows) would be an IndexError in the middle of a forward pass."""
+    from pipeline.distillation import distill_from_config
+    from stages.tokenization import load_tokenizer
+
+    student = tmp_path / "student"
+    shutil.copytree(world.student, student)
+    tokenizer = load_tokenizer(student)
+    tokenizer.add_tokens(["best of times", "age of wisdom"])
+    tokenizer.save_pretrained(student)
+    config = dataclasses.replace(
+        world.config_for(tmp_path / "runs", name="big-vocab"),
+        student=dataclasses.replace(world.config.student, path=str(student)),
+    )
+    with pytest.raises(ValueError) as err:
+        distill_from_config(config, progress=False, stop_after_steps=1)
+    assert (
+        f"student.path {student}: the tokenizer has 49154 tokens but the model's embedding has 49152"
+        in str(err.value)
+    )
+    assert "resize_token_embeddings" in str(err.value) and loaded_models == []
+
+
+def test_a_student_without_a_causal_lm_head_is_one_line_naming_student_path(
+    world: FakeWorld, tmp_path: Path, loaded_models
+) -> None:
+    from transformers import T5Config
+
+    from pipeline.distillation import distill_from_config
+
+    student = tmp_path / "t5"
+    shutil.copytree(world.student, student)
+    (student / "model.safetensors").unlink()
+    T5Config(vocab_size=49152, d_model=64, num_layers=1, num_heads=2, d_ff=64).to_json_file(
+        student / "config.json"
+    )
+    config = dataclasses.replace(
+        world.config_for(tmp_path / "runs", name="t5"),
+        student=dataclasses.replace(world.config.student, path=str(student)),
+    )
+    with pytest.raises(ValueError) as err:
+        distill_from_config(config, progress=False, stop_after_steps=1)
+    message = str(err.value)
+    assert message.startswith(
+        f"student.path {student} is a 't5' model, which has no causal language-model head"
+    )
+    assert len(message) < 400 and loaded_models == []

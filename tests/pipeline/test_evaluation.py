@@ -203,3 +203,70 @@ def test_cli_evaluate_adds_a_named_lm_eval_task_and_refuses_a_missing_one(worksp
     assert len(lines) == 1 and "Traceback" not in missing.stderr
     assert "lm-eval task hellaswag is not available offline" in lines[0]
     assert "remove hellaswag from evaluate.lm_eval_tasks" in lines[0]
+
+
+def _config(workspace: Path, name: str):
+    config = config_from_dict(yaml.safe_load((workspace / "config.yaml").read_text()))
+    return dataclasses.replace(config, name=name)
+
+
+def test_a_tokenizer_without_bos_or_eos_is_refused_before_the_model_loads(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """lm-eval predicts a text's first token from BOS, else EOS: with neither, it once failed with
+    a TypeError inside lm-eval after the model loaded."""
+    folder = save_model_folder(tmp_path / "no-bos-eos", seed=2)
+    path = folder / "tokenizer_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "bos_token": None, "eos_token": None}))
+    with pytest.raises(ValueError) as err:
+        evaluation.evaluate_from_config(_config(workspace, "nobos"), [folder])
+    assert str(err.value).startswith(f"the tokenizer in {folder} has neither a BOS nor an EOS token")
+
+
+def test_a_folder_without_tokenizer_files_says_so(workspace: Path, tmp_path: Path) -> None:
+    folder = save_model_folder(tmp_path / "no-tokenizer", seed=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (folder / name).unlink(missing_ok=True)
+    with pytest.raises(ValueError) as err:
+        evaluation.evaluate_from_config(_config(workspace, "notok"), [folder])
+    assert f"no tokenizer files (tokenizer.json / tokenizer_config.json) in {folder}" in str(err.value)
+    assert "sentencepiece" not in str(err.value)
+
+
+@pytest.mark.parametrize("damage", ['{"facts": {}}', '{"facts": {}, "scores": {"bpb/prose": {"unit"'])
+def test_a_damaged_score_cache_entry_is_named_discarded_and_scored_again(
+    workspace: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, damage: str
+) -> None:
+    """Valid JSON without `scores` (once a KeyError) and a file cut short (once a JSON error that
+    named no file): named in a warning, removed, and the model scored again."""
+    from stages.evaluate.unit_score import UnitScore
+
+    config = _config(workspace, "damaged")  # its own score cache key: only this test's entries
+    config = dataclasses.replace(
+        config, evaluate=dataclasses.replace(config.evaluate, max_samples_per_domain=2)
+    )
+    calls = []
+
+    def score(folder, **kwargs):
+        calls.append(folder)
+        unit = UnitScore.from_observations("bpb/prose", "bpb", False, {"d0": (1.0, 2.0), "d1": (3.0, 2.0)})
+        return {"bpb/prose": unit}, {"scorer": "stub"}
+
+    monkeypatch.setattr(evaluation, "score_model", score)
+    first = evaluation.evaluate_from_config(config, [workspace / "fused"])
+    fingerprint = first.payload["models"]["fused"]["fingerprint"]
+    (entry,) = [  # this config's entry (other tests score the same folder under other keys)
+        p
+        for p in (Path(config.cache_dir) / "eval").glob(f"*/{fingerprint}.json")
+        if json.loads(p.read_text()).get("facts") == {"scorer": "stub"}
+    ]
+    entry.write_text(damage)
+    scored = len(calls)
+    with caplog.at_level("WARNING", logger="pipeline.evaluation"):
+        again = evaluation.evaluate_from_config(config, [workspace / "fused"])
+    assert f"{entry}: damaged score cache entry" in caplog.text
+    assert (
+        len(calls) == scored + 1
+        and again.payload["models"]["fused"]["scores"] == first.payload["models"]["fused"]["scores"]
+    )
+    assert json.loads(entry.read_text())["scores"]

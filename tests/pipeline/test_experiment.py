@@ -188,3 +188,31 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
     assert json.dumps(again.results["paired"], sort_keys=True) == json.dumps(
         result.results["paired"], sort_keys=True
     )
+
+
+def test_a_finished_export_is_reused_only_with_the_settings_and_caches_it_was_trained_with(
+    config, monkeypatch
+) -> None:
+    """A rerun with `distill.lam` and `max_steps` changed once reported the old export as the new
+    settings' result ("trained already"); now it is refused before anything is trained or
+    evaluated, naming each change and the folder to remove."""
+    import pipeline.experiment as experiment
+
+    config = dataclasses.replace(config, name="stale")
+    export = experiment.train_method(config, METHODS["none"], progress=False)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("trained or evaluated although a finished export is stale")
+
+    monkeypatch.setattr(pipeline.distillation, "distill_from_config", refuse)
+    monkeypatch.setattr(experiment, "evaluate_from_config", refuse)
+    changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, lam=0.5, max_steps=2))
+    with pytest.raises(ValueError) as err:
+        run_experiment(changed, ["none"], progress=False)
+    message = str(err.value)
+    assert "none (distill.lam 0.9 → 0.5, distill.max_steps 1 → 2)" in message
+    assert f"rm -rf {export.parent}" in message
+    # The same settings, or ones that decide no weights (the log cadence), keep the export.
+    experiment.refuse_stale_exports(config, [METHODS["none"]])
+    relogged = dataclasses.replace(config, distill=dataclasses.replace(config.distill, log_every=7))
+    experiment.refuse_stale_exports(relogged, [METHODS["none"]])

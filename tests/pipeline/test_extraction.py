@@ -250,3 +250,53 @@ def test_shards_carry_space_logprobs_and_the_mixed_dtype_is_its_own_teacher(tmp_
         for dtype in ("float32", "bf16_mixed", "bfloat16")
     }
     assert keys["float32"] == report.plans[0].key and len(set(keys.values())) == 3
+
+
+def test_a_teacher_tokenizer_larger_than_its_embedding_is_refused_before_the_model_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tokens added to the tokenizer, the weights unchanged: the corpus holds the added text, whose
+    id (past the embedding's 49,152 rows) was an IndexError in the middle of a forward pass."""
+    from stages.tokenization import load_tokenizer
+    from tests.tiny_models import save_tiny_llama
+
+    folder = save_tiny_llama(tmp_path / "teacher", TOKENIZERS / "smollm2-135m-instruct")
+    tokenizer = load_tokenizer(folder)
+    tokenizer.add_tokens(["quick brown"])
+    tokenizer.save_pretrained(folder)
+    teacher = {"name": "t", "path": str(folder), "backend": "transformers", "dtype": "float32"}
+    config = load_config(write_config(tmp_path, tmp_path / "cache", [teacher]))
+    import stages.extract.backends as backends
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the teacher model was opened before the refusal")
+
+    monkeypatch.setattr(backends, "open_backend", no_model)
+    with pytest.raises(ValueError) as err:
+        run_extraction(config, progress=False)
+    assert str(err.value).startswith(
+        f"teacher t: teachers[].path {folder}: the tokenizer has 49153 tokens but the model's embedding has "
+        "49152 rows"
+    )
+
+
+def test_the_teacher_key_does_not_depend_on_the_backend(tmp_path: Path) -> None:
+    """vLLM and transformers compute the same distributions of the same model (their parity is
+    tested in tests/stages/extract/test_vllm_backend.py), so a cache extracted by one serves the
+    other: the key holds no backend, and no config comment may say it does."""
+    from pipeline.extraction import load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
+    from tests.tiny_models import save_tiny_llama
+
+    folder = save_tiny_llama(tmp_path / "teacher", TOKENIZERS / "smollm2-135m-instruct")
+    teachers = [{"name": "t", "path": str(folder), "backend": b} for b in ("transformers", "vllm")]
+    keys = set()
+    for teacher in teachers:
+        config = load_config(write_config(tmp_path, tmp_path / "cache", [teacher]))
+        spec = config.teachers[0]
+        plan = plan_teacher(
+            config, spec, prepare_shared_corpus(config), load_teacher_tokenizer(spec, spec.backend)
+        )
+        keys.add(plan.key)
+    assert len(keys) == 1
+    for yaml_file in sorted((REPO / "configs").glob("*.yaml")):
+        assert "backend is in the teacher key" not in yaml_file.read_text(), yaml_file

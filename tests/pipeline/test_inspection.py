@@ -101,3 +101,67 @@ def test_cli_validate_exits_non_zero_naming_each_fault(cache: tuple[Path, Path],
         and "shard-00001.parquet" in result.output
         and "polyfuse extract" in result.output
     )
+
+
+def test_a_corpus_shard_named_alone_is_checked_as_a_corpus_shard(
+    cache: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """Its manifest sits one folder up (above train/): the shard is sound, and a damaged one is
+    repaired by preparing the corpus again, never by an extract that cannot recreate it."""
+    root, _ = corrupted_copy(cache, tmp_path)
+    corpus = next((root / "corpus").iterdir())
+    shard = corpus / "train" / "shard-00000.parquet"
+    assert validate_path(shard) == []
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 3] ^= 0x01
+    shard.write_bytes(bytes(data))
+    (fault,) = validate_path(shard)
+    assert fault.path == str(shard) and "sha256 differs" in fault.problem
+    assert fault.repair == f"rm -rf {corpus} && polyfuse prepare --config configs/demo.yaml"
+    loose = tmp_path / "loose.parquet"  # a corpus shard copied out of its cache: its own kind
+    shutil.copy(corpus / "train" / "shard-00001.parquet", loose)
+    assert validate_path(loose) == []
+
+
+def test_a_file_that_is_no_cache_shard_or_manifest_is_refused(
+    cache: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, _ = corrupted_copy(cache, tmp_path)
+    config = root / "some-config.yaml"
+    config.write_text("name: x\n")
+    with pytest.raises(ValueError, match="is neither a cache directory, a shard"):
+        validate_path(config)
+    result = CliRunner().invoke(app, ["validate", str(config)])
+    assert result.exit_code == 2 and "no faults" not in result.output
+    manifest = next((root / "corpus").iterdir()) / "manifest.json"
+    assert validate_path(manifest) == []  # a manifest names its cache
+
+
+def test_cli_validate_takes_overrides_and_says_what_its_repairs_assume(
+    cache: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A cache records neither the config nor the overrides it was built with: validate writes
+    its repairs for the ones it is given (overrides included) and says so, and says when the
+    cache is not the one that config describes."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    root, teacher_dir = corrupted_copy(cache, tmp_path)
+    (teacher_dir / "shard-00001.parquet").write_bytes(b"not parquet")
+    config = tmp_path / "c.yaml"
+    config.write_text(f"cache_dir: {tmp_path / 'elsewhere'}\n")
+    runner = CliRunner()
+    guessed = runner.invoke(app, ["validate", str(root)])
+    assert guessed.exit_code == 1
+    assert "written for --config configs/demo.yaml (validate's default) with no overrides" in guessed.output
+    given = runner.invoke(app, ["validate", str(root), "--config", str(config), f"cache_dir={root}"])
+    assert given.exit_code == 1, given.output
+    assert f"polyfuse extract --config {config} --teacher a cache_dir={root}" in given.output
+    assert "is not under that config's cache_dir" not in given.output
+    wrong = runner.invoke(app, ["validate", str(root), "--config", str(config)])
+    assert f"is not under that config's cache_dir {tmp_path / 'elsewhere'}" in wrong.output

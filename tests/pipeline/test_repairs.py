@@ -176,3 +176,16 @@ def test_extract_cleans_only_dead_writers_tmp_files(world) -> None:
     run_extraction(load_config(config), progress=False)
     assert not dead.exists() and live.exists()
     assert json.loads((dirs["a"] / "manifest.json").read_text())["complete"]
+
+
+def test_a_manifest_that_is_a_directory_is_removed_by_its_repair(world) -> None:
+    cache, config, dirs = world
+    manifest = dirs["a"] / "manifest.json"
+    manifest.unlink()
+    manifest.mkdir()
+    (manifest / "stray").write_text("x")
+    faults = validate_path(cache, repairs=Repairs(str(config)))
+    assert [(f.path, f.problem) for f in faults] == [(str(manifest), "is not a file")]
+    assert faults[0].repair.startswith(f"rm -rf {manifest} && polyfuse extract")
+    run_repairs(cache, config)
+    assert manifest.is_file() and validate_path(cache) == []

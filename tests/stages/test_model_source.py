@@ -104,3 +104,15 @@ def test_an_id_not_in_the_cache_is_a_user_error_naming_the_fix(hub: Path, tmp_pa
     config = write_config(tmp_path, tmp_path / "cache", [{"name": "x", "path": "org/missing"}])
     result = CliRunner().invoke(app, ["extract", "--config", str(config)])
     assert result.exit_code == 2 and "org/missing" in result.output and "hf download" in result.output
+
+
+def test_a_branch_that_names_no_commit_is_a_user_error_naming_the_cache(hub: Path, tiny_model: Path) -> None:
+    """A hand-edited or damaged hub cache: refs/main holds a name, and a snapshot folder of that
+    name exists; once an AssertionError inside model_source.py."""
+    add_snapshot(hub, "org/tiny", "not-a-commit", tiny_model)
+    point_branch(hub, "org/tiny", "main", "not-a-commit")
+    with pytest.raises(ValueError) as err:
+        resolve_model("org/tiny")
+    message = str(err.value)
+    assert "refs/main" in message and "not-a-commit" in message
+    assert f"delete {hub / 'models--org--tiny'}" in message and "hf download org/tiny" in message

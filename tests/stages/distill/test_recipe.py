@@ -305,3 +305,87 @@ def test_a_finished_run_frees_its_engine(world, stream_inputs, tmp_path: Path) -
         recipe.cleanup()
     del recipe
     assert alive() == before
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    """From here on, loading a student fails the test: what is refused must be refused before."""
+    from transformers import AutoModelForCausalLM
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was loaded before the refusal")
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", refuse)
+
+
+def test_a_resume_over_other_teachers_or_caches_is_refused_before_the_student_loads(
+    world, stream_inputs, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    keys = {"corpus_key": "c0", "teacher_key smol": "k1", "teacher_key gemma": "k2"}
+    plan = settings_for(world, tmp_path, "adaptive", max_steps=2, checkpoint_every=1).but(input_keys=keys)
+    run_distill(*plan.but(stop_after_steps=1), stream_for(world, stream_inputs, plan))
+    request.getfixturevalue("no_model_loads")
+    fewer = plan.but(resume=True, input_keys={"corpus_key": "c0", "teacher_key smol": "k1"})
+    recipe = DistillRecipe(
+        *fewer, stream_for(world, stream_inputs, fewer, teachers=stream_inputs.teachers[:1])
+    )
+    with pytest.raises(ValueError, match=r"teachers \['smol', 'gemma'\] → \['smol'\]"):
+        recipe.setup()
+    # gemma's path changed under the same name: its cache, and so its key, is another one.
+    moved = plan.but(resume=True, input_keys={**keys, "teacher_key gemma": "k2-elsewhere"})
+    with pytest.raises(
+        ValueError, match=r"--resume: this run changes teacher_key gemma 'k2' → 'k2-elsewhere'"
+    ):
+        DistillRecipe(*moved, stream_for(world, stream_inputs, moved)).setup()
+    other = dataclasses.replace(
+        plan.settings, target="residual", vocab_map="edit_distance", max_seq_tokens=32
+    )
+    changed = Plan(other, dataclasses.replace(plan.run, resume=True))
+    with pytest.raises(ValueError) as err:
+        DistillRecipe(*changed, stream_for(world, stream_inputs, changed)).setup()
+    assert (
+        "changes max_seq_tokens 64 → 32, target 'renormalised' → 'residual', vocab_map 'prefix' → "
+        "'edit_distance' against its checkpoint"
+    ) in str(err.value)
+
+
+def test_a_checkpoint_cut_short_is_removed_with_one_line_and_the_run_goes_on(
+    world, stream_inputs, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A kill (or a full disk) during the first checkpoint leaves a folder and no `latest`: it is
+    no checkpoint, so a plain rerun removes it, says so and trains; one cut short after a complete
+    checkpoint is removed the same way and --resume goes on from the complete one."""
+    plan = settings_for(world, tmp_path, "none", max_steps=2, checkpoint_every=1)
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / "step-000001").mkdir(parents=True)
+    (checkpoints / "step-000001" / "mp_rank_00_model_states.pt").write_bytes(b"cut short")
+    with caplog.at_level("WARNING", logger="stages.distill.recipe"):
+        first = run_distill(*plan.but(stop_after_steps=1), stream_for(world, stream_inputs, plan))
+    assert f"{checkpoints}: step-000001 was cut short before it was complete" in caplog.text
+    assert first.steps == 1 and (checkpoints / "latest").read_text() == "step-000001"
+    (checkpoints / "step-000002").mkdir()  # the next one cut short
+    second = run_distill(*plan.but(resume=True), stream_for(world, stream_inputs, plan))
+    assert second.steps == 2 and second.export_dir is not None
+    assert "step-000002 was cut short" in caplog.text
+
+
+def test_a_full_disk_during_a_checkpoint_is_one_line_naming_the_path_the_disk_and_the_fix(
+    world, stream_inputs, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recipe = trained(world, stream_inputs, settings_for(world, tmp_path, "none", max_steps=1))
+    tag = tmp_path / "checkpoints" / "step-000001"
+
+    def disk_fills(*args: Any, **kwargs: Any) -> None:
+        tag.mkdir(parents=True, exist_ok=True)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 1152 vs 1040")
+
+    monkeypatch.setattr(recipe.engine, "save_checkpoint", disk_fills)
+    try:
+        with pytest.raises(RuntimeError) as err:
+            recipe.train()
+    finally:
+        recipe.cleanup()
+    message = str(err.value)
+    assert message.startswith(f"checkpoint {tag} could not be written: the disk mounted at ")
+    assert "is full" in message and "rerun with --resume" in message and "\n" not in message
+    assert not (tmp_path / "checkpoints" / "latest").exists()

@@ -193,3 +193,28 @@ def test_sample_scores_key_items_and_refuse_repeats() -> None:
     assert not bpb.higher_is_better
     with pytest.raises(ValueError, match="item ids repeat"):
         harness.sample_scores("t", [samples[0], samples[0]], item_key="item_id")
+
+
+def test_a_task_file_that_is_not_yaml_is_a_user_error_naming_it(tmp_path: Path) -> None:
+    bad = tmp_path / "broken_task.yaml"
+    bad.write_text("task: broken_task\ndataset_path: json\n  doc_to_text: [unclosed\n")
+    with pytest.raises(ValueError) as err:
+        harness.check_named_tasks([str(bad)])
+    message = str(err.value)
+    assert message.startswith(f"evaluate.lm_eval_tasks: the task file {bad} is not valid YAML (")
+    assert "\n" not in message and "fix its syntax" in message
+
+
+def test_check_scorable_passes_a_sound_folder_and_refuses_a_tokenizer_past_the_embedding(
+    tmp_path: Path,
+) -> None:
+    """(No BOS nor EOS and missing tokenizer files: tests/pipeline/test_evaluation.py.)"""
+    folder = save_model_folder(tmp_path / "model", seed=0)
+    harness.check_scorable(folder)
+    tokenizer = load_tokenizer(folder)
+    tokenizer.add_tokens(["quick brown fox"])
+    tokenizer.save_pretrained(folder)
+    with pytest.raises(
+        ValueError, match="the tokenizer has 49153 tokens but the model's embedding has 49152"
+    ):
+        harness.check_scorable(folder)

@@ -9,6 +9,9 @@ from stages.prepare.prepare import prepare_corpus
 from stages.prepare.settings import CorpusSettings, CorpusSource
 
 SETTINGS = {"max_chars": 200, "heldout_fraction": 0.25, "samples_per_shard": 8, "seed": 0}
+OLD_KEY = "e8d92d4866893eb6"
+"""The key of the `sources` fixture's corpus under SETTINGS, computed before empty documents were
+counted (issue 24, item 5)."""
 
 
 def _write_jsonl(path: Path, docs: list[str]) -> Path:
@@ -111,3 +114,49 @@ def test_parquet_and_saved_dataset_sources(tmp_path: Path) -> None:
     )
     rows = pl.read_parquet(sorted(out.directory.rglob("*.parquet")))
     assert rows.group_by("domain").len().sort("domain")["len"].to_list() == [5, 5]
+
+
+def test_empty_documents_are_dropped_before_the_heldout_draw_and_counted(tmp_path: Path) -> None:
+    """Two documents with text among eight whitespace-only ones, the two that the seeded draw ranks
+    first: counting the empty ones, a held-out fraction of 0.5 would hold out five documents, both
+    real ones among them, and leave the domain without a training sample."""
+    from stages.prepare.prepare import _rank
+
+    ids = [f"d{i}" for i in range(10)]
+    real = set(sorted(ids, key=lambda d: _rank(0, "prose", d))[:2])
+    texts = {d: (f"Text of {d}. " * 5 if d in real else " \n\t ") for d in ids}
+    path = tmp_path / "prose.jsonl"
+    path.write_text("".join(json.dumps({"id": d, "text": texts[d]}) + "\n" for d in ids))
+    code = _write_jsonl(tmp_path / "code.jsonl", [f"def f{i}(): return {i}\n" for i in range(4)])
+    settings = CorpusSettings(
+        [CorpusSource(path, "prose"), CorpusSource(code, "code")], **{**SETTINGS, "heldout_fraction": 0.5}
+    )
+    out = prepare_corpus(settings, tmp_path / "cache")
+    train = pl.read_parquet(sorted((out.directory / "train").glob("*.parquet")))
+    heldout = pl.read_parquet(sorted((out.directory / "heldout").glob("*.parquet")))
+    prose_train = set(train.filter(pl.col("domain") == "prose")["doc_id"])
+    prose_heldout = set(heldout.filter(pl.col("domain") == "prose")["doc_id"])
+    assert len(prose_train) == len(prose_heldout) == 1 and prose_train | prose_heldout == real
+    # The sample ids keep each document's position in its source.
+    positions = {
+        int(s.split(":")[1])
+        for s in pl.concat([train, heldout]).filter(pl.col("domain") == "prose")["sample_id"]
+    }
+    assert positions == {ids.index(d) for d in real}
+    described = {s["domain"]: s for s in out.manifest.header["sources"]}
+    assert described["prose"]["empty_documents"] == 8 and "empty_documents" not in described["code"]
+
+
+def test_a_corpus_without_empty_documents_keeps_its_key(tmp_path: Path, sources: list[CorpusSource]) -> None:
+    """Counting empty documents changes the key only of sources that hold some: this corpus's key is
+    the one the version before the count computed (the demo caches stay valid)."""
+    out = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "cache")
+    assert out.key == OLD_KEY
+
+
+def test_a_domain_of_empty_documents_only_is_refused(tmp_path: Path) -> None:
+    blank = _write_jsonl(tmp_path / "blank.jsonl", ["  ", "\n"])
+    prose = _write_jsonl(tmp_path / "prose.jsonl", ["Some text. " * 5, "More text. " * 5])
+    settings = CorpusSettings([CorpusSource(prose, "prose"), CorpusSource(blank, "blank")], **SETTINGS)
+    with pytest.raises(ValueError, match=r"corpus domain\(s\) \['blank'\] hold no text"):
+        prepare_corpus(settings, tmp_path / "cache")
