@@ -69,6 +69,10 @@ def distill_from_config(
     config.check_distill_target()
     if strategy:  # --strategy: the section as if the YAML had said it
         config = replace(config, distill=replace(config.distill, strategy=strategy))
+    # `auto` becomes this machine's dtype once, here: the resume record and the export record it.
+    config = replace(
+        config, distill=replace(config.distill, dtype=engine.resolve_dtype(config.distill.dtype))
+    )
     names = [t.name for t in config.teachers]
     parsed = parse_strategy(config.distill.strategy, names)
     if not names and parsed.uses_fusion:

@@ -61,6 +61,51 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+MIXED_DTYPE = "bf16_mixed"
+"""`distill.dtype` of autocast training: fp32 weights (DeepSpeed's optimizer sees fp32, so the
+master weights are the weights), the student's matmuls in bf16 under `torch.autocast`, its output
+layer and every loss in fp32 (`autocast_student`)."""
+
+
+def resolve_dtype(dtype: str) -> str:
+    """The concrete training dtype for `distill.dtype`: ``auto`` is `MIXED_DTYPE` on a CPU with
+    native bf16 (AMX, AVX512_BF16: measured in bench/results/train_speed.md, with the paired
+    held-out parity check of fp32 against it), ``bfloat16`` on a GPU, float32 on any other CPU
+    (AVX2 only: bf16 is emulated there, several times slower than fp32)."""
+    if dtype != "auto":
+        return dtype
+    if torch.cuda.is_available():
+        return "bfloat16"
+    from stages.cpu_features import has_native_bf16
+
+    return MIXED_DTYPE if has_native_bf16() else "float32"
+
+
+def autocast_student(student: torch.nn.Module, device_type: str) -> torch.nn.Module:
+    """Run `student`'s forward under bf16 autocast, its output layer (the logits) in fp32.
+
+    The residual stream stays fp32 (embeddings are fp32 and autocast's bf16 outputs are added to
+    it), so the final norm sees fp32; the head then takes that fp32 input in fp32, and the losses
+    read fp32 logits. Patches the instance's `forward` (no new module: the state dict and the
+    export are unchanged)."""
+    head = student.get_output_embeddings()
+    head_forward = head.forward
+
+    def fp32_head(hidden: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=hidden.device.type, enabled=False):
+            return head_forward(hidden.float())
+
+    head.forward = fp32_head
+    body_forward = student.forward
+
+    def mixed(*args: Any, **kwargs: Any) -> Any:
+        with torch.autocast(device_type=device_type, dtype=torch.bfloat16):
+            return body_forward(*args, **kwargs)
+
+    student.forward = mixed
+    return student
+
+
 def build_deepspeed_config(
     *,
     micro_batch_size: int,
@@ -76,8 +121,8 @@ def build_deepspeed_config(
     """
     if zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"zero_stage must be 0, 1, 2 or 3, got {zero_stage}")
-    if dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"dtype must be float32 or bfloat16, got {dtype!r}")
+    if dtype not in ("float32", "bfloat16", MIXED_DTYPE):
+        raise ValueError(f"dtype must be float32, bfloat16 or {MIXED_DTYPE}, got {dtype!r}")
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": micro_batch_size,
         "gradient_accumulation_steps": grad_accum_steps,

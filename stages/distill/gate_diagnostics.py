@@ -75,6 +75,101 @@ def mixture_bits(weights: torch.Tensor, span_loglik: torch.Tensor, span_mask: to
     return nats / math.log(2)
 
 
+def diagnostic_sums(
+    weights: torch.Tensor,
+    span_loglik: torch.Tensor,
+    span_mask: torch.Tensor,
+    span_bytes: torch.Tensor,
+    bits_per_byte: torch.Tensor,
+    present: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """The additive float64 sums every gate diagnostic is a ratio of, over the contested samples.
+
+    Args: as in `gate_diagnostics`. Returns `contested`, `agree`, `span_bytes`, `bits_gate`,
+    `bits_oracle_teacher`, `bits_oracle_mixture` (scalars) and per teacher `weight_sum`,
+    `oracle_count`, `em_weight_sum`, `bits_single` and `bytes_single` (`[K]`: each teacher alone
+    over the contested samples it is present on). Sums of two groups add up to the sums of their
+    union, so a training log window, every rank and a report group all divide the same sums.
+    """
+    k = weights.shape[-1]
+    keep = contested(present, span_mask) & (weights.sum(dim=-1) > 0)
+    w = weights[keep].double()
+    ll, mask = span_loglik[keep].double(), span_mask[keep].bool()
+    here, size = present[keep].bool(), span_bytes[keep].double()
+    oracle = oracle_teacher(bits_per_byte[keep], here)
+    one_hot = torch.nn.functional.one_hot(oracle, k).double()
+    em = em_mixture_weights(ll, mask, here)
+    bits_single = torch.zeros(k, dtype=torch.float64)
+    bytes_single = torch.zeros(k, dtype=torch.float64)
+    for teacher in range(k):
+        has = here[:, teacher]
+        alone = torch.nn.functional.one_hot(torch.full_like(oracle[has], teacher), k).double()
+        bits_single[teacher] = mixture_bits(alone, ll[has], mask[has]).sum()
+        bytes_single[teacher] = size[has].sum()
+    return {
+        "contested": keep.sum().double(),
+        "agree": (w.argmax(dim=-1) == oracle).sum().double()
+        if len(w)
+        else torch.zeros((), dtype=torch.float64),
+        "span_bytes": size.sum(),
+        "bits_gate": mixture_bits(w, ll, mask).sum(),
+        "bits_oracle_teacher": mixture_bits(one_hot, ll, mask).sum(),
+        "bits_oracle_mixture": mixture_bits(em, ll, mask).sum(),
+        "weight_sum": w.sum(dim=0),
+        "oracle_count": one_hot.sum(dim=0),
+        "em_weight_sum": em.sum(dim=0),
+        "bits_single": bits_single,
+        "bytes_single": bytes_single,
+    }
+
+
+SUM_SIZES = {
+    "contested": 1,
+    "agree": 1,
+    "span_bytes": 1,
+    "bits_gate": 1,
+    "bits_oracle_teacher": 1,
+    "bits_oracle_mixture": 1,
+    "weight_sum": 0,
+    "oracle_count": 0,
+    "em_weight_sum": 0,
+    "bits_single": 0,
+    "bytes_single": 0,
+}
+"""The sums of `diagnostic_sums` and their sizes (0: one per teacher)."""
+
+
+def diagnostics_from_sums(
+    sums: dict[str, torch.Tensor], teacher_names: Sequence[str]
+) -> dict[str, float | int]:
+    """The gate's weights against the oracles from `diagnostic_sums` (of one or many groups).
+
+    Returns `samples` (contested), `agreement` (share where argmax w is the oracle teacher), per
+    teacher `mean_w/NAME`, `oracle_share/NAME` (share of samples it is the oracle teacher of) and
+    `oracle_mixture_w/NAME` (mean EM weight), and the bits per byte on the spans of `gate` (w),
+    `best_single` (the one fixed teacher lowest over the samples it is present on),
+    `oracle_teacher` (per-sample best single teacher) and `oracle_mixture` (per-sample EM
+    weights). NaN figures where no sample is contested.
+    """
+    samples, size = float(sums["contested"]), float(sums["span_bytes"])
+    nan = float("nan")
+    out: dict[str, float | int] = {"samples": int(samples)}
+    out["agreement"] = float(sums["agree"]) / samples if samples else nan
+    for k, name in enumerate(teacher_names):
+        out[f"mean_w/{name}"] = float(sums["weight_sum"][k]) / samples if samples else nan
+        out[f"oracle_share/{name}"] = float(sums["oracle_count"][k]) / samples if samples else nan
+        out[f"oracle_mixture_w/{name}"] = float(sums["em_weight_sum"][k]) / samples if samples else nan
+    singles = [
+        float(bits) / float(count)
+        for bits, count in zip(sums["bits_single"].tolist(), sums["bytes_single"].tolist(), strict=True)
+        if count > 0
+    ]
+    for key in ("gate", "oracle_teacher", "oracle_mixture"):
+        out[f"bpb/{key}"] = float(sums[f"bits_{key}"]) / size if size else nan
+    out["bpb/best_single"] = min(singles) if singles else nan
+    return out
+
+
 def gate_diagnostics(
     weights: torch.Tensor,
     span_loglik: torch.Tensor,
@@ -84,7 +179,8 @@ def gate_diagnostics(
     present: torch.Tensor,
     teacher_names: Sequence[str],
 ) -> dict[str, float | int]:
-    """The gate's weights against the oracles over the contested samples of one group.
+    """The gate's weights against the oracles over the contested samples of one group
+    (`diagnostics_from_sums` of `diagnostic_sums`).
 
     Args:
         weights: `[B, K]` the weights w under test (rows sum to 1 over present teachers).
@@ -92,48 +188,6 @@ def gate_diagnostics(
         span_bytes: `[B]` UTF-8 bytes covered by each sample's spans.
         bits_per_byte: `[B, K]` each teacher's stored bits per byte of the sample.
         teacher_names: the K names, for the keys.
-
-    Returns:
-        `samples` (contested), `agreement` (share where argmax w is the oracle teacher), per teacher
-        `mean_w/NAME`, `oracle_share/NAME` (share of samples it is the oracle teacher of) and
-        `oracle_mixture_w/NAME` (mean EM weight), and the bits per byte on the spans of `gate`
-        (w), `best_single` (the one fixed teacher lowest over the group), `oracle_teacher`
-        (per-sample best single teacher) and `oracle_mixture` (per-sample EM weights). NaN
-        figures where the group has no contested sample.
     """
-    keep = contested(present, span_mask)
-    names = list(teacher_names)
-    out: dict[str, float | int] = {"samples": int(keep.sum())}
-    if not bool(keep.any()):
-        nan = float("nan")
-        out["agreement"] = nan
-        for name in names:
-            out[f"mean_w/{name}"] = out[f"oracle_share/{name}"] = out[f"oracle_mixture_w/{name}"] = nan
-        for key in ("gate", "best_single", "oracle_teacher", "oracle_mixture"):
-            out[f"bpb/{key}"] = nan
-        return out
-    w, ll, mask = weights[keep].double(), span_loglik[keep], span_mask[keep]
-    here, bpb = present[keep].bool(), bits_per_byte[keep]
-    total_bytes = float(span_bytes[keep].double().sum())
-    oracle = oracle_teacher(bpb, here)
-    one_hot = torch.nn.functional.one_hot(oracle, len(names)).double()
-    em = em_mixture_weights(ll, mask, here)
-    out["agreement"] = float((w.argmax(dim=-1) == oracle).double().mean())
-    for k, name in enumerate(names):
-        out[f"mean_w/{name}"] = float(w[:, k].mean())
-        out[f"oracle_share/{name}"] = float(one_hot[:, k].mean())
-        out[f"oracle_mixture_w/{name}"] = float(em[:, k].mean())
-
-    def bpb_of(mixture: torch.Tensor) -> float:
-        return float(mixture_bits(mixture, ll, mask).sum()) / total_bytes
-
-    # The best fixed teacher of the group, among those present on every one of its samples.
-    always = [k for k in range(len(names)) if bool(here[:, k].all())]
-    fixed = [
-        bpb_of(torch.nn.functional.one_hot(torch.full_like(oracle, k), len(names)).double()) for k in always
-    ]
-    out["bpb/gate"] = bpb_of(w)
-    out["bpb/best_single"] = min(fixed) if fixed else float("nan")
-    out["bpb/oracle_teacher"] = bpb_of(one_hot)
-    out["bpb/oracle_mixture"] = bpb_of(em)
-    return out
+    sums = diagnostic_sums(weights, span_loglik, span_mask, span_bytes, bits_per_byte, present)
+    return diagnostics_from_sums(sums, teacher_names)

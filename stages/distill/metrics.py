@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 from data_schemas.atomic import atomic_open
 from stages.distill.batch import FusionBatch
-from stages.distill.gate_diagnostics import contested, em_mixture_weights, mixture_bits, oracle_teacher
+from stages.distill.gate_diagnostics import SUM_SIZES, contested, diagnostic_sums, diagnostics_from_sums
 from stages.distill.loss_terms import TERMS
 from stages.distill.model import FusionOutput
 from stages.distill.trackers import Tracker, open_trackers
@@ -59,16 +59,11 @@ class StepStats:
             "aligned_rows": k,
             "mapped_mass": k,
             "selected_hist": k + 1,
-            # gate diagnostics (gate_diagnostics.py) over the contested samples
-            "contested": 1,
-            "agree": 1,
-            "span_bytes": 1,
-            "bits_gate": 1,
-            "bits_oracle_teacher": 1,
-            "bits_oracle_mixture": 1,
-            "bits_single": k,
-            "bytes_single": k,
+            # gate diagnostics (gate_diagnostics.py) over the window's contested samples
+            **{f"diagnostics/{name}": size or k for name, size in SUM_SIZES.items()},
         }
+        # The contested samples of the window, whose diagnostics `summary` computes in one go.
+        self._contested: list[tuple[torch.Tensor, ...]] = []
         self._sums = torch.zeros(sum(self._layout.values()), dtype=torch.float64)
         self._started = time.perf_counter()
 
@@ -108,37 +103,32 @@ class StepStats:
         self._add_gate_diagnostics(batch, weights)
 
     def _add_gate_diagnostics(self, batch: FusionBatch, weights: torch.Tensor) -> None:
-        """Sums of the gate's agreement with the oracle teacher and of the bits of the gate's
-        mixture, the oracle teacher, the EM oracle mixture and each single teacher (on the CPU)."""
+        """Keep the micro-batch's contested samples (CPU copies) for the window's diagnostics: the
+        EM oracle runs once per log window over all of them, not once per micro-batch."""
         keep = contested(batch.present.cpu(), batch.span_mask.cpu()) & (weights.sum(dim=-1) > 0)
-        if not bool(keep.any()):
+        if bool(keep.any()):
+            parts = (batch.span_loglik, batch.span_mask, batch.span_bytes, batch.bits_per_byte, batch.present)
+            self._contested.append((weights[keep], *(t.cpu()[keep] for t in parts)))
+
+    def _window_diagnostics(self) -> None:
+        """Add the diagnostic sums of the window's contested samples (spans padded to the widest)."""
+        if not self._contested:
             return
-        w = weights[keep]
-        ll, mask = batch.span_loglik.cpu()[keep], batch.span_mask.cpu()[keep]
-        here, span_bytes = batch.present.cpu()[keep], batch.span_bytes.cpu()[keep].double()
-        oracle = oracle_teacher(batch.bits_per_byte.cpu()[keep], here)
-        one_hot = F.one_hot(oracle, len(self.teacher_names)).double()
-        values = {
-            "contested": float(keep.sum()),
-            "agree": float((w.argmax(dim=-1) == oracle).sum()),
-            "span_bytes": float(span_bytes.sum()),
-            "bits_gate": float(mixture_bits(w, ll, mask).sum()),
-            "bits_oracle_teacher": float(mixture_bits(one_hot, ll, mask).sum()),
-            "bits_oracle_mixture": float(mixture_bits(em_mixture_weights(ll, mask, here), ll, mask).sum()),
-        }
-        for name, value in values.items():
-            self._sums[self._slot(name)] += value
-        for k in range(len(self.teacher_names)):
-            has = here[:, k]
-            alone = F.one_hot(torch.full_like(oracle[has], k), len(self.teacher_names)).double()
-            self._sums[self._slot("bits_single")][k] += float(mixture_bits(alone, ll[has], mask[has]).sum())
-            self._sums[self._slot("bytes_single")][k] += float(span_bytes[has].sum())
+        width = max(entry[1].shape[-1] for entry in self._contested)
+        padded = [
+            (w, F.pad(ll, (0, width - ll.shape[-1])), F.pad(mask, (0, width - mask.shape[-1])), *rest)
+            for w, ll, mask, *rest in self._contested
+        ]
+        columns = [torch.cat(parts) for parts in zip(*padded, strict=True)]
+        for name, value in diagnostic_sums(*columns).items():
+            self._sums[self._slot(f"diagnostics/{name}")] += value
 
     def summary(
         self, lrs: dict[str, float], world_size: int, device: torch.device | str = "cpu"
     ) -> dict[str, Any]:
         """Means over the window (all ranks), then reset. Call on every rank at the same step;
         `device` is where the collective runs (the engine's device: NCCL needs CUDA tensors)."""
+        self._window_diagnostics()
         sums = self._sums.clone()
         if world_size > 1 and torch.distributed.is_initialized():
             reduced = sums.to(device)
@@ -177,26 +167,26 @@ class StepStats:
         return out
 
 
+LOGGED_DIAGNOSTICS = {
+    "samples": "gate/contested_samples",
+    "agreement": "gate/oracle_agreement",
+    "bpb/gate": "gate/bpb/gate",
+    "bpb/best_single": "gate/bpb/best_single",
+    "bpb/oracle_teacher": "gate/bpb/oracle_teacher",
+    "bpb/oracle_mixture": "gate/bpb/oracle_mixture",
+}
+"""`diagnostics_from_sums` keys → the names the training log gives them."""
+
+
 def _gate_diagnostics_summary(s: dict[str, torch.Tensor]) -> dict[str, float]:
     """`gate/oracle_agreement` and the bits per byte on the teachers' spans of the gate's mixture,
     the best single teacher of the window, the per-sample oracle teacher and the EM oracle mixture
     (gate_diagnostics.py); nothing in a window without a contested sample (`none`, one teacher)."""
-    contested_samples, span_bytes = float(s["contested"]), float(s["span_bytes"])
-    if contested_samples == 0 or span_bytes == 0:
+    sums = {name: s[f"diagnostics/{name}"] for name in SUM_SIZES}
+    if float(sums["contested"]) == 0 or float(sums["span_bytes"]) == 0:
         return {}
-    singles = [
-        float(bits) / float(size)
-        for bits, size in zip(s["bits_single"].tolist(), s["bytes_single"].tolist(), strict=True)
-        if size > 0
-    ]
-    return {
-        "gate/contested_samples": int(contested_samples),
-        "gate/oracle_agreement": float(s["agree"]) / contested_samples,
-        "gate/bpb/gate": float(s["bits_gate"]) / span_bytes,
-        "gate/bpb/best_single": min(singles),
-        "gate/bpb/oracle_teacher": float(s["bits_oracle_teacher"]) / span_bytes,
-        "gate/bpb/oracle_mixture": float(s["bits_oracle_mixture"]) / span_bytes,
-    }
+    values = diagnostics_from_sums(sums, [str(k) for k in range(len(sums["weight_sum"]))])
+    return {logged: values[key] for key, logged in LOGGED_DIAGNOSTICS.items()}
 
 
 class MetricsLogger:

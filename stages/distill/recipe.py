@@ -153,11 +153,14 @@ class DistillRecipe:
                 "or choose another run name (name=...)"
             )
         seed_everything(run.seed)  # same on every rank: the gate's init must agree
+        assert cfg.dtype != "auto", "distill_from_config resolves distill.dtype (engine.resolve_dtype)"
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         # Never the folder's own code, and never a question on stdin (transformers asks when unset).
         student = AutoModelForCausalLM.from_pretrained(
             str(run.student_path), dtype=dtype, local_files_only=True, trust_remote_code=False
         )
+        if cfg.dtype == ds.MIXED_DTYPE:
+            ds.autocast_student(student, "cuda" if torch.cuda.is_available() else "cpu")
         module = FusionModule(
             student,
             self.strategy,

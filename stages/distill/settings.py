@@ -115,8 +115,13 @@ class DistillSettings:
     """Gradient norm clipping."""
     zero_stage: int = 2
     """DeepSpeed ZeRO stage (0–3)."""
-    dtype: Literal["float32", "bfloat16"] = "float32"
-    """Training dtype of the student (the gate and the rewards stay fp32)."""
+    dtype: Literal["auto", "float32", "bfloat16", "bf16_mixed"] = "auto"
+    """Training dtype of the student (the gate, the rewards and every loss stay fp32).
+    ``bfloat16``: DeepSpeed's bf16 (bf16 weights, fp32 master copies in the optimizer);
+    ``bf16_mixed``: fp32 weights, the student's matmuls under bf16 autocast, its output layer in
+    fp32 (stages/distill/engine.py); ``auto``: bf16_mixed on a CPU with native bf16 (AMX,
+    AVX512_BF16), bfloat16 on a GPU, float32 elsewhere — resolved once when the run starts, and
+    the resolved one is what the export's config.yaml records."""
     loader_workers: int = 2
     """DataLoader worker processes that read and align shards."""
     checkpoint_every: int = 50

@@ -31,7 +31,7 @@ def test_a_torn_last_line_is_dropped_on_resume_with_the_file_named(
             total_steps=6,
             start_step=checkpoint_step,
             progress=False,
-            tensorboard=False,
+            report_to=("none",),
         )
     assert [r["step"] for r in read_metrics(path)] == list(range(1, checkpoint_step + 1))
     assert f"{path}: dropped 1 torn line(s)" in caplog.text
