@@ -119,6 +119,8 @@ class Plan:
     teacher: str
     train_shards: int
     steps_per_epoch: int
+    dtype: str
+    """The training dtype, resolved (`engine.resolve_dtype`): part of every arm's folder name."""
 
 
 def plan_curves(config: Config, *, epochs: int, lr: float | None, teacher: str | None) -> Plan:
@@ -144,7 +146,10 @@ def plan_curves(config: Config, *, epochs: int, lr: float | None, teacher: str |
         teacher = strongest_teacher(inputs)
     elif teacher not in names:
         raise ValueError(f"--teacher {teacher!r} is not a configured teacher: use one of {', '.join(names)}")
-    return Plan(epochs, config.distill.lr if lr is None else lr, teacher, shards, samples // per_step)
+    from stages.distill.engine import resolve_dtype
+
+    lr = config.distill.lr if lr is None else lr
+    return Plan(epochs, lr, teacher, shards, samples // per_step, resolve_dtype(config.distill.dtype))
 
 
 def strongest_teacher(inputs: Any) -> str:
@@ -162,8 +167,8 @@ def strongest_teacher(inputs: Any) -> str:
 
 def arm_folder(arm: Arm, plan: Plan) -> str:
     """The arm's run folder: its settings that vary between invocations are in the name, so a run
-    with another learning rate or length never reuses this one's exports."""
-    return f"{arm.name}-lr{plan.lr:g}-e{plan.epochs}"
+    with another learning rate, length or dtype never reuses this one's exports."""
+    return f"{arm.name}-lr{plan.lr:g}-e{plan.epochs}-{plan.dtype}"
 
 
 def arm_config(config: Config, arm: Arm, plan: Plan) -> Config:
@@ -173,6 +178,7 @@ def arm_config(config: Config, arm: Arm, plan: Plan) -> Config:
         config.distill,
         strategy=arm.strategy.format(teacher=plan.teacher),
         lr=plan.lr,
+        dtype=plan.dtype,
         train_shards=plan.train_shards,
         max_steps=plan.epochs * plan.steps_per_epoch,
         export_every=plan.steps_per_epoch,
@@ -290,6 +296,7 @@ def run_curves(
     from stages.cpu_features import cpu_summary
 
     results["machine"] = cpu_summary()
+    results["machine"]["load_at_report"] = list(os.getloadavg())
     report_dir = curves_dir(config) / "report"
     for folder in [report_dir, *([results_dir] if results_dir else [])]:
         write_curve_report(folder, results)
@@ -374,6 +381,11 @@ def plot_curves(results: dict, path: Path) -> Path:
     return path
 
 
+def _machine(machine: dict) -> str:
+    """The CPU summary as one phrase (model, cores, native bf16, flags that decide the dtype)."""
+    return ", ".join(f"{k} {v}" for k, v in machine.items() if not isinstance(v, list | dict)) or str(machine)
+
+
 def _cell(d: dict[str, float]) -> str:
     se = "nan" if math.isnan(d["se"]) else f"{d['se']:.4f}"
     return f"{d['delta']:+.4f} ± {se}"
@@ -386,7 +398,7 @@ def curve_markdown(results: dict) -> str:
         "",
         f"`{results['command']}` — {plan['epochs']} epochs of {plan['steps_per_epoch']} steps over the first "
         f"{plan['train_shards']} train shards, lr {plan['lr']:g}, teacher `{plan['teacher']}`. "
-        f"Machine: {results['machine']}.",
+        f"Machine: {_machine(results['machine'])}.",
         "",
         "Held-out bits per byte: Δ against the untrained student (mean over domains, lower is better), ± "
         "the paired standard error over documents. Untrained mean: "

@@ -37,7 +37,7 @@ def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
     d = sub.distill
     assert (d.strategy, d.objective, d.lam, d.train_shards) == ("single:gemma", "chunk", 0.5, 2)
     assert (d.max_steps, d.export_every, d.checkpoint_every) == (18, 6, 6)
-    assert sub.name == f"ce_chunk-lr{config.distill.lr:g}-e3"
+    assert sub.name == f"ce_chunk-lr{config.distill.lr:g}-e3-{plan.dtype}" and d.dtype == plan.dtype
     with pytest.raises(ValueError, match="--teacher 'gpt'"):
         plan_curves(config, epochs=3, lr=None, teacher="gpt")
     with pytest.raises(ValueError, match="unknown arm"):
