@@ -17,12 +17,13 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TRANSFORMERS_NO_ADVISORY_WARNINGS := 1
 
-.PHONY: setup venv tokenizers material test extract distill experiment bench lint clean help
+.PHONY: setup venv tokenizers material test extract distill experiment methods bench lint clean help
 
 help:
 	@echo "make extract   set up, then run every teacher once over the corpus (stage one)"
 	@echo "make distill   train the student from the cached teacher shards (stage two)"
-	@echo "make experiment every fusion method on the same shards, evaluated -> runs/experiment/report"
+	@echo "make experiment learning curves of the distillation arms (repeated data) -> runs/experiment/report"
+	@echo "make methods   every fusion method for one pass on the same shards -> runs/experiment/report"
 	@echo "make test      set up, then run the CPU test suite"
 	@echo "make bench     benchmarks -> bench/results/*.json + *.md"
 	@echo "make setup     venv + real demo models and corpus (idempotent)"
@@ -68,8 +69,14 @@ else
 	$(VENV)/bin/deepspeed --num_gpus $(GPUS) --no_local_rank --module pipeline.cli distill --config $(CONFIG) $(ARGS)
 endif
 
-# Every fusion method on the same cached shards, then evaluation and report (pipeline/experiment.py).
+# Learning curves of the distillation arms on the same cached shards, every epoch evaluated
+# (pipeline/curves.py); the numbers also go to bench/results/curves.{json,md,png}.
+EPOCHS  ?= 5
 experiment: setup
+	$(VENV)/bin/polyfuse curves --config configs/experiment.yaml --epochs $(EPOCHS) --results bench/results $(ARGS)
+
+# Every fusion method for one pass on the same cached shards, evaluated (pipeline/experiment.py).
+methods: setup
 	$(VENV)/bin/polyfuse experiment --config configs/experiment.yaml $(ARGS)
 
 bench: setup

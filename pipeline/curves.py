@@ -199,10 +199,19 @@ def train_arm(config: Config, arm: Arm, plan: Plan, *, progress: bool = True) ->
     """The arm's epoch exports, in order: found when its final export exists, else trained (resumed
     from its last checkpoint when interrupted). Records its wall time and the load beside it."""
     from pipeline.distillation import distill_from_config
+    from pipeline.experiment import export_changes
     from stages.distill.run_state import checkpoint_tags
 
     sub = arm_config(config, arm, plan)
     run_dir = Path(sub.runs_dir) / sub.name
+    if (run_dir / "export" / "config.json").is_file() and (
+        changes := export_changes(sub, run_dir / "export")
+    ):
+        raise ValueError(
+            f"arm {arm.name}: {run_dir} was trained with other settings or data than this run asks for "
+            f"({', '.join(changes[:3])}{' …' if len(changes) > 3 else ''}): train it again with "
+            f"`rm -rf {run_dir}` and rerun, or give this experiment another name (name=...)"
+        )
     if not (run_dir / "export" / "config.json").is_file():
         resume = (run_dir / "checkpoints").is_dir() and bool(checkpoint_tags(run_dir / "checkpoints"))
         logger.info("arm %s: %s", arm.name, "resuming" if resume else "training")

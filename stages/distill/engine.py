@@ -68,17 +68,14 @@ layer and every loss in fp32 (`autocast_student`)."""
 
 
 def resolve_dtype(dtype: str) -> str:
-    """The concrete training dtype for `distill.dtype`: ``auto`` is `MIXED_DTYPE` on a CPU with
-    native bf16 (AMX, AVX512_BF16: measured in bench/results/train_speed.md, with the paired
-    held-out parity check of fp32 against it), ``bfloat16`` on a GPU, float32 on any other CPU
-    (AVX2 only: bf16 is emulated there, several times slower than fp32)."""
+    """The concrete training dtype for `distill.dtype`: ``auto`` is ``bfloat16`` on a GPU and
+    float32 on a CPU. On this project's CPUs bf16 does not pay enough to take unchecked: on a
+    2-core AMD EPYC with AVX512_BF16, `bf16_mixed` trained 0.95–1.13× as fast as float32 and
+    DeepSpeed's `bfloat16` 1.20–1.36× (bench/results/train_speed.md), and an AVX2-only CPU emulates
+    bf16 several times slower; either bf16 mode stays one setting away."""
     if dtype != "auto":
         return dtype
-    if torch.cuda.is_available():
-        return "bfloat16"
-    from stages.cpu_features import has_native_bf16
-
-    return MIXED_DTYPE if has_native_bf16() else "float32"
+    return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
 def autocast_student(student: torch.nn.Module, device_type: str) -> torch.nn.Module:

@@ -119,9 +119,9 @@ class DistillSettings:
     """Training dtype of the student (the gate, the rewards and every loss stay fp32).
     ``bfloat16``: DeepSpeed's bf16 (bf16 weights, fp32 master copies in the optimizer);
     ``bf16_mixed``: fp32 weights, the student's matmuls under bf16 autocast, its output layer in
-    fp32 (stages/distill/engine.py); ``auto``: bf16_mixed on a CPU with native bf16 (AMX,
-    AVX512_BF16), bfloat16 on a GPU, float32 elsewhere — resolved once when the run starts, and
-    the resolved one is what the export's config.yaml records."""
+    fp32 (stages/distill/engine.py); ``auto``: bfloat16 on a GPU, float32 on a CPU (the measured
+    bf16 gains there: bench/results/train_speed.md) — resolved once when the run starts, and the
+    resolved one is what the export's config.yaml records."""
     loader_workers: int = 2
     """DataLoader worker processes that read and align shards."""
     checkpoint_every: int = 50

@@ -88,3 +88,13 @@ def test_curves_train_score_every_epoch_and_rerun_without_training(
     monkeypatch.setattr(pipeline.distillation, "distill_from_config", no_training)
     again = run_curves(config, RUN_ARMS, epochs=2, teacher="gemma", progress=False)
     assert json.dumps(again["curves"], sort_keys=True) == json.dumps(results["curves"], sort_keys=True)
+
+
+def test_an_arm_trained_otherwise_is_refused_not_reused(config, tmp_path: Path) -> None:
+    """The folder name holds the learning rate, length and dtype; any other setting that changed
+    since the arm was trained (here λ) makes its exports another run's, which are not reused."""
+    results = run_curves(config, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
+    assert results["curves"]["ce_chunk"]
+    changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, beta=0.25))
+    with pytest.raises(ValueError, match=r"arm ce_chunk: .* distill.beta 0.5 → 0.25"):
+        run_curves(changed, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)

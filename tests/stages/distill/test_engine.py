@@ -148,3 +148,30 @@ def test_zero3_gathers_full_weights_for_export(fusion_module: FusionModule) -> N
     assert gathered.keys() == expected.keys()
     for name, tensor in expected.items():
         torch.testing.assert_close(gathered[name], tensor, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize(("cuda", "expected"), [(False, "float32"), (True, "bfloat16")])
+def test_auto_training_dtype_is_bf16_on_a_gpu_only(monkeypatch: pytest.MonkeyPatch, cuda, expected) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    assert ds.resolve_dtype("auto") == expected
+    assert ds.resolve_dtype("bf16_mixed") == "bf16_mixed"  # an explicit dtype stays
+
+
+def test_autocast_student_runs_the_body_in_bf16_and_the_head_in_fp32(tiny_student) -> None:
+    from transformers import AutoModelForCausalLM
+
+    student = AutoModelForCausalLM.from_pretrained(tiny_student, dtype=torch.float32)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_student, dtype=torch.float32)
+    seen: dict[str, torch.dtype] = {}
+    student.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, i, o: seen.update(body=o.dtype))
+    student.get_output_embeddings().register_forward_hook(lambda m, i, o: seen.update(head_in=i[0].dtype))
+    ds.autocast_student(student, "cpu")
+    ids = torch.randint(0, 1000, (2, 12))
+    logits = student(input_ids=ids).logits
+    assert seen == {"body": torch.bfloat16, "head_in": torch.float32} and logits.dtype == torch.float32
+    # Same weights, fp32 state dict (nothing renamed), logits close to the fp32 model's.
+    assert all(v.dtype == torch.float32 for v in student.state_dict().values())
+    assert student.state_dict().keys() == reference.state_dict().keys()
+    torch.testing.assert_close(logits, reference(input_ids=ids).logits, atol=0.15, rtol=0.05)
+    logits.float().logsumexp(-1).sum().backward()  # gradients reach the fp32 weights
+    assert student.model.layers[0].mlp.down_proj.weight.grad.dtype == torch.float32

@@ -269,7 +269,9 @@ def test_no_teacher_anywhere_gives_zero_fusion_and_no_crash(world, stream_inputs
     assert records[-1]["gate/selected_hist"] == [2, 0] and result.export_dir is not None
 
 
-@pytest.mark.parametrize(("stage", "dtype"), [(0, "float32"), (3, "float32"), (1, "bfloat16")])
+@pytest.mark.parametrize(
+    ("stage", "dtype"), [(0, "float32"), (3, "float32"), (1, "bfloat16"), (2, "bf16_mixed")]
+)
 def test_other_zero_stages_and_bf16_train_and_export(
     world, stream_inputs, tmp_path: Path, stage, dtype
 ) -> None:
