@@ -340,10 +340,18 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
             if arm != "none":
                 against_none[arm] = _deltas(compare_models(scores[f"{arm}@{best[arm]}"], reference))
                 final_against_none[arm] = _deltas(compare_models(scores[f"{arm}@{plan.epochs}"], final))
+    # Every other pair of arms at their best epochs (a − b): e.g. three teachers against one.
+    others = [arm for arm in arms if arm != "none"]
+    pairs = {
+        f"{a} − {b}": _deltas(compare_models(scores[f"{a}@{best[a]}"], scores[f"{b}@{best[b]}"]))
+        for i, a in enumerate(others)
+        for b in others[i + 1 :]
+    }
     return {
         "curves": curves,
         "best_epoch": best,
         "best_vs_none_best": against_none,
+        "best_pairs": pairs,
         "final_vs_none_final": final_against_none,
         "untrained_mean_bpb": mean_bpb(untrained),
     }
@@ -423,6 +431,7 @@ def curve_markdown(results: dict) -> str:
     for title, key in (
         ("Each arm at its best epoch against `none` at its best", "best_vs_none_best"),
         ("Each arm at the last epoch against `none` at the last", "final_vs_none_final"),
+        ("Pairs of arms, each at its best epoch (a − b)", "best_pairs"),
     ):
         table = results[key]
         if not table:

@@ -21,7 +21,7 @@ import logging
 import shutil
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -121,7 +121,8 @@ class NonFiniteLossError(RuntimeError):
 
 class DistillRecipe:
     def __init__(self, settings: DistillSettings, run: RecipeRun, stream: BatchStream) -> None:
-        self.cfg = settings
+        # `auto` is this machine's dtype (a no-op when distill_from_config resolved it already).
+        self.cfg = settings = replace(settings, dtype=ds.resolve_dtype(settings.dtype))
         self.run = run
         self.stream = stream
         self.teacher_names: tuple[str, ...] = tuple(stream.teacher_names)
@@ -153,7 +154,6 @@ class DistillRecipe:
                 "or choose another run name (name=...)"
             )
         seed_everything(run.seed)  # same on every rank: the gate's init must agree
-        assert cfg.dtype != "auto", "distill_from_config resolves distill.dtype (engine.resolve_dtype)"
         dtype = torch.bfloat16 if cfg.dtype == "bfloat16" else torch.float32
         # Never the folder's own code, and never a question on stdin (transformers asks when unset).
         student = AutoModelForCausalLM.from_pretrained(

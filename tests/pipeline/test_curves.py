@@ -71,6 +71,7 @@ def test_curves_train_score_every_epoch_and_rerun_without_training(
     # Trained students differ from the untrained one on the held-out documents.
     assert all(abs(p["mean bpb"]["delta"]) > 0 for points in results["curves"].values() for p in points)
     assert set(results["best_vs_none_best"]) == {"ce_chunk", "ce_exact_token"}
+    assert list(results["best_pairs"]) == ["ce_chunk − ce_exact_token"]
     for name in ("curves.json", "curves.md", "curves.png"):
         assert (tmp_path / name).is_file() and (Path(config.runs_dir) / "curves" / "report" / name).is_file()
     markdown = (tmp_path / "curves.md").read_text()

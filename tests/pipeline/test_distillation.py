@@ -26,6 +26,7 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 from pipeline.config import load_config
+from stages.distill.engine import resolve_dtype
 from stages.distill.metrics import read_metrics
 from stages.distill.run_state import checkpoint_tags
 from tests.stages.distill.fake_world import GEMMA, SMOLLM2, FakeWorld, fake_world
@@ -72,12 +73,14 @@ def test_distill_trains_exports_and_loads_no_teacher_model(
     assert "smol" in result.output and "gemma" in result.output  # the per-teacher table
     assert loaded_models == [str(world.student)]  # the student, and nothing else
     assert (tmp_path / "runs" / "cli" / "export" / "model.safetensors").is_file()
-    # Provenance: the export's config.yaml is the run's config (with the strategy it ran) and
-    # names the caches it read.
+    # Provenance: the export's config.yaml is the run's config (with the strategy it ran and the
+    # dtype `auto` resolved to on this machine) and names the caches it read.
     exported = tmp_path / "runs" / "cli" / "export" / "config.yaml"
     run_config = load_config(config)
+    assert run_config.distill.dtype == "auto"
     assert load_config(exported) == dataclasses.replace(
-        run_config, distill=dataclasses.replace(run_config.distill, strategy="min_ce")
+        run_config,
+        distill=dataclasses.replace(run_config.distill, strategy="min_ce", dtype=resolve_dtype("auto")),
     )
     assert "# corpus_key: " in exported.read_text() and "# teacher_key gemma: " in exported.read_text()
 
