@@ -97,5 +97,5 @@ def test_an_arm_trained_otherwise_is_refused_not_reused(config, tmp_path: Path) 
     results = run_curves(config, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
     assert results["curves"]["ce_chunk"]
     changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, beta=0.25))
-    with pytest.raises(ValueError, match=r"arm ce_chunk: .* distill.beta 0.5 → 0.25"):
+    with pytest.raises(ValueError, match=r"arm ce_chunk: .*\(distill\.beta 0\.5 → 0\.25\)"):
         run_curves(changed, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
