@@ -2,7 +2,7 @@
 
 A teacher shard stores its logprobs in a compact layout (``quant``: integers on a 1/32-nat grid;
 see ``teacher_shard.py``), which only ``decode_table`` understands. This module turns one shard,
-or every shard of a teacher directory (in manifest order), into the plain columns of DESIGN.md §3,
+or every shard of a teacher directory (in manifest order), into the plain columns of docs/design.md §3.3,
 one row per sample, so that polars, duckdb or ``datasets`` read them as they are
 (docs/reading-shards.md):
 

@@ -1,5 +1,5 @@
 """The one check of a listed shard, corpus or teacher alike: what ``validate`` reports and what
-``distill`` refuses before it loads a model (DESIGN.md §3).
+``distill`` refuses before it loads a model (docs/design.md §3.5).
 
 A shard listed in a manifest is sound when its file is present, has the listed size and sha256,
 decodes completely under its schema, holds the listed rows (and, for a teacher shard, the listed

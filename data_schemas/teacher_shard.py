@@ -1,6 +1,6 @@
 """The teacher shard: one teacher's top-k next-token distributions over one corpus shard.
 
-One row per corpus sample, same rows in the same order (DESIGN.md §3). A sample of n teacher
+One row per corpus sample, same rows in the same order (docs/design.md §3.3). A sample of n teacher
 tokens has n − 1 *rows* (row i = distribution of token i+1 given tokens ≤ i); the last token has
 none. Two layouts hold the logprobs; the file's metadata says which, and ``decode_table`` turns
 either back into plain arrays:
@@ -17,7 +17,7 @@ either back into plain arrays:
         topk_lp_gaps   list<uint16> [rows·(k−1)]    rank-major gaps, in 1/32 nat
         target_rank    list<uint8>  [rows]          rank of token i+1 in the top-k, k if absent
         target_lp_miss list<uint16> [absent rows]   round(−32 · target) − topk_lp_top, absent rows
-``fp16``: the plain DESIGN columns, float16 (relative rounding 2⁻¹¹; 0.004 nat at |lp| < 16).
+``fp16``: the plain columns, float16 (relative rounding 2⁻¹¹; 0.004 nat at |lp| < 16).
         topk_logprobs  list<float16> [rows·k], target_logprob list<float16> [rows]
 ``sampled`` (``extract.draws`` = N > 0; RS-KD, Anshumann et al. 2025): instead of the top-k, N
     tokens drawn per row from the teacher's full softmax (with replacement, seeded), stored as the

@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from pipeline.errors import DEBUG, user_errors
+from pipeline.methods import ABLATIONS, DEFAULT_METHODS
 from stages.distill.settings import STRATEGY_NAMES
 
 app = typer.Typer(
@@ -250,10 +251,8 @@ def experiment(
         str | None,
         typer.Option(
             "--methods",
-            help="Comma-separated methods (default: none, single:qwen-coder, uniform, min_ce, avg_ce, "
-            "min_bpb, authors, adaptive, adaptive_likelihood); also any single:NAME of the config and "
-            "the ablations avg_bpb, adaptive_tau0.1, adaptive_tau0.3, no_feedback, gate_feedback_only, "
-            "bpb_features, likelihood_no_feedback.",
+            help=f"Comma-separated methods (default: {', '.join(DEFAULT_METHODS)}); also any single:NAME "
+            f"of the config and the ablations {', '.join(ABLATIONS)} (pipeline/methods.py).",
         ),
     ] = None,
 ) -> None:

@@ -249,8 +249,10 @@ class Config:
             )
 
     def check_distill_target(self) -> None:
-        """``distill.target`` must read the kind of cache ``extract.draws`` selects (distill and the
-        experiment check this before anything loads; extraction needs only ``extract.draws``)."""
+        """``distill.target`` must read the kind of cache ``extract.draws`` selects. Checked by
+        ``distill_from_config`` before the run's caches are read or a model loads; ``experiment``
+        and ``curves`` reach that check per method or arm, after their extraction step, which
+        needs only ``extract.draws``."""
         sampled_cache = self.extract.draws > 0
         _require(
             (self.distill.target == "sampled") == sampled_cache,

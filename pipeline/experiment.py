@@ -13,7 +13,7 @@
     reduction, gate weights per teacher and domain, plots           runs/<name>/report/
 
 Every method reads the config's `distill` section (steps, batch, λ, β, τ …) and changes only what
-its row of `METHODS` names, so the methods differ in the fusion rule alone.
+its row of `METHODS` (pipeline/methods.py) names, so the methods differ in the fusion rule alone.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 from data_schemas.atomic import atomic_open, write_json_atomic
 from pipeline.config import Config
 from pipeline.evaluation import NONE_LABEL, PAIRED_NOTE, evaluate_from_config
+from pipeline.methods import BASELINES, METHODS, PROPOSED, Method
 from stages.distill.model_card import heldout_frame, write_model_card
 from stages.evaluate.interference import Interference, interference_reduction
 from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_to_references, comparisons_to_dict
@@ -41,84 +42,6 @@ from stages.evaluate.unit_score import UnitScore
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Method:
-    """One row of the comparison: a fusion strategy and the distill fields it changes."""
-
-    name: str
-    strategy: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-    about: str = ""
-    ablation: bool = False
-    """Run only when asked for by name (`--methods`), not in the default comparison."""
-
-    @property
-    def folder(self) -> str:
-        """The run folder's name under runs/<experiment>/methods/ (no `:` in paths)."""
-        return self.name.replace(":", "_")
-
-
-METHODS = {
-    m.name: m
-    for m in (
-        Method("none", "none", about="CLM-only continual training on the same text (λ = 1)"),
-        Method(
-            "single:qwen-coder",
-            "single:qwen-coder",
-            about="distillation from the strongest demo teacher alone (any `single:NAME` of the config runs)",
-        ),
-        Method("uniform", "uniform", about="every present teacher with weight 1/n"),
-        Method("min_ce", "min_ce", about="FuseLLM MinCE: the teacher with the lowest CE per sample"),
-        Method("avg_ce", "avg_ce", about="FuseLLM AvgCE as coded: softmax of exp(−CE) over teachers"),
-        Method(
-            "min_bpb", "min_bpb", about="tokenizer-neutral MinCE: the teacher with the lowest bits per byte"
-        ),
-        Method(
-            "avg_bpb",
-            "avg_bpb",
-            about="tokenizer-neutral AvgCE: softmax of 2^(−bits per byte) over teachers",
-            ablation=True,
-        ),
-        Method("authors", "authors", about="released code: a fresh untrained gate every step, τ applied"),
-        Method(
-            "adaptive", "adaptive", about="trained gate, threshold selection, feedback loss (τ from config)"
-        ),
-        Method("adaptive_tau0.1", "adaptive", (("tau", 0.1),), "ablation: τ = 0.1", ablation=True),
-        Method("adaptive_tau0.3", "adaptive", (("tau", 0.3),), "ablation: τ = 0.3", ablation=True),
-        Method(
-            "no_feedback", "adaptive", (("beta", 0.0),), "ablation: feedback loss off (β = 0)", ablation=True
-        ),
-        Method(
-            "gate_feedback_only",
-            "adaptive",
-            (("fusion_trains_gate", False),),
-            "ablation: the gate trained by the feedback loss only",
-            ablation=True,
-        ),
-        Method(
-            "bpb_features",
-            "adaptive",
-            (("gate_features", "bits_per_byte"),),
-            "ablation: gate fed 2^(−bits per byte)",
-            ablation=True,
-        ),
-        Method(
-            "adaptive_likelihood",
-            "adaptive",
-            (("gate_objective", "likelihood"),),
-            "gate trained on the text's likelihood under the teacher mixture, not the fusion loss",
-        ),
-        Method(
-            "likelihood_no_feedback",
-            "adaptive",
-            (("gate_objective", "likelihood"), ("beta", 0.0)),
-            "ablation: the likelihood gate without the feedback (balance) loss",
-            ablation=True,
-        ),
-    )
-}
-PROPOSED = "adaptive"
-BASELINES = ("none", "min_ce", "avg_ce", "authors")
 TARGET_LABEL = "target"
 REPORT_METRICS = ("bpb", "acc_norm")
 """The report's units: bits per byte per domain and length-normalised accuracy per task."""

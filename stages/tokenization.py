@@ -1,7 +1,7 @@
 """Tokenizers as extract and distill use them: local loading, a fingerprint, token end offsets.
 
 Both stages tokenise the same corpus text with different tokenizers and meet again only through
-character offsets (DESIGN.md §3, §5), so this module fixes one meaning for them:
+character offsets (docs/design.md §3, §5), so this module fixes one meaning for them:
 
     ends[t] = the char index (Python str index) up to which the text is fully emitted once
               token t — and, if t leaves a character half-emitted, the tokens that complete

@@ -11,7 +11,7 @@ emitted character; only the last token with a given end starts a clean continuat
     student row j takes teacher row i  ⇔  ends_t[i] == ends_s[j],
                                           ends_t[i] < ends_t[i+1] and ends_s[j] < ends_s[j+1].
 
-Everywhere else the teacher is absent at j: no made-up target (DESIGN.md §5). Boundary ends are
+Everywhere else the teacher is absent at j: no made-up target (docs/design.md §5). Boundary ends are
 strictly increasing, so the match is a merge of two sorted lists (`searchsorted`), linear in
 practice and without a Python loop.
 """

@@ -1,7 +1,7 @@
 """One sample, one teacher: the teacher's top-k rows as targets at the student's rows.
 
 Runs in distill's DataLoader workers for every (sample, teacher), so it is numpy only, with no
-Python loop over positions. Per student row j (DESIGN.md §6):
+Python loop over positions. Per student row j (docs/design.md §5):
 
 - the teacher row i that predicts from the same character (`offsets.align_rows_by_offsets`; or
   FuseLLM's MinED DTW pairing, `dtw.align_rows_by_dtw`, under `distill.aligner=dtw`);

@@ -8,7 +8,7 @@ teacher's target log-probabilities over its tokens inside the stretch is exactly
     ll_s = log p_teacher(text of s | text before s),
 
 whatever its tokenizer. A **common boundary** is a character offset that is a token end of every
-present teacher; spans run between consecutive common boundaries (DESIGN.md §6, gate objective).
+present teacher; spans run between consecutive common boundaries (docs/design.md §5, §7.6).
 
 Conventions (stages/tokenization.py, stages/align/offsets.py): `token_ends[t]` is the character
 up to which the text is emitted once token t is; the pieces of a split character share the end of

@@ -4,7 +4,7 @@ Vocabulary strings are not text: byte-level BPE (GPT-2, SmolLM2, Qwen) writes ev
 printable stand-in (`Ġ` = space, `Ċ` = newline, `ð` = 0xF0 …), SentencePiece writes a space as
 `▁` and unknown bytes as `<0xE2>` byte-fallback tokens. Comparing or re-tokenising the strings
 as-is is how FuseLLM's vocab map came to miss every newline between the two families (its
-byte-level marker was registered as `<|endoftext|>` instead of `Ġ`, DESIGN.md §9). Here every
+byte-level marker was registered as `<|endoftext|>` instead of `Ġ`, docs/design.md §13). Here every
 token is turned into the bytes it emits, once per tokenizer; both the vocab map and the DTW
 aligner work on these.
 

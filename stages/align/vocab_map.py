@@ -1,7 +1,7 @@
 """Teacher vocabulary → student vocabulary, as one int32 array cached per tokenizer pair.
 
 `vocab_map[teacher_id]` is the student id that carries that teacher token's probability, or −1
-(the mass is then counted as unmapped, never guessed). Two modes (DESIGN.md §5):
+(the mass is then counted as unmapped, never guessed). Three modes (docs/design.md §5):
 
 - `prefix` (default): the teacher token's bytes as text, tokenised by the student in a context
   where the teacher would emit that token (`_first_student_ids`); the first student id — the

@@ -7,7 +7,7 @@ What the recipe gets from here, and why each piece is written out instead of lef
   single-process defaults; on a machine without CUDA, `DS_ACCELERATOR=cpu` and gloo.
 - `build_deepspeed_config` / `read_deepspeed_config`: the JSON DeepSpeed sees, with no `optimizer`
   or `scheduler` section — the optimizer and the schedule are built here and handed over, because
-  DeepSpeed's own ones silently replace per-group learning rates and Adam betas (DESIGN.md §9).
+  DeepSpeed's own ones silently replace per-group learning rates and Adam betas (docs/design.md §13).
 - `build_optimizer`: torch AdamW with one group for the student and one for the gate (its own LR).
 - `cosine_with_warmup`: a torch `LambdaLR`, which scales every group by the same factor and so keeps
   the two groups' LRs apart (DeepSpeed's `WarmupLR` sets one LR for all groups).

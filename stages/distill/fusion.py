@@ -1,4 +1,4 @@
-"""Sparse dynamic fusion of the teachers' top-k targets (DESIGN.md §6, "fusion").
+"""Sparse dynamic fusion of the teachers' top-k targets (docs/design.md §7.2).
 
     w'_bjk  = w_bk a_bjk / Σ_k w_bk a_bjk                      (0 where the sum is 0)
     L_fuse  = mean over fused (b, j) of Σ_k w'_bjk CE_bjk

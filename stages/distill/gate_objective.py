@@ -1,4 +1,4 @@
-"""What trains the selection gate (`distill.gate_objective`, DESIGN.md §6).
+"""What trains the selection gate (`distill.gate_objective`, docs/design.md §7.6).
 
 `fusion` (the paper's): the gate gets L_fuse through the weights w. ∂L_fuse/∂w_bk is, up to a
 term shared by all teachers, the student's cross-entropy against teacher k, so descent moves

@@ -1,4 +1,4 @@
-"""The teacher-selection gate and the threshold selection of DESIGN.md §6.
+"""The teacher-selection gate and the threshold selection of docs/design.md §6.
 
     g_b    = softmax(MLP(x_b)) over the teachers present for sample b, x_b = the [K, F] teacher
              features (F = 1: the score r_b, default exp(−ce); F = 4 with `gate_features: all`)
@@ -7,7 +7,7 @@
 
 The gate is a persistent module: it lives inside the module DeepSpeed wraps, is trained (by
 the feedback loss and, by default, the fusion loss through w) and is saved in checkpoints.
-The released reference code re-created it every step and ran it in bf16 (DESIGN.md §9); here
+The released reference code re-created it every step and ran it in bf16 (docs/design.md §13); here
 the maths is fp32 whatever the student's dtype, and only the `authors` strategy builds a
 fresh untrained gate on purpose.
 """
@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 SELECTION_EPS = 1e-8
-"""The 1e-8 of DESIGN.md §6 in w = g·m / (Σ g·m + 1e-8); keeps an all-zero row at 0, not NaN."""
+"""The 1e-8 of docs/design.md §6 in w = g·m / (Σ g·m + 1e-8); keeps an all-zero row at 0, not NaN."""
 
 
 def masked_softmax(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -105,7 +105,7 @@ class SelectionGate(nn.Module):
             )
         x = torch.where(present.unsqueeze(-1), features.float(), 0.0).flatten(-2)
         # fp32 even inside a bf16 autocast region or if a wrapper cast the parameters down
-        # (DESIGN.md §9: rewards and gate in bf16 is a mistake); .float() is free when fp32.
+        # (docs/design.md §13: rewards and gate in bf16 is a mistake); .float() is free when fp32.
         with torch.autocast(device_type=x.device.type, enabled=False):
             for i, layer in enumerate(self.layers):
                 x = F.linear(x, layer.weight.float(), layer.bias.float())
@@ -119,7 +119,7 @@ def select_teachers(gate: torch.Tensor, tau: float) -> torch.Tensor:
 
     Args:
         gate: `[B, K]` gate probabilities g (0 for absent teachers).
-        tau: threshold; DESIGN.md default 0.15.
+        tau: threshold (`distill.tau`, default 0.15).
 
     Returns:
         `[B, K]` fp32 weights w = g·m / (Σ g·m + 1e-8). Rows sum to 1 (up to the 1e-8), an

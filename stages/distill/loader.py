@@ -5,8 +5,7 @@ shards, tokenised by the student and aligned to it, in padded micro-batches.
 endless stream: epoch 0 in shard order, later epochs with the shard order permuted (seeded by
 seed, epoch and rank). Micro-batch n is stream positions [n·B, (n+1)·B). Of the W DataLoader
 workers, worker w builds batches start + w, start + w + W, … and PyTorch takes one batch from each
-worker in turn, so the trainer receives
-batches 0, 1, 2, … whatever the number of workers. The loader's whole state is therefore one
+worker in turn, so the trainer receives batches 0, 1, 2, … whatever the number of workers. The loader's whole state is therefore one
 integer, the batches the trainer consumed (`state_dict`), with the settings that fix the order
 beside it for a check on resume.
 
@@ -63,13 +62,14 @@ teacher's score for the sample, the one the fixed rules (min_ce, avg_ce) rank by
 FEATURES = tuple(GATE_FEATURES)
 
 TARGET_KINDS = ("renormalised", "residual", "sampled")
-ALIGNERS = ("offsets", "dtw")
 """`distill.target`: see stages/align/sample.py and stages/distill/fusion.py."""
+ALIGNERS = ("offsets", "dtw")
+"""`distill.aligner`: see stages/align/offsets.py and stages/align/dtw.py."""
 
 # Each maps one stored per-sample score (stages/extract/scores.py) into [0, 1], higher is better,
 # so that an absent teacher's 0 input is the worst value of every feature.
 _FEATURE_VALUES = {
-    # the mean per-token probability (FuseLLM's score, DESIGN.md §6)
+    # the mean per-token probability (FuseLLM's score, docs/design.md §6)
     "exp_neg_ce": lambda s: math.exp(-s.ce),
     # the mean per-byte probability: tokenizer-neutral
     "bits_per_byte": lambda s: 2.0 ** (-s.bits_per_byte),

@@ -7,8 +7,9 @@ supports, the sample weights w) and returns a `TermValue`: its scalar loss and t
 
     L = λ·L_clm + (1 − λ)·L_objective + β·L_feedback [+ L_gate_nll]
 
-`objective` is `distill.objective` (the distillation term: `fusion`, the token-level mixture of
-the teachers' vocabulary-mapped top-k, DESIGN.md §6); `none` trains on L_clm alone (λ = 1);
+`objective` is `distill.objective`, the distillation term: `fusion` (the token-level mixture of
+the teachers' vocabulary-mapped top-k), `chunk` (ALM) or `exact_token` (docs/design.md §7.2,
+§7.4, §7.5; the registry: §7.7); `none` trains on L_clm alone (λ = 1);
 the feedback loss gets β only where there is a gate to train (under the fixed rules CV² is
 logged with weight 0); L_gate_nll (weight 1) is the `likelihood` gate objective.
 

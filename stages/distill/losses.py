@@ -1,4 +1,5 @@
-"""Student-side losses of DESIGN.md §6: the log-normaliser, CLM and the feedback loss (CV²).
+"""The pieces the loss terms share (docs/design.md §7): the log-normaliser, CLM (§7.1) and the
+feedback loss (§7.3, CV² of the gate importance).
 
 Index convention (shared with fusion.py and the loader): row j of the student logits predicts
 the token at j+1. `loss_mask[b, j]` is true iff `input_ids[b, j+1]` is a real token, i.e. row j
@@ -20,7 +21,7 @@ LOGSUMEXP_CHUNK_ELEMENTS = 1 << 24
 the log-normaliser instead of materialising a second [B, T, V] fp32 copy of the logits."""
 
 FEEDBACK_EPS = 1e-10
-"""The 1e-10 of DESIGN.md §6 in CV² = Var(I) / (Mean(I)² + 1e-10)."""
+"""The 1e-10 of docs/design.md §7.3 in CV² = Var(I) / (Mean(I)² + 1e-10)."""
 
 
 def loss_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -124,7 +125,7 @@ def importance(weights: torch.Tensor) -> torch.Tensor:
         weights: `[B, K]` sample weights (with their grad path to the gate).
 
     Returns:
-        `[K]`. The optimizer-step / all-ranks option of DESIGN.md §6 adds the other
+        `[K]`. The optimizer-step / all-ranks option of docs/design.md §7.3 adds the other
         micro-batches' and ranks' importance to it: `model.FusionModule.feedback_importance`.
     """
     return weights.sum(dim=0)

@@ -2,7 +2,7 @@
 
 Keeping the gate inside this module is what puts it in the optimizer (its own LR group), in every
 ZeRO partition and in every checkpoint — the reference code re-created it each step instead
-(DESIGN.md §9). `micro_batch_losses` computes the run's loss terms (loss_terms.py) from one forward.
+(docs/design.md §13). `micro_batch_losses` computes the run's loss terms (loss_terms.py) from one forward.
 """
 
 from __future__ import annotations

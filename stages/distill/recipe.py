@@ -1,4 +1,4 @@
-"""The distill training loop (DESIGN.md §6): setup → train → save_checkpoint → export → cleanup.
+"""The distill training loop (docs/design.md §8): setup → train → save_checkpoint → export → cleanup.
 
 One readable loop over DeepSpeed; the maths is in model.py / fusion.py / losses.py, the data in
 loader.py, DeepSpeed in engine.py. A run lives in one folder:

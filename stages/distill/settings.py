@@ -46,7 +46,7 @@ class DistillSettings:
     ``extract.draws`` = N, and that same setting here)."""
     objective: Literal["fusion", "chunk", "exact_token"] = "fusion"
     """The distillation loss term (stages/distill/loss_terms.py), weighted 1 − λ: ``fusion`` the
-    cross-entropy against the mixture of the teachers' top-k mapped to student ids (DESIGN.md §6);
+    cross-entropy against the mixture of the teachers' top-k mapped to student ids (docs/design.md §7.2);
     ``chunk`` chunk-level likelihood matching (ALM, stages/distill/chunk_loss.py): on stretches
     of text that the student and every teacher start and end at a token boundary, the student's
     log-likelihood against the teachers' mixture, with nothing mapped and no row dropped;

@@ -179,7 +179,7 @@ def _fresh_gate_weights(
 
     Built on CPU (where `generator` lives), used under no_grad and dropped, so no parameter
     reaches the optimizer or the checkpoint. Kept in fp32: the reference's bf16 gate is a
-    separate mistake (DESIGN.md §9) that this strategy does not need to reproduce.
+    separate mistake (docs/design.md §13) that this strategy does not need to reproduce.
     """
     gate = SelectionGate(*features.shape[-2:])  # [B, K, F]: K teachers, F features each
     gate.reset_parameters(generator)

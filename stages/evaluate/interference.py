@@ -1,5 +1,5 @@
 """Knowledge interference (KI): how many evaluation units a fused model lost against the target
-before fusion. The paper (arXiv 2505.23844) names it without a definition; ours (DESIGN.md §7):
+before fusion. The paper (arXiv 2505.23844) names it without a definition; ours (docs/design.md §10):
 
     KI(model) = #{units u : model is worse than the target on u by more than SE_u}
 

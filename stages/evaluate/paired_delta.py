@@ -5,7 +5,7 @@ Both models were scored on the same observations (documents for bits per byte, i
 accuracy; unit_score.py), so a document that is hard for one is hard for the other. Comparing
 per observation removes that shared difficulty; the unpaired √(SEᵃ² + SEᵇ²) keeps it and is
 10–100× larger on held-out bits per byte. Unpaired errors describe one model (`UnitScore.se`);
-every comparison of two goes through here (DESIGN.md §7).
+every comparison of two goes through here (docs/design.md §10).
 
 For a ratio estimator R = Σᵢ yᵢ / Σᵢ xᵢ, the linearised residual of observation i is
 rᵢ = (yᵢ − R xᵢ) / Σⱼ xⱼ (R − R_true ≈ Σᵢ rᵢ). Per observation, the difference of the two

@@ -1,4 +1,4 @@
-"""Local model folders: the check before loading, and a cheap fingerprint (DESIGN.md §3).
+"""Local model folders: the check before loading, and a cheap fingerprint (docs/design.md §3.4).
 
 The fingerprint must cost milliseconds, not a read of gigabytes of weights: the hub revision
 where the folder is a hub snapshot, else the config and tokenizer files in full plus, per weight

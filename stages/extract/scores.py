@@ -1,4 +1,4 @@
-"""Per-sample teacher scores (DESIGN.md §3): what the gate sees of a teacher on a sample.
+"""Per-sample teacher scores (docs/design.md §3.3): what the gate sees of a teacher on a sample.
 
 All four are means over the sample's rows (row i predicts token i+1), accumulated in float64.
 A sample with fewer than two tokens has no rows: its scores are NaN ("the teacher says nothing

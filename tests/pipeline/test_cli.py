@@ -62,3 +62,19 @@ def test_bad_input_exits_2_with_one_line(tmp_path: Path) -> None:
         assert len(lines) == 1 and message in lines[0], out.stderr
         assert "Traceback" not in out.stderr
     assert not list((tmp_path / "cache").rglob("*.parquet")) if (tmp_path / "cache").exists() else True
+
+
+def test_experiment_help_lists_every_method_of_the_table(tmp_path: Path) -> None:
+    from pipeline.methods import METHODS
+
+    out = subprocess.run(
+        [sys.executable, "-m", "pipeline.cli", "experiment", "--help"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "400"},
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    words = set(out.stdout.replace(",", " ").replace(";", " ").replace(")", " ").replace("(", " ").split())
+    assert set(METHODS) <= words, sorted(set(METHODS) - words)

@@ -191,7 +191,7 @@ class _LargestOutput(TorchDispatchMode):
 
 
 def test_design_scale_never_allocates_beyond_one_logits_tensor() -> None:
-    """T = 2048, V = 32000, K = 5, k = 10 (DESIGN.md §8): no [B, K, T, V] or [B, T, V]-per-
+    """T = 2048, V = 32000, K = 5, k = 10 (docs/design.md §12): no [B, K, T, V] or [B, T, V]-per-
     teacher tensor, forward and backward, fusion and CLM together. On the meta device every op
     runs with real shapes and no data, so the check costs milliseconds, not gigabytes."""
     b, k_teachers, t, v, k = 1, 5, 2048, 32000, 10

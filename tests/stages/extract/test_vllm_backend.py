@@ -1,7 +1,7 @@
 """The vLLM backend (CPU build here, the same code as on GPU) against the transformers backend.
 
 vLLM is imported at module level on purpose: a vLLM that does not import is a failure of this
-test file, not a skip (DESIGN.md §4 promises the parity).
+test file, not a skip (docs/design.md §4 promises the parity).
 """
 
 from __future__ import annotations
