@@ -1,4 +1,4 @@
-"""Alignment benchmark (DESIGN.md §8, issue 6): offsets vs DTW, vocab maps, rates, accuracy.
+"""Alignment benchmark (docs/design.md §12, issue 6): offsets vs DTW, vocab maps, rates, accuracy.
 
     .venv/bin/python -m bench.align_bench [--chunks 150] [--topk-chunks 24] [--qwen-topk-chunks 12]
 

@@ -1,4 +1,4 @@
-"""Distill benchmark (DESIGN.md §8): memory of the sparse fusion loss, step time of fusion vs
+"""Distill benchmark (docs/design.md §12): memory of the sparse fusion loss, step time of fusion vs
 CLM-only, loader throughput vs the trainer's consumption (with each `distill.aligner`). Writes
 bench/results/distill.{json,md}.
 
@@ -38,7 +38,7 @@ import torch.nn.functional as F
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 
-# DESIGN.md §8 shapes.
+# docs/design.md §12 shapes.
 MEM_T, MEM_V, MEM_K, MEM_TOPK = 2048, 32000, 5, 10
 
 

@@ -1,4 +1,4 @@
-"""Extract benchmark (DESIGN.md §8): teacher throughput and cache size on the real SmolLM2 teacher
+"""Extract benchmark (docs/design.md §12): teacher throughput and cache size on the real SmolLM2 teacher
 and a real corpus slice. Writes bench/results/extract.{json,md}.
 
     .venv/bin/python -m bench.extract_bench [--slice-tokens N]
@@ -269,7 +269,7 @@ def layout_sizes(work: Path, tokenized: list[Any]) -> dict[str, Any]:
             "mean_abs_error_topk": float(topk_err.mean()),
             "max_abs_error_target": float(target_err.max()),
         }
-    # DESIGN's baseline: the same fp16 columns, plain Parquet (dictionary + zstd defaults).
+    # The first design's baseline: the same fp16 columns, plain Parquet (dictionary + zstd defaults).
     plain = encode_table(samples, layout="fp16", top_k=TOP_K)
     pq.write_table(plain, work / "plain.parquet", compression="zstd")
     out["plain_int32_fp16_zstd"] = {"bytes_per_token": (work / "plain.parquet").stat().st_size / tokens}
