@@ -251,7 +251,7 @@ def experiment(
         typer.Option(
             "--methods",
             help="Comma-separated methods (default: none, single:qwen-coder, uniform, min_ce, avg_ce, "
-            "min_bpb, authors, adaptive, adaptive_likelihood); also any single:NAME of the config and "
+            "min_bpb, random_gate, adaptive, adaptive_likelihood); also any single:NAME of the config and "
             "the ablations avg_bpb, adaptive_tau0.1, adaptive_tau0.3, no_feedback, gate_feedback_only, "
             "bpb_features, likelihood_no_feedback.",
         ),

@@ -20,10 +20,20 @@ STRATEGY_NAMES = (
     "avg_bpb",
     "uniform",
     "single:NAME",
-    "authors",
+    "random_gate",
     "none",
 )
 """Every fusion strategy (strategies.py has the table of what each does)."""
+STRATEGY_ALIASES = {"authors": "random_gate"}
+"""Former strategy names, still accepted in a config and on the command line: `authors` (the
+paper's released code) is `random_gate`, a fresh untrained gate every step."""
+
+
+def canonical_strategy(name: str) -> str:
+    """The strategy ``name`` under its current name (runs, logs and reports use that one)."""
+    return STRATEGY_ALIASES.get(name, name)
+
+
 TrackerName = Literal["tensorboard", "wandb", "none"]
 """A value of ``distill.report_to`` (trackers.py)."""
 
@@ -60,7 +70,8 @@ class DistillSettings:
 
     strategy: str = "adaptive"
     """The fusion strategy (the table of stages/distill/strategies.py): min_bpb / avg_bpb rank by
-    bits per byte (tokenizer-neutral), single:NAME names a teacher, none trains on CLM alone."""
+    bits per byte (tokenizer-neutral), min_ce / avg_ce by the first gate feature (`gate_features`),
+    single:NAME names a teacher, none trains on CLM alone; ``authors`` is read as random_gate."""
     target: Target = "renormalised"
     """The sparse teacher target (stages/align/sample.py): ``renormalised`` the stored top-k scaled
     to sum 1 (FuseLLM; biased: every other token gets 0); ``residual`` the stored full-softmax
@@ -173,6 +184,7 @@ class DistillSettings:
     otherwise; needs ``pip install wandb``), or ``none``. A list, or one name (``report_to: wandb``)."""
 
     def __post_init__(self) -> None:
+        self.strategy = canonical_strategy(self.strategy)
         if isinstance(self.report_to, str):  # one name: the list of it
             self.report_to = [self.report_to]
 
