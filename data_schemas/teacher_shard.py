@@ -52,10 +52,9 @@ from __future__ import annotations
 
 import math
 import os
-import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +72,7 @@ READABLE_VERSIONS = (1, 2)
 """Schema versions this code decodes: a version-1 shard is a version-2 shard without σ."""
 LogprobLayout = Literal["quant", "fp16"]
 """Layouts of top-k shards (``extract.logprob_layout``)."""
-LAYOUTS: tuple[LogprobLayout, ...] = typing.get_args(LogprobLayout)
+LAYOUTS: tuple[LogprobLayout, ...] = get_args(LogprobLayout)
 SAMPLED_LAYOUT = "sampled"
 """Layout of shards of drawn tokens (``extract.draws`` > 0)."""
 ALL_LAYOUTS = (*LAYOUTS, SAMPLED_LAYOUT)
