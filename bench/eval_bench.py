@@ -8,8 +8,8 @@ Both parts score what `polyfuse evaluate` scores for the config: the first
 multiple-choice sets built from the held-out split, with the config's max_tokens, batch_tokens,
 dtype and threads:
 
-- ``native``: stages/evaluate/bits_per_byte.py ``score_texts`` (padded batches of at most
-  batch_tokens tokens) and multiple_choice.py ``score_items`` (one context pass per item, its key
+- ``native``: the test oracle tests/stages/evaluate/hand_scorer.py, ``score_texts`` (padded
+  batches of at most batch_tokens tokens) and ``score_items`` (one context pass per item, its key
   / value cache shared by the choices), on a model loaded with transformers;
 - ``lm_eval``: stages/evaluate/harness.py ``score_model``, i.e. lm-eval's HFLM and
   ``simple_evaluate`` on the rolling and multiple-choice task YAMLs (batch size
@@ -51,9 +51,9 @@ def run_native(folder: Path, settings: Any, samples: list[tuple[str, Any]], sets
     from transformers import AutoModelForCausalLM
 
     from stages.evaluate import mc_sets
-    from stages.evaluate.bits_per_byte import domain_bits_per_byte, score_texts
-    from stages.evaluate.multiple_choice import score_items
+    from stages.evaluate.bits_per_byte import domain_bits_per_byte
     from stages.tokenization import load_tokenizer
+    from tests.stages.evaluate.hand_scorer import score_items, score_texts
 
     started = time.perf_counter()
     tokenizer = load_tokenizer(folder)

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from data_schemas.atomic import write_json_atomic
-from data_schemas.keys import sha256_file
 
 MANIFEST_NAME = "manifest.json"
 MANIFEST_VERSION = 1
@@ -150,27 +149,3 @@ def refresh_manifest(directory: str | os.PathLike[str], manifest: Manifest) -> M
     updated = manifest.with_entries(read_entries(directory))
     write_manifest(directory, updated)
     return updated
-
-
-def verify_shards(
-    directory: str | os.PathLike[str], manifest: Manifest, *, checksums: bool = True
-) -> list[str]:
-    """Faults found comparing the manifest with the files on disk (empty list: consistent).
-
-    Sizes are always compared; sha256 only when ``checksums`` (it reads every byte).
-    """
-    faults = []
-    for entry in manifest.shards:
-        path = Path(directory) / entry.name
-        if not path.exists():
-            faults.append(f"{path}: listed in the manifest but missing")
-            continue
-        size = path.stat().st_size
-        if size != entry.bytes:
-            faults.append(f"{path}: {size} bytes on disk, manifest says {entry.bytes}")
-        elif checksums and sha256_file(path) != entry.sha256:
-            faults.append(f"{path}: sha256 differs from the manifest (file corrupted)")
-    for name in manifest.missing():
-        if manifest.complete:
-            faults.append(f"{Path(directory) / name}: planned but has no entry in a complete manifest")
-    return faults

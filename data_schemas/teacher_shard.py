@@ -54,6 +54,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import pyarrow as pa
@@ -69,8 +70,9 @@ TEACHER_SCHEMA_VERSION = 2
 """2 added the optional σ column ``space_lp``; nothing else changed."""
 READABLE_VERSIONS = (1, 2)
 """Schema versions this code decodes: a version-1 shard is a version-2 shard without σ."""
-LAYOUTS = ("quant", "fp16")
-"""Layouts of top-k shards."""
+LogprobLayout = Literal["quant", "fp16"]
+"""Layouts of top-k shards (``extract.logprob_layout``)."""
+LAYOUTS: tuple[LogprobLayout, ...] = get_args(LogprobLayout)
 SAMPLED_LAYOUT = "sampled"
 """Layout of shards of drawn tokens (``extract.draws`` > 0)."""
 ALL_LAYOUTS = (*LAYOUTS, SAMPLED_LAYOUT)

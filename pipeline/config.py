@@ -22,9 +22,9 @@ import dacite
 import yaml
 
 from stages.distill.settings import DistillSettings
-from stages.extract.settings import ExtractDtype, ExtractSettings
+from stages.extract.settings import ExtractBackend, ExtractDtype, ExtractSettings
 from stages.prepare.settings import CorpusSettings
-from stages.setting_rules import ConfigError
+from stages.setting_rules import ConfigError, literal_choices, require_choices
 from stages.setting_rules import require as _require
 
 
@@ -66,7 +66,7 @@ class TeacherConfig:
     max_shards: int | None = None
     """Extract only the first N corpus shards (a heavy teacher may see a smaller slice; distill
     treats the teacher as absent on the other samples). None: every shard."""
-    backend: Literal["auto", "vllm", "transformers", "fake"] | None = None
+    backend: ExtractBackend | None = None
     """Per-teacher override of ``extract.backend``."""
     dtype: ExtractDtype | None = None
     """Per-teacher override of ``extract.dtype``."""
@@ -233,6 +233,7 @@ class Config:
         dupes = sorted({n for n in names if names.count(n) > 1})
         _require(not dupes, "teachers[].name", dupes, "must be unique", "rename the teachers")
         for i, teacher in enumerate(self.teachers):
+            require_choices(teacher, f"teachers.{i}")
             _require(
                 bool(teacher.name) and ":" not in teacher.name,
                 f"teachers.{i}.name",
@@ -324,7 +325,7 @@ def config_from_dict(data: dict[str, Any], source: str = "<dict>") -> Config:
     try:
         config = dacite.from_dict(Config, data, config=dacite.Config(strict=True))
     except dacite.WrongTypeError as e:
-        choices = _literal_choices(e.field_type)
+        choices = literal_choices(e.field_type)
         if choices:
             raise ConfigError(
                 f"{source}: {e.field_path} must be one of {', '.join(map(repr, choices))}, "
@@ -364,14 +365,6 @@ def _unknown_keys(cls: type, data: Any, prefix: str) -> list[str]:
                 where = f"{prefix}{key}.{i}." if isinstance(value, list) else f"{prefix}{key}."
                 unknown.extend(_unknown_keys(inner, item, where))
     return unknown
-
-
-def _literal_choices(tp: Any) -> tuple[Any, ...]:
-    """The allowed values of a ``Literal[...]`` field (also inside ``Optional``, a list or a union,
-    each once); () otherwise."""
-    if typing.get_origin(tp) is Literal:
-        return typing.get_args(tp)
-    return tuple(dict.fromkeys(c for arg in typing.get_args(tp) for c in _literal_choices(arg)))
 
 
 def _type_name(tp: Any) -> str:

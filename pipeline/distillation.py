@@ -37,7 +37,8 @@ T = TypeVar("T")
 
 @dataclass(frozen=True)
 class DistillRun:
-    """What `polyfuse distill` reports."""
+    """What `polyfuse distill` reports (`summary_rows`, `loss_line`): the recipe's `DistillResult`
+    with the strategy and teachers it trained with and whether this is the main rank."""
 
     strategy: str
     teacher_names: tuple[str, ...]

@@ -34,6 +34,7 @@ from pipeline.config import Config
 from pipeline.evaluation import NONE_LABEL, PAIRED_NOTE, evaluate_from_config
 from pipeline.methods import BASELINES, METHODS, PROPOSED, Method
 from stages.distill.model_card import heldout_frame, write_model_card
+from stages.distill.settings import canonical_strategy
 from stages.evaluate.interference import Interference, interference_reduction
 from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_to_references, comparisons_to_dict
 from stages.evaluate.report import comparison_sections, experiment_markdown, results_frame
@@ -75,6 +76,7 @@ def choose_methods(names: list[str] | None, teacher_names: list[str]) -> list[Me
     `single:` teacher is among ``teacher_names``."""
     if names is None:
         return [m for m in METHODS.values() if not m.ablation and _teachers_exist(m, teacher_names)]
+    names = [canonical_strategy(n) for n in names]  # `authors` is the method random_gate
     singles = {f"single:{t}" for t in teacher_names}
     unknown = [n for n in names if n not in METHODS and n not in singles]
     if unknown:
@@ -267,14 +269,14 @@ def load_train_scores(config: Config, features: str) -> TrainScores:
 
 def train_weights(method: Method, train: TrainScores, tau: float, export: Path) -> np.ndarray | None:
     """`[N, K]` fusion weights of the train split with the method's final gate (`export/gate.pt`) or
-    fixed rule; None for `none` and `authors` (a random gate)."""
+    fixed rule; None for `none` and `random_gate` (a random gate)."""
     import torch
 
     from stages.distill.gating import SelectionGate
     from stages.distill.loader import feature_count
     from stages.distill.strategies import parse_strategy, sample_weights
 
-    if method.strategy in ("none", "authors") or not train.teacher_names:
+    if method.strategy in ("none", "random_gate") or not train.teacher_names:
         return None
     gate = None
     if method.strategy == "adaptive":
@@ -299,7 +301,7 @@ def gate_weights_by_domain(
     method: Method, train: TrainScores, tau: float, export: Path
 ) -> dict[str, dict[str, float]]:
     """Mean fusion weight per teacher per domain over the train split (`train_weights`); empty for
-    `none` and `authors`."""
+    `none` and `random_gate`."""
     from stages.evaluate.training_summary import domain_weights
 
     weights = train_weights(method, train, tau, export)
@@ -335,9 +337,9 @@ def method_gate_report(
     config: Config, method: Method, export: Path, train_scores: dict[str, TrainScores]
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float | int]]]:
     """(mean weight per domain and teacher, `gate_diagnostics_by_domain`) of one method's final
-    weights; both empty for `none` and `authors`. ``train_scores`` caches the reads per feature kind."""
+    weights; both empty for `none` and `random_gate`. ``train_scores`` caches the reads per feature kind."""
     sub = method_config(config, method)
-    if method.strategy in ("none", "authors") or not config.teachers:
+    if method.strategy in ("none", "random_gate") or not config.teachers:
         return {}, {}
     train = _train_scores(config, sub.distill.gate_features, train_scores)
     weights = train_weights(method, train, sub.distill.tau, export)
@@ -404,7 +406,7 @@ def export_gate_diagnostics(export: Path) -> list[tuple[str, Any]]:
 
     config = load_config(export / "config.yaml")
     method = Method(config.name, config.distill.strategy)
-    if method.strategy in ("none", "authors") or len(config.teachers) < 2:
+    if method.strategy in ("none", "random_gate") or len(config.teachers) < 2:
         raise ValueError(
             f"{export} was trained with strategy {method.strategy} and {len(config.teachers)} teacher(s): "
             "it has no fusion weights to diagnose; pass the export of a run that fuses two or more teachers"

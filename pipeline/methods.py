@@ -38,7 +38,11 @@ METHODS = {
             about="distillation from the strongest demo teacher alone (any `single:NAME` of the config runs)",
         ),
         Method("uniform", "uniform", about="every present teacher with weight 1/n"),
-        Method("min_ce", "min_ce", about="FuseLLM MinCE: the teacher with the lowest CE per sample"),
+        Method(
+            "min_ce",
+            "min_ce",
+            about="FuseLLM MinCE: the teacher with the lowest CE per sample (the best first gate feature)",
+        ),
         Method("avg_ce", "avg_ce", about="FuseLLM AvgCE as coded: softmax of exp(−CE) over teachers"),
         Method(
             "min_bpb", "min_bpb", about="tokenizer-neutral MinCE: the teacher with the lowest bits per byte"
@@ -49,7 +53,11 @@ METHODS = {
             about="tokenizer-neutral AvgCE: softmax of 2^(−bits per byte) over teachers",
             ablation=True,
         ),
-        Method("authors", "authors", about="released code: a fresh untrained gate every step, τ applied"),
+        Method(
+            "random_gate",
+            "random_gate",
+            about="released code: a fresh untrained gate every step, τ applied (formerly `authors`)",
+        ),
         Method(
             "adaptive", "adaptive", about="trained gate, threshold selection, feedback loss (τ from config)"
         ),
@@ -90,7 +98,7 @@ METHODS = {
 """Every method by name, in the report's table order."""
 PROPOSED = "adaptive"
 """The method whose knowledge-interference reduction the report gives."""
-BASELINES = ("none", "min_ce", "avg_ce", "authors")
+BASELINES = ("none", "min_ce", "avg_ce", "random_gate")
 """The methods that reduction is measured against."""
 DEFAULT_METHODS = tuple(name for name, m in METHODS.items() if not m.ablation)
 """What ``polyfuse experiment`` runs without ``--methods``."""

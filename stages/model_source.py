@@ -30,7 +30,7 @@ _SNAPSHOT = re.compile(r"/snapshots/([0-9a-f]{40})(/|$)")
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class ResolvedSource:
     """A model spec (or a dataset spec, `resolve_dataset`) as configured and the local folder it
     resolved to."""
 
@@ -65,14 +65,14 @@ def hub_cache() -> Path:
     return Path(constants.HF_HUB_CACHE)
 
 
-def resolve_model(spec: str | os.PathLike[str]) -> ModelSource:
+def resolve_model(spec: str | os.PathLike[str]) -> ResolvedSource:
     """The local folder of ``spec`` (module docstring); ``ValueError`` naming the id and the fix
     when a hub id cannot be resolved. A spec that is neither an existing path nor a hub id is
     returned as a folder, for the caller's own check to report."""
     spec = str(spec)
     match = HUB_ID.match(spec)
     if Path(spec).expanduser().exists() or match is None:
-        return ModelSource(spec, Path(spec).expanduser())
+        return ResolvedSource(spec, Path(spec).expanduser())
     return _resolve_hub(spec, match["repo"], match["revision"], hub_cache(), hub_offline())
 
 
@@ -87,7 +87,7 @@ def model_folder(spec: str | os.PathLike[str]) -> Path:
     return resolve_model(spec).folder
 
 
-def resolve_dataset(spec: str) -> ModelSource:
+def resolve_dataset(spec: str) -> ResolvedSource:
     """The snapshot folder of the hub dataset ``org/name[@revision]``, resolved once per process
     like a model id (module docstring); ``ValueError`` naming the id and the fix when it cannot be."""
     match = HUB_ID.match(spec)
@@ -102,7 +102,7 @@ def resolve_dataset(spec: str) -> ModelSource:
 @functools.cache
 def _resolve_hub(
     spec: str, repo_id: str, revision: str | None, cache: Path, offline: bool, repo_type: str = "model"
-) -> ModelSource:
+) -> ResolvedSource:
     from huggingface_hub import snapshot_download
 
     try:
@@ -142,4 +142,4 @@ def _resolve_hub(
             f"of a commit (its {ref} must hold a 40-hex commit hash): delete {folder.parent.parent} and "
             f"download the model again (`hf download {repo_id}`), or pin a commit ({repo_id}@<commit>)"
         )
-    return ModelSource(spec, folder, repo_id, commit)
+    return ResolvedSource(spec, folder, repo_id, commit)

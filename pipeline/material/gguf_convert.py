@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pipeline.material.folder_marker import MARKER, is_complete, publish_folder
 from pipeline.material.model_files import ensure_full_gguf
-from pipeline.material.model_sources import MaterialLayout, ModelSource
+from pipeline.material.model_sources import MaterialLayout, WheelModel
 from pipeline.material.tokenizer_export import export_tokenizer
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
-def convert_model(source: ModelSource, layout: MaterialLayout) -> Conversion | None:
+def convert_model(source: WheelModel, layout: MaterialLayout) -> Conversion | None:
     """Build ``models/<name>/`` (fp32 safetensors + config + tokenizer); None if already complete."""
     folder = layout.models / source.name
     if is_complete(folder, source.gguf_sha256):

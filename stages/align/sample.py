@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from stages.align.offsets import RowAlignment, align_rows_by_offsets
+from stages.distill.settings import TopkTarget
 
 __all__ = [
-    "TARGETS",
     "AlignedTargets",
     "align_sample",
     "no_targets",
@@ -39,9 +39,6 @@ __all__ = [
     "renormalise",
     "residual_target",
 ]
-
-TARGETS = ("renormalised", "residual")
-"""Target kinds built here; `distill.target=sampled` is `residual` over a cache of drawn tokens."""
 
 _NO_ID = np.iinfo(np.int64).max  # sorts after every real id
 
@@ -81,7 +78,7 @@ def align_sample(
     topk_ids: np.ndarray,
     topk_logprobs: np.ndarray,
     vocab_map: np.ndarray,
-    target: str,
+    target: TopkTarget,
     alignment: RowAlignment | None = None,
 ) -> AlignedTargets:
     """Express one teacher's top-k rows at the student's rows, in the student's vocabulary.
@@ -91,12 +88,11 @@ def align_sample(
     topk_ids: [n_t − 1, k] int teacher ids; row i = distribution of teacher token i + 1.
     topk_logprobs: [n_t − 1, k] float log-softmax over the full teacher vocabulary.
     vocab_map: [V_t] int32 teacher id → student id, −1 unmapped (`vocab_map.build_vocab_map`).
-    target: one of `TARGETS` (module docstring).
+    target: `renormalised` or `residual` (module docstring); `distill.target=sampled` is
+        `residual` over a cache of drawn tokens.
     alignment: which teacher row each student row takes; None: `align_rows_by_offsets` of the
         two `ends` (`distill.aligner=offsets`); `dtw.align_rows_by_dtw` for `distill.aligner=dtw`.
     """
-    if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}: fix distill.target")
     topk_ids = np.asarray(topk_ids)
     topk_logprobs = np.asarray(topk_logprobs)
     n_teacher_rows = max(len(teacher_ends) - 1, 0)

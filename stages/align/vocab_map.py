@@ -44,6 +44,7 @@ from transformers import PreTrainedTokenizerFast
 from data_schemas.atomic import atomic_open, write_json_atomic
 from stages.align.edit_distance import nearest_by_edit_distance
 from stages.align.token_text import TokenTable, build_token_table
+from stages.distill.settings import VocabMapName
 from stages.tokenization import tokenizer_fingerprint
 
 __all__ = [
@@ -58,8 +59,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VOCAB_MAP_FORMAT = 1
-VocabMapMode = Literal["prefix", "edit_distance", "exact"]
-_MODES = ("prefix", "edit_distance", "exact")
+VocabMapMode = Literal[VocabMapName, "exact"]
+"""`distill.vocab_map`, and `exact` (the map of the exact_token objective)."""
 
 
 def build_vocab_map(
@@ -74,10 +75,8 @@ def build_vocab_map(
 
 
 def _build_vocab_map(
-    teacher: PreTrainedTokenizerFast, student: PreTrainedTokenizerFast, mode: str, identical: bool
+    teacher: PreTrainedTokenizerFast, student: PreTrainedTokenizerFast, mode: VocabMapMode, identical: bool
 ) -> np.ndarray:
-    if mode not in _MODES:
-        raise ValueError(f"vocab map mode must be one of {_MODES}, got {mode!r}")
     if identical:
         return np.arange(
             max(teacher.backend_tokenizer.get_vocab(with_added_tokens=True).values()) + 1, dtype=np.int32
@@ -91,6 +90,7 @@ def _build_vocab_map(
     elif mode == "exact":
         _map_exactly(teacher_table, student_table, vocab_map)
     else:
+        assert mode == "edit_distance", f"{mode!r} is no VocabMapMode"
         _map_by_edit_distance(teacher_table, student_table, vocab_map)
     return vocab_map
 

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import torch
 
-GATE_OBJECTIVES = ("fusion", "likelihood")
-"""`distill.gate_objective`: what the gate is trained by, besides the feedback loss."""
-
 
 def mixture_span_nll(
     weights: torch.Tensor,

@@ -8,7 +8,7 @@
 The gate is a persistent module: it lives inside the module DeepSpeed wraps, is trained (by
 the feedback loss and, by default, the fusion loss through w) and is saved in checkpoints.
 The released reference code re-created it every step and ran it in bf16 (docs/design.md §13); here
-the maths is fp32 whatever the student's dtype, and only the `authors` strategy builds a
+the maths is fp32 whatever the student's dtype, and only the `random_gate` strategy builds a
 fresh untrained gate on purpose.
 """
 
@@ -76,7 +76,7 @@ class SelectionGate(nn.Module):
         """Re-draw every weight exactly as `nn.Linear.reset_parameters` does, from `generator`.
 
         The same distribution as PyTorch's default init, made reproducible without touching the
-        global RNG (the `authors` strategy draws a fresh gate per step from its own generator).
+        global RNG (the `random_gate` strategy draws a fresh gate per step from its own generator).
         """
         for layer in self.layers:
             nn.init.kaiming_uniform_(layer.weight, a=math.sqrt(5), generator=generator)

@@ -47,24 +47,18 @@ from stages.align.sample import AlignedTargets, align_sample, no_targets
 from stages.align.spans import common_boundaries, span_logliks
 from stages.align.token_text import build_token_table
 from stages.distill.batch import AlignedSample, FusionBatch, collate_samples
-from stages.distill.gate_objective import GATE_OBJECTIVES
+from stages.distill.settings import Aligner, GateFeatures, GateObjective, Objective, Target
 from stages.tokenization import load_tokenizer, tokenize_many_with_ends
 
 logger = logging.getLogger(__name__)
 
-GATE_FEATURES: dict[str, tuple[str, ...]] = {
+GATE_FEATURES: dict[GateFeatures, tuple[str, ...]] = {
     "exp_neg_ce": ("exp_neg_ce",),
     "bits_per_byte": ("bits_per_byte",),
     "all": ("exp_neg_ce", "bits_per_byte", "topk_mass", "exp_neg_entropy_topk"),
 }
 """`distill.gate_features` → the features the gate reads per teacher, in order. The first is the
 teacher's score for the sample, the one the fixed rules (min_ce, avg_ce) rank by."""
-FEATURES = tuple(GATE_FEATURES)
-
-TARGET_KINDS = ("renormalised", "residual", "sampled")
-"""`distill.target`: see stages/align/sample.py and stages/distill/fusion.py."""
-ALIGNERS = ("offsets", "dtw")
-"""`distill.aligner`: see stages/align/offsets.py and stages/align/dtw.py."""
 
 # Each maps one stored per-sample score (stages/extract/scores.py) into [0, 1], higher is better,
 # so that an absent teacher's 0 input is the worst value of every feature.
@@ -103,27 +97,21 @@ class TeacherSource:
     aligner compares; None under `distill.aligner=offsets`, which needs only the shards' ends."""
 
 
-def feature_count(features: str) -> int:
+def feature_count(features: GateFeatures) -> int:
     """F, the gate's features per teacher under `distill.gate_features` = `features`."""
-    return len(_feature_names(features))
+    return len(GATE_FEATURES[features])
 
 
-def teacher_features(sample: TeacherSample, features: str) -> np.ndarray:
+def teacher_features(sample: TeacherSample, features: GateFeatures) -> np.ndarray:
     """The `[F]` float32 gate features of one teacher on one sample (`GATE_FEATURES[features]`),
     each in [0, 1], higher is better; all NaN if any is not finite (the teacher is then absent).
 
     `exp_neg_ce`: exp(−ce). `bits_per_byte`: 2^(−bits per byte). `all`: those two, topk_mass
     and exp(−entropy_topk). Element 0 is the teacher's score for the sample.
     """
-    names = _feature_names(features)
+    names = GATE_FEATURES[features]
     values = np.array([_FEATURE_VALUES[name](sample) for name in names], dtype=np.float32)
     return values if np.isfinite(values).all() else np.full(len(names), np.nan, np.float32)
-
-
-def _feature_names(features: str) -> tuple[str, ...]:
-    if features not in GATE_FEATURES:
-        raise ValueError(f"distill.gate_features must be one of {FEATURES}, got {features!r}")
-    return GATE_FEATURES[features]
 
 
 class FusionStream(IterableDataset):
@@ -136,10 +124,10 @@ class FusionStream(IterableDataset):
         add_special_tokens: whether the student's tokenisation adds BOS/EOS as in training.
         max_seq_tokens: longest student sequence (longer texts are truncated).
         micro_batch_size: samples per yielded batch.
-        features: gate features, one of `FEATURES` (`GATE_FEATURES` lists what each holds).
-        target: the sparse target kind, one of `TARGET_KINDS` (stages/align/sample.py): `sampled`
+        features: `distill.gate_features` (`GATE_FEATURES` lists what each holds).
+        target: `distill.target`, the sparse target kind (stages/align/sample.py): `sampled`
             reads caches of drawn tokens, the others top-k caches.
-        gate_objective: one of `GATE_OBJECTIVES`; `likelihood` adds the span log-likelihoods.
+        gate_objective: `distill.gate_objective`; `likelihood` adds the span log-likelihoods.
         objective: `distill.objective`; `chunk` builds chunks instead of token-level targets;
             `exact_token` keeps the targets of rows whose next token is the same string on both
             sides only (`offsets.same_next_token`; the vocabulary map must be `exact`).
@@ -160,28 +148,20 @@ class FusionStream(IterableDataset):
         add_special_tokens: bool,
         max_seq_tokens: int,
         micro_batch_size: int,
-        features: str,
-        target: str,
-        gate_objective: str,
-        aligner: str,
-        objective: str,
+        features: GateFeatures,
+        target: Target,
+        gate_objective: GateObjective,
+        aligner: Aligner,
+        objective: Objective,
         space_threshold: float | None,
         rank: int,
         world_size: int,
         seed: int,
     ) -> None:
         super().__init__()
-        self.num_features = feature_count(features)  # also refuses an unknown name early
-        if target not in TARGET_KINDS:
-            raise ValueError(f"distill.target must be one of {TARGET_KINDS}, got {target!r}")
+        self.num_features = feature_count(features)
         self.target = target
-        if gate_objective not in GATE_OBJECTIVES:
-            raise ValueError(
-                f"distill.gate_objective must be one of {GATE_OBJECTIVES}, got {gate_objective!r}"
-            )
         self.gate_objective = gate_objective
-        if aligner not in ALIGNERS:
-            raise ValueError(f"distill.aligner must be one of {ALIGNERS}, got {aligner!r}")
         if (aligner == "dtw" or objective == "exact_token") and any(t.token_texts is None for t in teachers):
             raise ValueError(
                 "distill.aligner=dtw and the exact_token objective need every teacher's token_texts "

@@ -261,15 +261,6 @@ class MetricsLogger:
         for tracker in self._trackers:
             tracker.log(step, scalars, metrics.get("gate/selected_hist"))
 
-    def write(self, message: str) -> None:
-        """A line of text that does not break the progress bar (rank 0 only)."""
-        if not self.enabled:
-            return
-        if self._bar is not None:
-            self._bar.write(message)
-        else:
-            print(message, flush=True)
-
     def close(self) -> None:
         if self._bar is not None:
             self._bar.close()

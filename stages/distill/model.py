@@ -76,7 +76,7 @@ class FusionModule(nn.Module):
             )
         self.register_buffer("space_mask", space_mask, persistent=False)
         self._earlier_importance: torch.Tensor | None = None
-        # Only `adaptive` owns a gate; `authors` draws a throw-away one per step (strategies.py).
+        # Only `adaptive` owns a gate; `random_gate` draws a throw-away one per step (strategies.py).
         self.gate = SelectionGate(num_teachers, num_features) if strategy.needs_gate else None
 
     def student_parameters(self) -> list[nn.Parameter]:
@@ -113,7 +113,7 @@ class FusionModule(nn.Module):
         return total
 
     def forward(self, batch: FusionBatch, generator: torch.Generator | None = None) -> FusionOutput:
-        """Losses of one micro-batch (shapes in `FusionBatch`); `generator` feeds `authors`."""
+        """Losses of one micro-batch (shapes in `FusionBatch`); `generator` feeds `random_gate`."""
         logits = self.student(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
         if not self.strategy.uses_fusion:
             return micro_batch_losses(logits, batch, self.terms, self.settings)

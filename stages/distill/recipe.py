@@ -5,7 +5,7 @@ loader.py, DeepSpeed in engine.py. A run lives in one folder:
 
     <run_dir>/checkpoints/step-000050/   engine.save_checkpoint, with client_state = step, loader
                                          state, every rank's RNG states (torch, numpy, python and
-                                         the `authors` generator)
+                                         the `random_gate` generator)
     <run_dir>/logs/metrics.jsonl, logs/tensorboard/
     <run_dir>/export/                    export.py
 
@@ -54,7 +54,7 @@ from stages.distill.run_state import (
     set_rng_state,
     write_resume_record,
 )
-from stages.distill.settings import DistillSettings
+from stages.distill.settings import DistillSettings, canonical_strategy
 from stages.distill.strategies import Strategy
 from stages.world import World
 
@@ -80,8 +80,9 @@ ADAM_EPS = 1e-8
 
 @dataclass(frozen=True)
 class RecipeRun:
-    """What a run is beyond its ``distill`` settings: where it lives, what it starts from and how
-    it is driven (pipeline/distillation.py builds it from the config's files and the command)."""
+    """The recipe's input besides its ``distill`` settings: where the run lives, what it starts
+    from and how it is driven (pipeline/distillation.py builds it from the config's files and the
+    command). What comes out is a `DistillResult`."""
 
     run_dir: Path
     student_path: Path
@@ -109,6 +110,9 @@ class RecipeRun:
 
 @dataclass(frozen=True)
 class DistillResult:
+    """What `run_distill` returns on this rank: how far the run got and where its outputs are
+    (pipeline/distillation.py adds the run's names to it for the command's report, `DistillRun`)."""
+
     steps: int
     export_dir: Path | None
     last_checkpoint: Path | None
@@ -144,7 +148,7 @@ class DistillRecipe:
         from transformers import AutoModelForCausalLM
 
         cfg, run = self.cfg, self.run
-        self.dist = run.world
+        self.world = run.world
         self._drop_incomplete_checkpoints()
         if run.resume:
             self._check_resumable()  # before the student loads: a changed run is refused in seconds
@@ -194,13 +198,13 @@ class DistillRecipe:
                 grad_clip=cfg.grad_clip,
             )
         self.engine = ds.initialize_engine(module, optimizer, scheduler, ds_config)
-        # The `authors` strategy's fresh gate per step draws from here, never from the global RNG.
-        self.authors_rng = torch.Generator().manual_seed(run.seed + 1_000_003 * (self.dist.rank + 1))
+        # The `random_gate` strategy's fresh gate per step draws from here, never from the global RNG.
+        self.random_gate_rng = torch.Generator().manual_seed(run.seed + 1_000_003 * (self.world.rank + 1))
         if run.resume:
             self._load_checkpoint()
         self.metrics = MetricsLogger(
             run.run_dir / "logs",
-            enabled=self.dist.is_main,
+            enabled=self.world.is_main,
             total_steps=cfg.max_steps,
             start_step=self.step,
             progress=run.progress,
@@ -209,7 +213,7 @@ class DistillRecipe:
             run_name=run.run_dir.name,
         )
         self.stats = StepStats(self.teacher_names, self.terms)
-        self.sample_log = SampleLog(run.run_dir / "logs", self.dist.rank, start_step=self.step)
+        self.sample_log = SampleLog(run.run_dir / "logs", self.world.rank, start_step=self.step)
         self.loader = DataLoader(
             self.stream,  # type: ignore[arg-type]  (an IterableDataset)
             batch_size=None,  # the stream yields collated micro-batches
@@ -229,7 +233,9 @@ class DistillRecipe:
             self.engine.module.start_step()
             for _ in range(cfg.grad_accum_steps):
                 batch: FusionBatch = next(batches)
-                output: FusionOutput = self.engine(batch.to(self.engine.device), generator=self.authors_rng)
+                output: FusionOutput = self.engine(
+                    batch.to(self.engine.device), generator=self.random_gate_rng
+                )
                 self._check_finite(output, batch)
                 self.engine.backward(output.losses.total)
                 self.engine.step()
@@ -243,13 +249,15 @@ class DistillRecipe:
             )
             elapsed = time.perf_counter() - window_started
             self.metrics.progress(
-                self.step, output.losses.detached(), window_tokens * self.dist.world_size / max(elapsed, 1e-9)
+                self.step,
+                output.losses.detached(),
+                window_tokens * self.world.world_size / max(elapsed, 1e-9),
             )
             window_started, window_tokens = time.perf_counter(), 0
             checkpoint_now = self.step % cfg.checkpoint_every == 0 or self.step == stop
             # A log window always closes at a checkpoint, so a resumed run's log has no gap.
             if self.step % cfg.log_every == 0 or checkpoint_now:
-                self.last_metrics = self.stats.summary(lrs, self.dist.world_size, self.engine.device)
+                self.last_metrics = self.stats.summary(lrs, self.world.world_size, self.engine.device)
                 self.metrics.log(self.step, self.last_metrics)
             if checkpoint_now:
                 self.save_checkpoint()
@@ -264,7 +272,7 @@ class DistillRecipe:
 
     def _check_finite(self, output: FusionOutput, batch: FusionBatch) -> None:
         bad = (~torch.isfinite(output.losses.total.detach())).to(torch.float32).reshape(1)
-        if self.dist.world_size > 1:
+        if self.world.world_size > 1:
             torch.distributed.all_reduce(bad)  # every rank stops together, none hangs in backward
         if bad.item() == 0:
             return
@@ -277,7 +285,7 @@ class DistillRecipe:
         )
         raise NonFiniteLossError(
             f"non-finite loss at optimizer step {self.step + 1} (micro-batch {self.batches_consumed + 1}, "
-            f"rank {self.dist.rank}): {terms} on samples {list(batch.sample_ids)}; {where}"
+            f"rank {self.world.rank}): {terms} on samples {list(batch.sample_ids)}; {where}"
         )
 
     # ------------------------------------------------------------------------ save_checkpoint
@@ -286,7 +294,7 @@ class DistillRecipe:
         client_state = {
             "polyfuse_step": self.step,
             "polyfuse_loader": self.stream.state_dict(self.batches_consumed),
-            "polyfuse_rng": gather_from_ranks(rng_state(self.authors_rng), self.dist.world_size),
+            "polyfuse_rng": gather_from_ranks(rng_state(self.random_gate_rng), self.world.world_size),
             "polyfuse_strategy": self.strategy.name,
             "polyfuse_teachers": list(self.teacher_names),
             "polyfuse_metrics": self.last_metrics,
@@ -298,14 +306,14 @@ class DistillRecipe:
             self.engine.save_checkpoint(
                 str(self.checkpoint_dir), tag=tag, client_state=client_state, save_latest=False
             )
-            if self.dist.is_main:
+            if self.world.is_main:
                 write_resume_record(self.checkpoint_dir / tag, self.resume_settings())
         except (OSError, RuntimeError) as e:
             if not disk_full(e):
                 raise
             raise RuntimeError(disk_full_message(self.checkpoint_dir / tag)) from e
         self.last_checkpoint = self.checkpoint_dir / tag
-        if self.dist.is_main:
+        if self.world.is_main:
             with atomic_open(self.checkpoint_dir / LATEST) as f:
                 f.write(tag)
             for old in checkpoint_tags(self.checkpoint_dir)[: -self.cfg.keep_checkpoints]:
@@ -317,7 +325,7 @@ class DistillRecipe:
         """A checkpoint cut short (killed, or the disk filled) is never resumed from: say so and
         remove it (rank 0; the others already ignore it, since `latest` does not name it)."""
         incomplete = incomplete_checkpoint_tags(self.checkpoint_dir)
-        if not incomplete or not self.dist.is_main:
+        if not incomplete or not self.world.is_main:
             return
         logger.warning(
             "%s: %s was cut short before it was complete (a kill or a full disk): removed, not resumed from",
@@ -340,6 +348,8 @@ class DistillRecipe:
             self._refuse_changes(saved)
 
     def _refuse_changes(self, saved: dict[str, Any]) -> None:
+        if "strategy" in saved:  # a run started under a former name (`authors`) resumes as itself
+            saved = {**saved, "strategy": canonical_strategy(saved["strategy"])}
         changed = resume_changes(saved, self.resume_settings())
         if changed:
             raise ValueError(
@@ -367,12 +377,12 @@ class DistillRecipe:
         self.stream.load_state_dict(state["polyfuse_loader"])
         self.batches_consumed = state["polyfuse_loader"]["batches"]
         rngs = state["polyfuse_rng"]
-        if len(rngs) != self.dist.world_size:
+        if len(rngs) != self.world.world_size:
             raise ValueError(
                 f"--resume: the checkpoint was written by {len(rngs)} ranks, this run has "
-                f"{self.dist.world_size}: resume with the same number of processes"
+                f"{self.world.world_size}: resume with the same number of processes"
             )
-        set_rng_state(rngs[self.dist.rank], self.authors_rng)
+        set_rng_state(rngs[self.world.rank], self.random_gate_rng)
         self.last_metrics = state.get("polyfuse_metrics", {})
         self.last_checkpoint = loaded
         logger.info("resumed from %s at step %d", path, self.step)
@@ -397,7 +407,7 @@ class DistillRecipe:
         student_state = ds.gathered_state_dict(module.student)
         gate_state = ds.gathered_state_dict(module.gate) if module.gate is not None else None
         export_dir = self.run.run_dir / "export" if export_dir is None else export_dir
-        if self.dist.is_main:
+        if self.world.is_main:
             info = {
                 "strategy": self.strategy.name,
                 "teachers": list(self.teacher_names),
@@ -419,7 +429,7 @@ class DistillRecipe:
                 stats,
                 extra_files=self.run.export_files,
             )
-        if self.dist.world_size > 1:
+        if self.world.world_size > 1:
             torch.distributed.barrier()
         return export_dir
 

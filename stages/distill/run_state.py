@@ -147,24 +147,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_state(authors_rng: torch.Generator) -> dict[str, Any]:
-    """This rank's generator states, including the `authors` strategy's own generator."""
+def rng_state(random_gate_rng: torch.Generator) -> dict[str, Any]:
+    """This rank's generator states, including the `random_gate` strategy's own generator (under
+    the key "authors", its former name, which checkpoints keep)."""
     state = {
         "python": random.getstate(),
         "numpy": np.random.get_state(),
         "torch": torch.get_rng_state(),
-        "authors": authors_rng.get_state(),
+        "authors": random_gate_rng.get_state(),
     }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
-def set_rng_state(state: dict[str, Any], authors_rng: torch.Generator) -> None:
+def set_rng_state(state: dict[str, Any], random_gate_rng: torch.Generator) -> None:
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    authors_rng.set_state(state["authors"])
+    random_gate_rng.set_state(state["authors"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal
 
 from stages.distill.trackers import INSTALL, missing_trackers
-from stages.setting_rules import require
+from stages.setting_rules import require, require_choices
 
 STRATEGY_NAMES = (
     "adaptive",
@@ -20,12 +20,45 @@ STRATEGY_NAMES = (
     "avg_bpb",
     "uniform",
     "single:NAME",
-    "authors",
+    "random_gate",
     "none",
 )
 """Every fusion strategy (strategies.py has the table of what each does)."""
+STRATEGY_ALIASES = {"authors": "random_gate"}
+"""Former strategy names, still accepted in a config and on the command line: `authors` (the
+paper's released code) is `random_gate`, a fresh untrained gate every step."""
+
+
+def canonical_strategy(name: str) -> str:
+    """The strategy ``name`` under its current name (runs, logs and reports use that one)."""
+    return STRATEGY_ALIASES.get(name, name)
+
+
 TrackerName = Literal["tensorboard", "wandb", "none"]
 """A value of ``distill.report_to`` (trackers.py)."""
+
+# The allowed values of each choice, written once: `check` refuses any other, and the components
+# that read a choice import its Literal and trust the checked value.
+TopkTarget = Literal["renormalised", "residual"]
+"""The targets stages/align/sample.py builds from a cache's rows."""
+Target = Literal[TopkTarget, "sampled"]
+"""``distill.target``: ``sampled`` is ``residual`` over a cache of drawn tokens."""
+Objective = Literal["fusion", "chunk", "exact_token"]
+"""``distill.objective``."""
+GateFeatures = Literal["exp_neg_ce", "bits_per_byte", "all"]
+"""``distill.gate_features`` (loader.GATE_FEATURES lists the features of each)."""
+GateObjective = Literal["fusion", "likelihood"]
+"""``distill.gate_objective`` (gate_objective.py)."""
+FeedbackScope = Literal["micro_batch", "step"]
+"""``distill.feedback_scope``."""
+VocabMapName = Literal["prefix", "edit_distance"]
+"""``distill.vocab_map`` (stages/align/vocab_map.py adds the ``exact`` map of ``exact_token``)."""
+Aligner = Literal["offsets", "dtw"]
+"""``distill.aligner``."""
+ZeroStage = Literal[0, 1, 2, 3]
+"""``distill.zero_stage``."""
+TrainingDtype = Literal["auto", "float32", "bfloat16", "bf16_mixed"]
+"""``distill.dtype``; ``auto`` is resolved once per run (engine.resolve_dtype)."""
 
 
 @dataclass
@@ -37,14 +70,15 @@ class DistillSettings:
 
     strategy: str = "adaptive"
     """The fusion strategy (the table of stages/distill/strategies.py): min_bpb / avg_bpb rank by
-    bits per byte (tokenizer-neutral), single:NAME names a teacher, none trains on CLM alone."""
-    target: Literal["renormalised", "residual", "sampled"] = "renormalised"
+    bits per byte (tokenizer-neutral), min_ce / avg_ce by the first gate feature (`gate_features`),
+    single:NAME names a teacher, none trains on CLM alone; ``authors`` is read as random_gate."""
+    target: Target = "renormalised"
     """The sparse teacher target (stages/align/sample.py): ``renormalised`` the stored top-k scaled
     to sum 1 (FuseLLM; biased: every other token gets 0); ``residual`` the stored full-softmax
     top-k probabilities plus one "rest" bucket holding 1 − Σ top-k; ``sampled`` the empirical
     distribution of N tokens drawn from the full softmax (needs a cache extracted with
     ``extract.draws`` = N, and that same setting here)."""
-    objective: Literal["fusion", "chunk", "exact_token"] = "fusion"
+    objective: Objective = "fusion"
     """The distillation loss term (stages/distill/loss_terms.py), weighted 1 − λ: ``fusion`` the
     cross-entropy against the mixture of the teachers' top-k mapped to student ids (docs/design.md §7.2);
     ``chunk`` chunk-level likelihood matching (ALM, stages/distill/chunk_loss.py): on stretches
@@ -67,14 +101,16 @@ class DistillSettings:
     """β: weight of the feedback (load-balancing) loss, where a gate trains (`adaptive`)."""
     tau: float = 0.15
     """τ: selection threshold on the gate probabilities (the argmax is always kept)."""
-    gate_features: Literal["exp_neg_ce", "bits_per_byte", "all"] = "exp_neg_ce"
+    gate_features: GateFeatures = "exp_neg_ce"
     """Per-sample teacher features fed to the gate, each in [0, 1], higher is better:
     `exp_neg_ce` exp(−ce) (the paper's); `bits_per_byte` 2^(−bits per byte) (tokenizer-neutral);
     `all` four per teacher: exp(−ce), 2^(−bits per byte), topk_mass, exp(−entropy_topk), and a
     first gate layer Linear(4K, 2K). The first feature is also the score min_ce / avg_ce rank by."""
     fusion_trains_gate: bool = True
-    """Whether the fusion loss also trains the gate through the weights (the feedback loss always does)."""
-    gate_objective: Literal["fusion", "likelihood"] = "fusion"
+    """Whether the fusion loss also trains the gate through the weights (the feedback loss always
+    does). Read under ``gate_objective: fusion`` only: under ``likelihood`` the gate has an objective
+    of its own and the fusion loss never reaches it, whatever this says."""
+    gate_objective: GateObjective = "fusion"
     """What trains the gate of ``adaptive`` besides the feedback loss. ``fusion`` (the paper's): the
     fusion loss through the weights (by ``fusion_trains_gate``), which pulls weight toward the
     teacher the student already imitates. ``likelihood``: the gate maximises the likelihood of the
@@ -82,12 +118,12 @@ class DistillSettings:
     teacher has a token boundary (tokenizer-neutral, from the teacher caches alone); the fusion
     loss then trains the student only (``fusion_trains_gate`` is ignored). With one teacher the
     objective is a constant."""
-    feedback_scope: Literal["micro_batch", "step"] = "micro_batch"
+    feedback_scope: FeedbackScope = "micro_batch"
     """Over what the feedback loss sums gate importance: each micro-batch on its own, or the whole
     optimizer step on every rank (earlier micro-batches and other ranks enter as constants)."""
-    vocab_map: Literal["prefix", "edit_distance"] = "prefix"
+    vocab_map: VocabMapName = "prefix"
     """How teacher ids map to student ids."""
-    aligner: Literal["offsets", "dtw"] = "offsets"
+    aligner: Aligner = "offsets"
     """How teacher positions map to student positions: ``offsets`` the teacher row that predicts
     from the same character (stages/align/offsets.py); ``dtw`` FuseLLM's MinED dynamic time
     warping over the token texts, hard pairs only (stages/align/dtw.py; aligns fewer rows and
@@ -113,9 +149,9 @@ class DistillSettings:
     """Student sequence length cap (longer samples are truncated)."""
     grad_clip: float = 1.0
     """Gradient norm clipping."""
-    zero_stage: int = 2
+    zero_stage: ZeroStage = 2
     """DeepSpeed ZeRO stage (0–3)."""
-    dtype: Literal["auto", "float32", "bfloat16", "bf16_mixed"] = "auto"
+    dtype: TrainingDtype = "auto"
     """Training dtype of the student (the gate, the rewards and every loss stay fp32).
     ``bfloat16``: DeepSpeed's bf16 (bf16 weights, fp32 master copies in the optimizer);
     ``bf16_mixed``: fp32 weights, the student's matmuls under bf16 autocast, its output layer in
@@ -148,10 +184,12 @@ class DistillSettings:
     otherwise; needs ``pip install wandb``), or ``none``. A list, or one name (``report_to: wandb``)."""
 
     def __post_init__(self) -> None:
+        self.strategy = canonical_strategy(self.strategy)
         if isinstance(self.report_to, str):  # one name: the list of it
             self.report_to = [self.report_to]
 
     def check(self) -> None:
+        require_choices(self, "distill")
         require(0.0 <= self.lam <= 1.0, "distill.lam", self.lam, "must be in [0, 1]", "use 0.9")
         require(self.beta >= 0.0, "distill.beta", self.beta, "must be ≥ 0", "use 0.5")
         require(0.0 <= self.tau < 1.0, "distill.tau", self.tau, "must be in [0, 1)", "use 0.15")
@@ -176,13 +214,6 @@ class DistillSettings:
             self.chunk_space_threshold,
             "must be in (0, 1) or null",
             "use 0.1, or null for no bias correction",
-        )
-        require(
-            self.zero_stage in (0, 1, 2, 3),
-            "distill.zero_stage",
-            self.zero_stage,
-            "must be 0, 1, 2 or 3",
-            "use 2",
         )
         for name in (
             "max_steps",

@@ -3,17 +3,21 @@
 | name          | weights w_b                                                    | source          |
 |---------------|----------------------------------------------------------------|-----------------|
 | `adaptive`    | select_teachers(gate(x_b), tau) with the persistent, trained gate | Kong et al.  |
-| `min_ce`      | one-hot on the best score among present teachers               | FuseLLM MinCE   |
+| `min_ce`      | one-hot on the best score r_b among present teachers           | FuseLLM MinCE   |
 | `avg_ce`      | softmax(r_b) over present teachers                             | FuseLLM AvgCE, as coded |
 | `min_bpb`     | one-hot on the lowest bits per byte among present teachers     | tokenizer-neutral MinCE |
 | `avg_bpb`     | softmax(2^(−bpb_b)) over present teachers                      | tokenizer-neutral AvgCE |
 | `uniform`     | 1/n over the n present teachers                                | baseline        |
 | `single:NAME` | one-hot on teacher NAME where present                          | baseline        |
-| `authors`     | select_teachers(fresh random gate(x_b), tau), nothing trained  | released code   |
+| `random_gate` | select_teachers(fresh random gate(x_b), tau), nothing trained  | released code   |
 | `none`        | no fusion (λ = 1): CLM-only continual training                 | baseline        |
 
-Scores r are "higher is better" (default exp(−ce)); the gates read the features x (`[B, K, F]`,
-the scores alone when F = 1), the fixed rules rank by the scores. FuseLLM's per-token CE is
+Scores r are "higher is better": the first gate feature, exp(−ce) under `gate_features`
+`exp_neg_ce` (the default) and `all`, 2^(−bits per byte) under `bits_per_byte`, where `min_ce`
+and `avg_ce` thus rank by bits per byte despite their names (`min_ce` then picks the teacher
+`min_bpb` picks). The gates read the features x (`[B, K, F]`, the scores alone when F = 1), the
+fixed rules rank by the scores. `random_gate` was called `random_gate` (still accepted,
+settings.STRATEGY_ALIASES). FuseLLM's per-token CE is
 not comparable across tokenizers (a teacher with longer tokens has a higher CE per token on the
 same text); `min_bpb` / `avg_bpb` rank by each teacher's bits per byte instead, whatever the gate
 features are. Absent teachers always get weight 0 and a sample with no teacher gets an all-zero
@@ -29,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from stages.distill.gating import SelectionGate, masked_softmax, select_teachers
-from stages.distill.settings import STRATEGY_NAMES
+from stages.distill.settings import STRATEGY_NAMES, canonical_strategy
 
 _SINGLE_PREFIX = "single:"
 
@@ -63,12 +67,14 @@ class Strategy:
 
 
 def parse_strategy(spec: str, teacher_names: Sequence[str] = ()) -> Strategy:
-    """Validate a strategy name such as "adaptive" or "single:qwen".
+    """Validate a strategy name such as "adaptive" or "single:qwen" (a former name, such as
+    `random_gate`, gives the strategy under its current name).
 
     Raises:
         ValueError: unknown strategy (lists the valid ones), or `single:` naming a teacher that
             is not in `teacher_names` (lists them).
     """
+    spec = canonical_strategy(spec)
     if spec.startswith(_SINGLE_PREFIX):
         teacher = spec[len(_SINGLE_PREFIX) :]
         if teacher not in teacher_names:
@@ -99,13 +105,13 @@ def sample_weights(
         strategy: from `parse_strategy`.
         scores: `[B, K]` per-sample teacher scores, higher is better.
         present: `[B, K]` bool, false where a teacher has no data for the sample.
-        features: `[B, K, F]` what the gates of `adaptive` and `authors` read (`FusionBatch.features`);
+        features: `[B, K, F]` what the gates of `adaptive` and `random_gate` read (`FusionBatch.features`);
             None: the scores, F = 1.
         bits_per_byte: `[B, K]` each teacher's bits per byte on the sample (`FusionBatch.bits_per_byte`),
             what `min_bpb` / `avg_bpb` rank by; any value (inf, NaN) where the teacher is absent.
         gate: the persistent gate; required when `strategy.needs_gate`, ignored otherwise.
-        tau: selection threshold of `adaptive` and `authors`.
-        generator: CPU RNG for the fresh gate of `authors` (global RNG when None); keep it in
+        tau: selection threshold of `adaptive` and `random_gate`.
+        generator: CPU RNG for the fresh gate of `random_gate` (global RNG when None); keep it in
             the checkpoint for an exact resume.
 
     Returns:
@@ -123,7 +129,7 @@ def sample_weights(
             if gate is None:
                 raise ValueError("strategy 'adaptive' needs the run's SelectionGate; pass gate=")
             return select_teachers(gate(features, present), tau)
-        case "authors":
+        case "random_gate":
             return _fresh_gate_weights(features, present, tau, generator)
         case "min_ce":
             best = scores.masked_fill(~present, float("-inf")).argmax(dim=-1)

@@ -20,8 +20,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
-TRACKERS = ("tensorboard", "wandb", "none")
-"""Every value of ``distill.report_to``."""
 INSTALL = {"wandb": "pip install wandb (or, in a clone, pip install -e '.[wandb]')"}
 """The install command of each tracker that is not a core dependency."""
 HISTOGRAM = "gate/selected_count"
@@ -112,7 +110,7 @@ def open_trackers(
                 WandbTracker(log_dir, start_step=start_step, run_config=run_config, run_name=run_name)
             )
         else:
-            assert name == "none", f"DistillSettings.check lets only {TRACKERS} through, got {name!r}"
+            assert name == "none", f"DistillSettings.check lets no tracker {name!r} through"
     return trackers
 
 

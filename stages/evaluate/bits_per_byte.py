@@ -2,8 +2,8 @@
 tokenizers compare on the same text.
 
 `polyfuse evaluate` gets each sample's log-likelihood from lm-evaluation-harness's
-``loglikelihood_rolling`` (harness.py); ``score_texts`` here is the hand-written oracle the tests
-hold lm-eval to, and the baseline of bench/eval_bench.py. Both follow one convention, lm-eval's:
+``loglikelihood_rolling`` (harness.py); the hand-written scorer the tests hold lm-eval to
+(tests/stages/evaluate/hand_scorer.py) follows the same convention, lm-eval's:
 
 - the text is encoded *without* special tokens, ids t₀ … tₙ₋₁, and every token is predicted:
   t₀ from the prefix token (the tokenizer's BOS, else its EOS), tᵢ from the prefix and t₀ … tᵢ₋₁;
@@ -11,7 +11,7 @@ hold lm-eval to, and the baseline of bench/eval_bench.py. Both follow one conven
 - a text longer than ``max_tokens`` is scored in lm-eval's disjoint rolling windows, never
   truncated: the first window predicts t₀ … t_{M−1} from ``[prefix] + t₀ … t_{M−2}`` (M =
   max_tokens); each next window predicts the next min(M, rest) tokens from the M tokens that end
-  just before its last one (`rolling_windows`), so every token is predicted exactly once.
+  just before its last one, so every token is predicted exactly once.
 
 A sample's bits per byte = Σ NLL (nats) / ln 2 / UTF-8 bytes. A domain's is the byte-weighted
 mean over its samples, with the standard error of unit_score.py, documents as the independent
@@ -24,10 +24,6 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import torch
-from transformers import PreTrainedTokenizerFast
-
-from stages.evaluate.token_logprobs import sequence_logprobs
 from stages.evaluate.unit_score import UnitScore
 
 
@@ -47,64 +43,6 @@ class ScoredText:
     @property
     def bits_per_byte(self) -> float:
         return self.nats / math.log(2) / self.n_bytes if self.n_bytes else math.nan
-
-
-def prefix_token_id(tokenizer: PreTrainedTokenizerFast) -> int:
-    """The token the first text token is predicted from: BOS, else EOS (lm-eval's rule)."""
-    if tokenizer.bos_token_id is not None:
-        return tokenizer.bos_token_id
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has neither a BOS nor an EOS token to predict the first token from")
-    return tokenizer.eos_token_id
-
-
-def rolling_windows(n_tokens: int, max_tokens: int) -> list[tuple[int, int]]:
-    """(end, n_predicted) per window over ``seq = [prefix] + ids`` (len n_tokens + 1): the window
-    feeds ``seq[max(0, end − max_tokens) : end]`` and scores its last n_predicted next-token
-    predictions, i.e. ``seq[end − n_predicted + 1 : end + 1]``."""
-    if max_tokens < 1:
-        raise ValueError(f"max_tokens must be at least 1, got {max_tokens}")
-    if n_tokens == 0:
-        return []
-    first = min(max_tokens, n_tokens)
-    windows, predicted = [(first, first)], first
-    while predicted < n_tokens:
-        width = min(max_tokens, n_tokens - predicted)
-        predicted += width
-        windows.append((predicted, width))
-    return windows
-
-
-def score_texts(
-    model: torch.nn.Module,
-    tokenizer: PreTrainedTokenizerFast,
-    texts: Sequence[str],
-    *,
-    max_tokens: int = 1024,
-    batch_tokens: int = 4096,
-) -> list[ScoredText]:
-    """NLL of each whole text by the convention of the module docstring; fp32 log-softmax."""
-    prefix = prefix_token_id(tokenizer)
-    encoded = [[prefix, *tokenizer.encode(text, add_special_tokens=False)] for text in texts]
-    # One row per window: (text, tokens predicted, the window's tokens with the one it predicts last).
-    rows = [
-        (i, width, seq[max(0, end - max_tokens) : end + 1])
-        for i, seq in enumerate(encoded)
-        for end, width in rolling_windows(len(seq) - 1, max_tokens)
-    ]
-    logprobs = sequence_logprobs(model, [r[2] for r in rows], batch_tokens=batch_tokens)
-    nats = [0.0] * len(texts)
-    for (i, width, _), lp in zip(rows, logprobs, strict=True):
-        nats[i] -= float(lp[-width:].sum(dtype="float64"))
-    return [
-        ScoredText(
-            nats=nats[i],
-            n_bytes=len(text.encode("utf-8")),
-            n_tokens=len(encoded[i]) - 1,
-            windowed=len(encoded[i]) - 1 > max_tokens,
-        )
-        for i, text in enumerate(texts)
-    ]
 
 
 def domain_bits_per_byte(

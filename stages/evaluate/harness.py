@@ -7,8 +7,8 @@ per-sample outputs turned into `UnitScore`s with per-observation data for the pa
                                         └─ named tasks            any installed task whose data is local
                                       ──► bpb/<domain>, acc*/<set>, <metric>/<task> UnitScores
 
-Conventions (what polyfuse reports; stages/evaluate/bits_per_byte.py and multiple_choice.py are
-the hand-written oracles that tests hold lm-eval to):
+Conventions (what polyfuse reports; tests/stages/evaluate/hand_scorer.py is the hand-written
+oracle that tests hold lm-eval to):
 - bits per byte: a held-out sample is encoded *without* special tokens and every token is
   predicted, the first one from lm-eval's prefix token (the tokenizer's BOS, else its EOS):
   lm-eval's ``loglikelihood_rolling`` with ``add_bos_token=False``. So every UTF-8 byte of the

@@ -8,20 +8,23 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from stages.setting_rules import require
+from data_schemas.teacher_shard import MAX_DRAWS, LogprobLayout
+from stages.setting_rules import require, require_choices
 
 MIXED_DTYPE = "bf16_mixed"
 """The mixed extraction dtype: bf16 decoder layers, fp32 final norm, head and log-softmax
 (transformers backend; ``stages/extract/backends/mixed_dtype.py``)."""
 ExtractDtype = Literal["auto", "float32", "bfloat16", "float16", "bf16_mixed"]
 """Compute dtypes of a teacher (``extract.dtype`` and a teacher's own ``dtype``)."""
+ExtractBackend = Literal["auto", "vllm", "transformers", "fake"]
+"""Teacher backends (``extract.backend`` and a teacher's own ``backend``; stages/extract/backends)."""
 
 
 @dataclass
 class ExtractSettings:
     """Stage one: how teachers are run over the corpus."""
 
-    backend: Literal["auto", "vllm", "transformers", "fake"] = "auto"
+    backend: ExtractBackend = "auto"
     """``auto``: vLLM when it imports and a GPU is present, else transformers. ``fake``:
     deterministic values for tests."""
     top_k: int = 10
@@ -52,7 +55,7 @@ class ExtractSettings:
     """vLLM KV cache size in GiB (``kv_cache_memory_bytes``). None: from
     ``vllm_gpu_memory_utilization`` on a GPU, 2 GiB with the CPU build (whose default would
     reserve a fraction of all host memory)."""
-    logprob_layout: Literal["quant", "fp16"] = "quant"
+    logprob_layout: LogprobLayout = "quant"
     """How teacher shards store logprobs: ``quant`` (1/32-nat grid, error ≤ 0.0156 nat, 23–25
     bytes per token at k = 10 on the demo teachers) or ``fp16`` (the plain float16 columns,
     25–28 bytes per token). Part of the cache key."""
@@ -63,6 +66,7 @@ class ExtractSettings:
     backend only (vLLM returns no full softmax)."""
 
     def check(self) -> None:
+        require_choices(self, "extract")
         require(
             self.top_k >= 1, "extract.top_k", self.top_k, "must be at least 1", "set extract.top_k to e.g. 10"
         )
@@ -84,10 +88,10 @@ class ExtractSettings:
             "raise extract.batch_tokens",
         )
         require(
-            0 <= self.draws <= 255,
+            0 <= self.draws <= MAX_DRAWS,
             "extract.draws",
             self.draws,
-            "must be in [0, 255]",
+            f"must be in [0, {MAX_DRAWS}]",
             "use 0 for a top-k cache or e.g. 12 drawn tokens per position",
         )
         require(

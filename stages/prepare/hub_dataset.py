@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from stages.model_source import ModelSource, resolve_dataset
+from stages.model_source import ResolvedSource, resolve_dataset
 from stages.prepare.documents import Document, row_document
 from stages.prepare.settings import CorpusSource
 
@@ -66,7 +66,7 @@ def read_hub_documents(src: CorpusSource) -> Iterator[Document]:
         index += 1
 
 
-def _split_stream(snapshot: ModelSource, src: CorpusSource, where: str) -> Any:
+def _split_stream(snapshot: ResolvedSource, src: CorpusSource, where: str) -> Any:
     """The ``datasets.IterableDataset`` of the source's split in the snapshot folder."""
     import datasets
 

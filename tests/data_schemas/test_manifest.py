@@ -8,11 +8,11 @@ from data_schemas.manifest import (
     ShardEntry,
     read_manifest,
     refresh_manifest,
-    verify_shards,
     write_entry,
     write_manifest,
 )
 from data_schemas.parquet_io import with_version, write_shard
+from data_schemas.shard_check import shard_faults
 
 SCHEMA = with_version(pa.schema([pa.field("x", pa.int32())]), kind="test", version=1)
 
@@ -39,22 +39,22 @@ def test_entries_from_several_writers_complete_the_manifest(tmp_path: Path) -> N
     m = refresh_manifest(tmp_path, base)
     assert m.complete and [s.name for s in m.shards] == list(base.planned)
     assert read_manifest(tmp_path).complete
-    assert verify_shards(tmp_path, m) == []
+    # Present with the listed sizes (`checksums=False`: the test schema is no corpus shard's).
+    assert [f for e in m.shards for f in shard_faults(tmp_path / e.name, e, "corpus", checksums=False)] == []
 
 
 def test_verify_finds_truncation_and_flipped_byte(tmp_path: Path) -> None:
     table = pa.table({"x": pa.array(range(100), pa.int32())})
     a = write_shard(table, tmp_path / "shard-00000.parquet", SCHEMA)
     b = write_shard(table, tmp_path / "shard-00001.parquet", SCHEMA)
-    m = _manifest().with_entries([a, b])
     path_a, path_b = tmp_path / a.name, tmp_path / b.name
     path_a.write_bytes(path_a.read_bytes()[:-10])
     data = bytearray(path_b.read_bytes())
     data[len(data) // 2] ^= 0xFF
     path_b.write_bytes(bytes(data))
-    faults = verify_shards(tmp_path, m)
-    assert len(faults) == 2
-    assert "bytes on disk" in faults[0] and "sha256" in faults[1]
+    (cut,) = shard_faults(path_a, a, "corpus")
+    (flipped,) = shard_faults(path_b, b, "corpus")
+    assert "bytes on disk" in cut and "sha256" in flipped
 
 
 def test_missing_and_corrupt_manifest_are_runtime_errors(tmp_path: Path) -> None:

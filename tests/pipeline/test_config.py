@@ -66,7 +66,7 @@ def test_overrides_by_key_index_and_name(tmp_path: Path) -> None:
             {"corpus": {"sources": [{"path": "a", "domain": "d"}, {"path": "b", "domain": "d"}]}},
             r"corpus.sources\[\].domain must be unique",
         ),
-        ({"distill": {"zero_stage": 4}}, "distill.zero_stage must be 0, 1, 2 or 3"),
+        ({"distill": {"zero_stage": 4}}, "distill.zero_stage must be one of 0, 1, 2, 3, got 4"),
     ],
 )
 def test_bad_config_names_file_key_and_value(tmp_path: Path, data: dict, message: str) -> None:

@@ -30,7 +30,7 @@ from tests.stages.distill.fake_world import GEMMA, SMOLLM2, fake_world
 # The paper's five methods and the ablation with other gate features (a second feature read);
 # the other ablations differ only in distill fields, which test_methods_change_only_their_own_fields
 # covers, and would double the run time.
-RUN_METHODS = ["none", "min_ce", "avg_ce", "authors", "adaptive", "bpb_features"]
+RUN_METHODS = ["none", "min_ce", "avg_ce", "random_gate", "adaptive", "bpb_features"]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +63,8 @@ def test_methods_change_only_their_own_fields(config) -> None:
     assert Path(sub.runs_dir, sub.name) == Path(config.runs_dir) / "exp" / "methods" / "no_feedback"
     teachers = [t.name for t in config.teachers]
     assert [m.name for m in choose_methods(["adaptive", "none"], teachers)] == ["none", "adaptive"]
+    # The former name of a method is the method under its current name.
+    assert [m.name for m in choose_methods(["authors"], teachers)] == ["random_gate"]
     with pytest.raises(ValueError, match="unknown method"):
         choose_methods(["adaptiv"], teachers)
 
@@ -76,7 +78,7 @@ def test_the_default_comparison_and_single_teacher_rows() -> None:
         "min_ce",
         "avg_ce",
         "min_bpb",
-        "authors",
+        "random_gate",
         "adaptive",
         "adaptive_likelihood",
     ]
@@ -128,14 +130,14 @@ def test_experiment_end_to_end_then_resumes_without_training(config, monkeypatch
         assert f"| {label} " in report, label
     results = json.loads((result.report_dir / "results.json").read_text())
     assert set(results["interference"]) == set(RUN_METHODS)
-    assert set(results["reduction"]["against"]) == {"none", "min_ce", "avg_ce", "authors"}
+    assert set(results["reduction"]["against"]) == {"none", "min_ce", "avg_ce", "random_gate"}
     assert "bpb/mixed" in results["scores"]["adaptive"]
     weights = results["gate_weights"]
-    assert weights["none"] == weights["authors"] == {}
+    assert weights["none"] == weights["random_gate"] == {}
     for method in ("min_ce", "avg_ce", "adaptive", "bpb_features"):
         assert set(weights[method]) == {"mixed", "all"}
         assert sum(weights[method]["all"].values()) == pytest.approx(1.0, abs=1e-5)
-    # The gate against its oracles, per domain: every fused method but the random-gate `authors`.
+    # The gate against its oracles, per domain: every fused method but the random-gate `random_gate`.
     diagnostics = results["gate_diagnostics"]
     assert set(diagnostics) == {"min_ce", "avg_ce", "adaptive", "bpb_features"}
     for per_domain in diagnostics.values():

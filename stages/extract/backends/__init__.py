@@ -13,18 +13,15 @@ import numpy as np
 
 from stages.extract.backends.base import TeacherBackend, TopkRows
 from stages.extract.settings import MIXED_DTYPE as MIXED
-from stages.extract.settings import ExtractSettings
+from stages.extract.settings import ExtractBackend, ExtractSettings
 
-__all__ = ["BACKENDS", "TeacherBackend", "TopkRows", "open_backend", "resolve_backend"]
-
-BACKENDS = ("auto", "vllm", "transformers", "fake")
+__all__ = ["TeacherBackend", "TopkRows", "open_backend", "resolve_backend"]
 
 
-def resolve_backend(name: str) -> str:
-    """The concrete backend for ``name``: ``auto`` is vLLM where it is installed and a GPU is
-    present, else transformers (on CPU transformers is the faster one; MATERIAL.md §1)."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {name!r}: fix extract.backend")
+def resolve_backend(name: ExtractBackend) -> ExtractBackend:
+    """The concrete backend for ``name`` (checked with the config): ``auto`` is vLLM where it is
+    installed and a GPU is present, else transformers (on CPU transformers is the faster one;
+    MATERIAL.md §1)."""
     if name != "auto":
         return name
     if importlib.util.find_spec("vllm") is None:
@@ -85,6 +82,7 @@ def open_backend(
             draws=draws,
             space_mask=space_mask,
         )
+    assert name == "vllm", f"open_backend takes a resolved backend (resolve_backend), got {name!r}"
     if draws:
         raise ValueError(
             f"extract.draws={draws} needs the full softmax, which the {name} backend does not return: "
@@ -95,22 +93,18 @@ def open_backend(
             f"dtype {MIXED} is a transformers-backend mode, the {name} backend has none: set "
             f"teachers.{teacher}.backend=transformers or another dtype (float32, bfloat16)"
         )
-    if name == "vllm":
-        try:
-            from stages.extract.backends.vllm_backend import VllmBackend
-        except ImportError as e:
-            raise ValueError(
-                f"backend vllm cannot be imported ({e}): install the `cpu` or `gpu` extra"
-            ) from e
-        return VllmBackend(
-            model_path,
-            top_k=top_k,
-            max_tokens=max_tokens,
-            dtype=dtype,
-            max_logprobs=settings.vllm_max_logprobs,
-            enforce_eager=settings.vllm_enforce_eager,
-            tensor_parallel_size=settings.vllm_tensor_parallel_size,
-            gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
-            kv_cache_gib=settings.vllm_kv_cache_gib,
-        )
-    raise ValueError(f"backend must be one of {BACKENDS[1:]} once resolved, got {name!r}")
+    try:
+        from stages.extract.backends.vllm_backend import VllmBackend
+    except ImportError as e:
+        raise ValueError(f"backend vllm cannot be imported ({e}): install the `cpu` or `gpu` extra") from e
+    return VllmBackend(
+        model_path,
+        top_k=top_k,
+        max_tokens=max_tokens,
+        dtype=dtype,
+        max_logprobs=settings.vllm_max_logprobs,
+        enforce_eager=settings.vllm_enforce_eager,
+        tensor_parallel_size=settings.vllm_tensor_parallel_size,
+        gpu_memory_utilization=settings.vllm_gpu_memory_utilization,
+        kv_cache_gib=settings.vllm_kv_cache_gib,
+    )

@@ -104,18 +104,6 @@ def test_target_functions_by_hand():
     np.testing.assert_allclose(rest, [0.3, 0.0], atol=1e-12)  # Σ p above 1 (grid): scaled, no rest
 
 
-def test_unknown_target_kind_is_refused():
-    with pytest.raises(ValueError, match="renormalised"):
-        align_sample(
-            np.array([1, 2]),
-            np.array([1, 2]),
-            np.zeros((1, 2), int),
-            np.zeros((1, 2)),
-            np.arange(3),
-            target="x",
-        )
-
-
 def test_shapes_are_checked():
     with pytest.raises(ValueError, match=r"len\(teacher_ends\) - 1"):
         align_sample(

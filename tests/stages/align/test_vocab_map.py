@@ -204,11 +204,6 @@ def test_cache_is_reused_invalidated_and_byte_identical(demo_tokenizers, tmp_pat
     assert len(builds) == 3
 
 
-def test_unknown_mode_is_rejected(demo_tokenizers):
-    with pytest.raises(ValueError, match="prefix"):
-        build_vocab_map(demo_tokenizers[SMOLLM2], demo_tokenizers[SMOLLM2], mode="cooccurrence")
-
-
 def test_exact_map_takes_only_the_same_string(demo_tokenizers, demo_token_tables):
     qwen, smol = demo_token_tables[QWEN], demo_token_tables[SMOLLM2]
     exact = build_vocab_map(demo_tokenizers[QWEN], demo_tokenizers[SMOLLM2], mode="exact")

@@ -40,17 +40,6 @@ def test_built_config_has_no_optimizer_or_scheduler(stage: int) -> None:
     assert "optimizer" not in config and "scheduler" not in config
 
 
-def test_bad_stage_and_dtype_are_refused() -> None:
-    with pytest.raises(ValueError, match="zero_stage"):
-        ds.build_deepspeed_config(
-            micro_batch_size=1, grad_accum_steps=1, zero_stage=4, dtype="float32", grad_clip=1
-        )
-    with pytest.raises(ValueError, match="dtype"):
-        ds.build_deepspeed_config(
-            micro_batch_size=1, grad_accum_steps=1, zero_stage=2, dtype="fp8", grad_clip=1
-        )
-
-
 def test_user_json_is_checked(tmp_path: Path) -> None:
     path = tmp_path / "ds.json"
     path.write_text(json.dumps({"zero_optimization": {"stage": 3}}))

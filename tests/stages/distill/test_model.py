@@ -252,7 +252,7 @@ def test_fusion_objective_has_no_gate_term() -> None:
 
 def test_likelihood_objective_only_affects_a_trained_gate() -> None:
     batch = batch_of(spans=3)
-    for strategy in ("min_ce", "uniform", "authors"):
+    for strategy in ("min_ce", "uniform", "random_gate"):
         output = module_for(strategy, gate_objective="likelihood")(batch)
         assert "gate_nll" not in output.losses.values
 

@@ -65,7 +65,7 @@ def trained(world, inputs, plan: Plan, teachers=None) -> DistillRecipe:
 
 @pytest.mark.parametrize(
     "strategy",
-    ["adaptive", "min_ce", "avg_ce", "min_bpb", "avg_bpb", "uniform", "single:gemma", "authors", "none"],
+    ["adaptive", "min_ce", "avg_ce", "min_bpb", "avg_bpb", "uniform", "single:gemma", "random_gate", "none"],
 )
 def test_each_strategy_trains_three_steps_through_deepspeed(
     world, stream_inputs, tmp_path: Path, strategy: str
@@ -151,7 +151,7 @@ def test_adaptive_over_all_four_features_trains_and_exports_a_gate_that_rebuilds
     torch.testing.assert_close(restored(features, present), gate(features, present))
 
 
-@pytest.mark.parametrize(("strategy", "workers"), [("adaptive", 2), ("authors", 0)])
+@pytest.mark.parametrize(("strategy", "workers"), [("adaptive", 2), ("random_gate", 0)])
 def test_resume_after_a_kill_matches_a_straight_run_exactly(
     world, stream_inputs, tmp_path: Path, strategy, workers
 ) -> None:
@@ -189,7 +189,7 @@ def test_resume_after_a_kill_matches_a_straight_run_exactly(
             torch.equal(gates[0]["state_dict"][k], gates[1]["state_dict"][k]) for k in gates[0]["state_dict"]
         )
     else:
-        assert gates[0]["state_dict"] is None  # `authors` trains no gate
+        assert gates[0]["state_dict"] is None  # `random_gate` trains no gate
 
 
 def test_export_loads_as_plain_hf_model_with_the_same_logits(world, stream_inputs, tmp_path: Path) -> None:

@@ -10,6 +10,7 @@ import torch
 from stages.distill.fusion import fuse_position_weights, fusion_cross_entropy
 from stages.distill.gating import SelectionGate, select_teachers
 from stages.distill.losses import feedback_loss, importance
+from stages.distill.settings import DistillSettings
 from stages.distill.strategies import STRATEGY_NAMES, parse_strategy, sample_weights
 
 TEACHERS = ("llama", "qwen", "phi")
@@ -48,7 +49,13 @@ def test_strategy_flags() -> None:
     adaptive, none = parse_strategy("adaptive"), parse_strategy("none")
     assert adaptive.needs_gate and adaptive.uses_fusion
     assert not none.needs_gate and not none.uses_fusion
-    assert not parse_strategy("authors").needs_gate
+    assert not parse_strategy("random_gate").needs_gate
+
+
+def test_authors_is_the_former_name_of_random_gate() -> None:
+    assert parse_strategy("authors") == parse_strategy("random_gate")
+    assert parse_strategy("authors").name == "random_gate"
+    assert DistillSettings(strategy="authors").strategy == "random_gate"
 
 
 def weights_of(spec: str, **kwargs) -> torch.Tensor:
@@ -110,7 +117,9 @@ def test_none_gives_zero_weights() -> None:
     assert (weights_of("none") == 0).all()
 
 
-@pytest.mark.parametrize("spec", ["adaptive", "authors", "min_ce", "avg_ce", "min_bpb", "avg_bpb", "uniform"])
+@pytest.mark.parametrize(
+    "spec", ["adaptive", "random_gate", "min_ce", "avg_ce", "min_bpb", "avg_bpb", "uniform"]
+)
 def test_weights_sum_to_one_and_absent_get_zero(spec: str) -> None:
     weights = weights_of(spec, gate=SelectionGate(3), generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(weights.sum(-1), torch.ones(2))
@@ -122,10 +131,10 @@ def test_adaptive_without_gate_is_an_error() -> None:
         weights_of("adaptive")
 
 
-def test_authors_is_a_fresh_untrained_gate_with_threshold() -> None:
-    first = weights_of("authors", generator=torch.Generator().manual_seed(1))
-    again = weights_of("authors", generator=torch.Generator().manual_seed(1))
-    other = weights_of("authors", generator=torch.Generator().manual_seed(2))
+def test_random_gate_is_a_fresh_untrained_gate_with_threshold() -> None:
+    first = weights_of("random_gate", generator=torch.Generator().manual_seed(1))
+    again = weights_of("random_gate", generator=torch.Generator().manual_seed(1))
+    other = weights_of("random_gate", generator=torch.Generator().manual_seed(2))
     assert not first.requires_grad and first.grad_fn is None
     torch.testing.assert_close(first, again)
     assert not torch.allclose(first, other)
@@ -144,11 +153,11 @@ def test_gates_read_the_features_and_fixed_rules_the_scores() -> None:
     with torch.no_grad():
         expected = select_teachers(gate(features, PRESENT), tau=0.15)
     torch.testing.assert_close(weights_of("adaptive", features=features, gate=gate), expected)
-    authors = weights_of("authors", features=features, generator=torch.Generator().manual_seed(1))
+    random_gate = weights_of("random_gate", features=features, generator=torch.Generator().manual_seed(1))
     fresh = SelectionGate(3, num_features=4)
     fresh.reset_parameters(torch.Generator().manual_seed(1))
     with torch.no_grad():
-        torch.testing.assert_close(authors, select_teachers(fresh(features, PRESENT), tau=0.15))
+        torch.testing.assert_close(random_gate, select_teachers(fresh(features, PRESENT), tau=0.15))
     for spec in ("min_ce", "avg_ce"):
         torch.testing.assert_close(weights_of(spec, features=features), weights_of(spec))
 

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from stages.evaluate.bits_per_byte import ScoredText, domain_bits_per_byte, score_texts
+from stages.evaluate.bits_per_byte import ScoredText, domain_bits_per_byte
 from stages.evaluate.unit_score import ratio_estimate
+from tests.stages.evaluate.hand_scorer import score_texts
 from tests.stages.evaluate.tiny_model import (  # noqa: F401 (autouse fixture)
     gemma_tokenizer,
     one_torch_thread,

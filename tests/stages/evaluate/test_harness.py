@@ -11,11 +11,11 @@ import yaml
 from transformers import AutoModelForCausalLM
 
 from stages.evaluate import harness
-from stages.evaluate.bits_per_byte import rolling_windows, score_texts
 from stages.evaluate.mc_sets import Passage, write_task
-from stages.evaluate.multiple_choice import ChoiceItem, score_items
+from stages.evaluate.multiple_choice import ChoiceItem
 from stages.evaluate.rolling_tasks import write_rolling_task
 from stages.tokenization import load_tokenizer
+from tests.stages.evaluate.hand_scorer import rolling_windows, score_items, score_texts
 from tests.stages.evaluate.tiny_model import (  # noqa: F401 (autouse fixture)
     gemma_tokenizer,
     memorise,

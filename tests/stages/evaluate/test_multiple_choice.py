@@ -4,7 +4,8 @@ import statistics
 import pytest
 import torch
 
-from stages.evaluate.multiple_choice import ChoiceItem, encode_pair, predictions, score_items, task_accuracy
+from stages.evaluate.multiple_choice import ChoiceItem
+from tests.stages.evaluate.hand_scorer import encode_pair, predictions, score_items, task_accuracy
 from tests.stages.evaluate.tiny_model import (  # noqa: F401 (autouse fixture)
     gemma_tokenizer,
     memorise,

@@ -28,8 +28,3 @@ def test_auto_dtype_is_mixed_only_for_transformers_on_a_cpu_with_native_bf16(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     assert backends.resolve_dtype("auto", backend) == expected
     assert backends.resolve_dtype("bfloat16", backend) == "bfloat16"  # an explicit dtype stays
-
-
-def test_unknown_backend_names_the_setting() -> None:
-    with pytest.raises(ValueError, match="fix extract.backend"):
-        backends.resolve_backend("onnx")

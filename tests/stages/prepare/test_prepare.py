@@ -4,7 +4,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from data_schemas.manifest import read_manifest, verify_shards
+from data_schemas.manifest import read_manifest
+from pipeline.cache_check import Repairs, cache_faults
 from stages.prepare.prepare import prepare_corpus
 from stages.prepare.settings import CorpusSettings, CorpusSource
 
@@ -32,7 +33,7 @@ def sources(tmp_path: Path) -> list[CorpusSource]:
 def test_prepare_writes_shards_split_by_document(tmp_path: Path, sources: list[CorpusSource]) -> None:
     out = prepare_corpus(CorpusSettings(sources, **SETTINGS), tmp_path / "cache")
     assert out.created and out.manifest.complete
-    assert verify_shards(out.directory, out.manifest) == []
+    assert cache_faults(out.directory, Repairs()) == []
     train = pl.read_parquet(sorted((out.directory / "train").glob("*.parquet")))
     heldout = pl.read_parquet(sorted((out.directory / "heldout").glob("*.parquet")))
     assert set(train["domain"]) == set(heldout["domain"]) == {"prose", "code"}

@@ -1,5 +1,6 @@
 """Log-probabilities of given tokens under a causal LM: the one forward pass that the hand-written
-bits-per-byte and multiple-choice scorers share (the oracles lm-eval is tested against; harness.py).
+bits-per-byte and multiple-choice scorers of hand_scorer.py share (the oracles lm-eval is tested
+against; stages/evaluate/harness.py).
 
 Batches are right-padded and need no attention mask: in a causal model a real token attends
 only to the tokens before it, so pads placed after the last real token are never seen, and the
