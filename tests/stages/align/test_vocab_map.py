@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import random
-import time
 
 import numpy as np
 import pytest
@@ -183,12 +182,11 @@ def test_cache_is_reused_invalidated_and_byte_identical(demo_tokenizers, tmp_pat
     other = next((tmp_path / "b").iterdir())
     assert (other / "vocab_map.npy").read_bytes() == (folder / "vocab_map.npy").read_bytes()
     assert np.array_equal(again, first) and (first >= 0).mean() > 0.99
-    # Reuse: no build, well under a second.
+    # Reuse: the cached map is read back, nothing is built (the time it saves is bench/align_bench's).
     builds = []
     monkeypatch.setattr(vocab_map_module, "_build_vocab_map", lambda *a, **k: builds.append(a) or first)
-    started = time.perf_counter()
     loaded = load_or_build_vocab_map(teacher, student, cache_dir=tmp_path / "a", mode="prefix")
-    assert time.perf_counter() - started < 1.0 and builds == [] and np.array_equal(loaded, first)
+    assert builds == [] and np.array_equal(loaded, first)
     # A changed tokenizer has another fingerprint, so another folder and a fresh build.
     changed = copy.deepcopy(teacher)
     changed.add_tokens(["polyfuse-extra"])
