@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 CARD_NAME = "README.md"
 TAGS = ["polyfuse", "knowledge-fusion", "distillation"]
-OBJECTIVE_KEYS = ("strategy", "target", "lam", "beta", "tau", "gate_features", "gate_objective")
+OBJECTIVE_KEYS = ("strategy", "objective", "target", "lam", "beta", "tau", "gate_features", "gate_objective")
 OBJECTIVE_KEYS += ("fusion_trains_gate", "feedback_scope", "aligner", "vocab_map")
 TRAINING_KEYS = ("max_steps", "lr", "gate_lr", "warmup_steps", "micro_batch_size", "grad_accum_steps")
 TRAINING_KEYS += ("max_seq_tokens", "dtype", "zero_stage")
@@ -52,8 +52,8 @@ TEMPLATE = """---
 
 # {{ name }}
 
-The student `{{ student }}` trained by polyfuse on the fused top-k
-distributions of {{ teachers | length }} teacher(s) with the `{{ strategy }}` fusion strategy:
+The student `{{ student }}` trained by polyfuse with the `{{ strategy }}` strategy and
+{{ teachers | length }} teacher cache(s):
 {{ "{:,}".format(tokens) }} training tokens, {{ "{:,}".format(samples) }} samples, {{ steps }} optimizer steps.
 Load it like any Hugging Face model folder (`AutoModelForCausalLM.from_pretrained`); `gate.pt`
 holds the trained selection gate, `fusion_stats.json` the run's statistics.
@@ -67,8 +67,7 @@ holds the trained selection gate, `fusion_stats.json` the run's statistics.
 {% endfor %}
 ## Objective
 
-loss = λ · CLM + (1 − λ) · fusion + β · feedback, the fusion target built per sample from the
-selected teachers' top-k distributions, aligned to the student's tokenizer.
+{{ loss }}
 
 | setting | value |
 |---|---|
@@ -169,6 +168,7 @@ def write_model_card(export_dir: str | Path, heldout: pl.DataFrame | None = None
         steps=stats["steps"],
         teachers=teachers,
         objective=objective,
+        loss=_loss_text(distill, stats["strategy"]),
         training=[(k, distill[k]) for k in TRAINING_KEYS if k in distill],
         corpus_key=corpus_key[1] if corpus_key else "–",
         sources=[(s["domain"], _source_label(s)) for s in sources],
@@ -179,6 +179,31 @@ def write_model_card(export_dir: str | Path, heldout: pl.DataFrame | None = None
     with atomic_open(path) as f:
         f.write(str(card))
     return path
+
+
+OBJECTIVE_TEXT = {
+    "fusion": "the w-mixture of the selected teachers' top-k distributions, mapped to the student's "
+    "vocabulary at the rows both tokenizations start at the same character",
+    "chunk": "the student's log-likelihood of each chunk (text the student and every teacher start and "
+    "end at a token boundary) matched to the teachers' mixture (ALM)",
+    "exact_token": "the teachers' top-k at the rows whose next token is the same string for teacher "
+    "and student",
+}
+"""`distill.objective` → what the student matches (docs/design.md §7)."""
+
+
+def _loss_text(distill: Mapping[str, Any], strategy: str) -> str:
+    """The loss the export was trained with, in words: the terms `loss_terms.term_weights` gives
+    its settings (defaults where an older config.yaml lacks a field)."""
+    if strategy == "none":
+        return "loss = CLM: plain training on the corpus text; no teacher signal."
+    objective = distill.get("objective", "fusion")
+    loss = f"loss = λ · CLM + (1 − λ) · {objective}"
+    if strategy == "adaptive":
+        loss += " + β · feedback"
+        if distill.get("gate_objective") == "likelihood":
+            loss += " + gate NLL"
+    return f"{loss}, where {objective} matches {OBJECTIVE_TEXT.get(objective, objective)}."
 
 
 def heldout_frame(

@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 from huggingface_hub import ModelCard
 
-from stages.distill.model_card import TAGS, heldout_frame, write_model_card
+from stages.distill.model_card import TAGS, _loss_text, heldout_frame, write_model_card
 from stages.evaluate.paired_delta import compare_to_references
 from stages.evaluate.report import delta_frame
 from stages.evaluate.unit_score import UnitScore
@@ -152,4 +152,15 @@ def test_polyfuse_distill_exports_a_card_the_hub_reads(world, tmp_path: Path) ->
             line.split(": ")[1] for line in header.splitlines() if line.startswith(f"# teacher_key {name}:")
         )
         assert f"| `{name}` | `" in card.text and f"`{key}`" in card.text
-    assert f"{stats['tokens']:,} training tokens" in card.text and "`min_ce` fusion strategy" in card.text
+    assert f"{stats['tokens']:,} training tokens" in card.text and "the `min_ce` strategy" in card.text
+    assert "loss = λ · CLM + (1 − λ) · fusion, where fusion matches" in card.text
+
+
+def test_the_card_states_the_loss_the_run_trained_with() -> None:
+    assert _loss_text({"objective": "chunk"}, "none").startswith("loss = CLM: plain training")
+    chunk = _loss_text({"objective": "chunk", "gate_objective": "likelihood"}, "adaptive")
+    assert chunk.startswith("loss = λ · CLM + (1 − λ) · chunk + β · feedback + gate NLL, where chunk matches")
+    assert "(ALM)" in chunk
+    exact = _loss_text({"objective": "exact_token"}, "single:qwen")
+    assert exact.startswith("loss = λ · CLM + (1 − λ) · exact_token, where") and "feedback" not in exact
+    assert _loss_text({}, "min_ce").startswith("loss = λ · CLM + (1 − λ) · fusion, where")  # an older config
