@@ -37,6 +37,7 @@ from typing import Any
 from data_schemas.atomic import atomic_open, write_json_atomic
 from pipeline.config import Config
 from pipeline.evaluation import evaluate_from_config
+from pipeline.methods import Method
 from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_models
 from stages.evaluate.unit_score import UnitScore
 
@@ -45,16 +46,9 @@ logger = logging.getLogger(__name__)
 TARGET_LABEL = "untrained"
 
 
-@dataclass(frozen=True)
-class Arm:
-    """One curve: a strategy and the distill fields it changes."""
-
-    name: str
-    strategy: str
-    overrides: tuple[tuple[str, Any], ...] = ()
-    about: str = ""
-    ablation: bool = False
-    """Run only when named (`--arms`), not in the default set."""
+Arm = Method
+"""One curve: a strategy and the distill fields it changes (the record of a comparison row);
+`ablation` arms run only when named (`--arms`)."""
 
 
 ARMS = {

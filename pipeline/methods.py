@@ -13,7 +13,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Method:
-    """One row of the comparison: a fusion strategy and the distill fields it changes."""
+    """One row of the comparison (or one curve of `pipeline/curves.py`): a strategy and the
+    distill fields it changes."""
 
     name: str
     strategy: str
