@@ -3,7 +3,7 @@
 bf16 matmuls are fast only where the CPU executes them natively: AMX (``amx_bf16``, Intel
 Sapphire Rapids and later) or AVX512_BF16 (``avx512_bf16``: Intel Cooper Lake and later, AMD Zen 4
 and later), or, on Arm, the BF16 extension (``bf16`` in ``Features``). Elsewhere (AVX2 only)
-PyTorch emulates bf16 and a bf16 run was measured 6–15× slower than fp32 (MATERIAL.md §1), so an
+PyTorch emulates bf16 and a bf16 run was measured 6–15× slower than fp32 (docs/material.md §1), so an
 ``auto`` dtype must stay fp32 there. Machines of one kind differ, so benchmarks record
 ``cpu_summary()`` with every figure.
 

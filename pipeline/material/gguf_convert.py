@@ -1,4 +1,4 @@
-"""Full fp32 HF model folders from the demo GGUF files (MATERIAL.md §2).
+"""Full fp32 HF model folders from the demo GGUF files (docs/material.md §2).
 
 transformers dequantises a GGUF on load; the result is an ordinary fp32 model except that it
 still carries its quantizer, which makes ``save_pretrained`` refuse. Dropping the quantizer and

@@ -1,6 +1,6 @@
 """Math documents from DeepMind's ``mathematics_dataset`` generator, deterministic by seed.
 
-The generator needs two patches on today's stack (MATERIAL.md §3), so it runs in its own
+The generator needs two patches on today's stack (docs/material.md §3), so it runs in its own
 process (``python -m pipeline.material.math_corpus``) and nothing leaks into the caller:
 - sympy ≥ 1.13 moved ``base_solution_linear``; it is put back on ``sympy.solvers.diophantine``;
 - NumPy 2 removed ``np.object`` and ``ndarray.itemset``, which its polynomial sampler uses

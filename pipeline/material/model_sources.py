@@ -33,7 +33,7 @@ class WheelModel:
     header_sha256: str
     """sha256 of the metadata-only GGUF cut from it (see ``gguf_file.write_header_gguf``)."""
     adds_bos: bool
-    """Whether the tokenizer puts a BOS token in front of every text (MATERIAL.md §2)."""
+    """Whether the tokenizer puts a BOS token in front of every text (docs/material.md §2)."""
     tokenizer_class: str
     """The transformers class ``AutoTokenizer.from_pretrained(dir, gguf_file=...)`` picks
     (transformers 5.19). Calling it directly skips AutoTokenizer's full GGUF parse for the model

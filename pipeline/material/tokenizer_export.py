@@ -53,7 +53,7 @@ def check_tokenizer(reference: Any, saved: Any, source: WheelModel) -> None:
         if extra != expected or enc["input_ids"][len(extra) :] != plain:
             raise RuntimeError(
                 f"{source.name}: special tokens added are {extra}, expected {expected} "
-                "(MATERIAL.md §2): update adds_bos in model_sources.py"
+                "(docs/material.md §2): update adds_bos in model_sources.py"
             )
 
 

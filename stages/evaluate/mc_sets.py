@@ -1,5 +1,5 @@
 """Local multiple-choice sets built from held-out text and packaged data (no benchmark data ships
-in a package that installs here; see MATERIAL.md §3), with a fixed seed, written as JSONL plus an
+in a package that installs here; see docs/material.md §3), with a fixed seed, written as JSONL plus an
 lm-evaluation-harness task YAML each, so that `lm_eval --include_path DIR` runs them offline.
 
 Construction (every choice is a real string from the same domain; the gold is never equal to a

@@ -21,7 +21,7 @@ __all__ = ["TeacherBackend", "TopkRows", "open_backend", "resolve_backend"]
 def resolve_backend(name: ExtractBackend) -> ExtractBackend:
     """The concrete backend for ``name`` (checked with the config): ``auto`` is vLLM where it is
     installed and a GPU is present, else transformers (on CPU transformers is the faster one;
-    MATERIAL.md §1)."""
+    docs/material.md §1)."""
     if name != "auto":
         return name
     if importlib.util.find_spec("vllm") is None:

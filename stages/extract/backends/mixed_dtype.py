@@ -2,7 +2,7 @@
 
 A model loaded in bf16 rounds everything to 8 mantissa bits, the last steps included: the final
 norm's output, the [H → V] head's weights and its logits. On SmolLM2-135M that left the top-10
-sets equal to fp32's on only 72.7 % of positions (MATERIAL.md §1). The decoder layers hold almost
+sets equal to fp32's on only 72.7 % of positions (docs/material.md §1). The decoder layers hold almost
 all of the arithmetic, so running only them in bf16 keeps most of the speed of bf16 on a CPU with
 native bf16 (AMX, AVX512_BF16), while the steps that shape the logits directly stay fp32:
 
