@@ -283,12 +283,15 @@ def test_a_teacher_tokenizer_larger_than_its_embedding_is_refused_before_the_mod
 def test_the_teacher_key_does_not_depend_on_the_backend(tmp_path: Path) -> None:
     """vLLM and transformers compute the same distributions of the same model (their parity is
     tested in tests/stages/extract/test_vllm_backend.py), so a cache extracted by one serves the
-    other: the key holds no backend, and no config comment may say it does."""
+    other: the key holds no backend, and no config comment may say it does. (The dtype is in the
+    key, and `auto` resolves per backend, so both name theirs.)"""
     from pipeline.extraction import load_teacher_tokenizer, plan_teacher, prepare_shared_corpus
     from tests.tiny_models import save_tiny_llama
 
     folder = save_tiny_llama(tmp_path / "teacher", TOKENIZERS / "smollm2-135m-instruct")
-    teachers = [{"name": "t", "path": str(folder), "backend": b} for b in ("transformers", "vllm")]
+    teachers = [
+        {"name": "t", "path": str(folder), "backend": b, "dtype": "float32"} for b in ("transformers", "vllm")
+    ]
     keys = set()
     for teacher in teachers:
         config = load_config(write_config(tmp_path, tmp_path / "cache", [teacher]))
