@@ -136,9 +136,8 @@ def test_model_sources_are_pinned_and_ordered() -> None:
     assert len(qwen.parts) == 22 and qwen.parts[-1].member.endswith("part22.bin")
     gemma = model_source("gemma-3-270m")
     assert [p.member[-6:] for p in gemma.parts] == ["part00", "part01", "part02", "part03"]
-    assert gemma.gguf_sha256.startswith("a5fd3b62") and gemma.gguf_sha256.endswith(
-        "6818"
-    )  # docs/material.md §2
+    # The assembled GGUF's checksum (docs/material.md §2).
+    assert gemma.gguf_sha256.startswith("a5fd3b62") and gemma.gguf_sha256.endswith("6818")
     for source in MODEL_SOURCES:
         assert len(source.gguf_sha256) == 64 and len(source.header_sha256) == 64
         assert all(split_requirement(p.requirement) for p in source.parts)
