@@ -1,6 +1,8 @@
 """``make bench``: run every benchmark in turn; each writes bench/results/<name>.json and .md.
 
 Each bench runs in its own process so that one's memory and threads do not skew the next.
+bench/train_parity.py is not among them: it trains two 4-epoch learning-curve arms (≈ 1 h on two
+cores); run it on its own (README, "Training and extraction dtype").
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ BENCHES = (
     "bench.align_bench",
     "bench.distill_bench",
     "bench.eval_bench",
+    "bench.train_speed",
 )
 
 

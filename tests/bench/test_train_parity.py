@@ -1,0 +1,59 @@
+"""bench/train_parity.py on the small distill world (tiny student, fake teachers): one curves arm in
+float32 and in bf16, each epoch paired per held-out document, the verdict, the speed-up, and a
+rerun that trains nothing."""
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+import pipeline.distillation
+from bench import train_parity
+from pipeline.config import EvaluateConfig
+from tests.stages.distill.fake_world import fake_world
+
+
+def test_the_verdict_reads_the_mean_at_two_se_and_each_domain_at_three() -> None:
+    def deltas(mean_z: float, domain_z: float) -> dict:
+        return {
+            "code": {"delta": 0.0, "se": 1.0, "z": domain_z},
+            "mean bpb": {"delta": 0.0, "se": 1.0, "z": mean_z},
+        }
+
+    assert train_parity.parity(deltas(-1.9, 2.9))
+    assert not train_parity.parity(deltas(2.1, 0.0))
+    assert not train_parity.parity(deltas(0.0, -3.1))
+
+
+def test_parity_pairs_each_epoch_and_reuses_the_trained_arms(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world = fake_world(tmp_path_factory.getbasetemp() / "distill-world")
+    evaluate = EvaluateConfig(max_samples_per_domain=3, max_tokens=256, batch_tokens=512, tasks=[], threads=1)
+    config = dataclasses.replace(world.config_for(tmp_path / "runs", name="parity"), evaluate=evaluate)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    argv = ["--config", str(path), "--epochs", "2", "--dtype", "bf16_mixed", "--out", str(tmp_path / "out")]
+
+    assert train_parity.main(argv) == 0
+    result = json.loads((tmp_path / "out" / "train_parity.json").read_text())
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    for epoch in result["epochs"]:
+        assert {"mean bpb", "mixed"} <= epoch["deltas"].keys() and epoch["deltas"]["mean bpb"]["se"] > 0
+        assert epoch["parity"] == train_parity.parity(epoch["deltas"])
+    assert result["parity"] == all(e["parity"] for e in result["epochs"])
+    assert set(result["timing"]) == {"float32", "bf16_mixed"} and result["speedup"] > 0
+    assert result["machine"]["cpu"] and "| 2 |" in (tmp_path / "out" / "train_parity.md").read_text()
+    # Both arms are curves arms: their folders hold the dtype, and a rerun finds their exports.
+    arms = sorted(p.name for p in (tmp_path / "runs" / "parity" / "arms").iterdir())
+    assert [a.rsplit("-", 1)[1] for a in arms] == ["bf16_mixed", "float32"]
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a rerun must not train")
+
+    monkeypatch.setattr(pipeline.distillation, "distill_from_config", no_training)
+    assert train_parity.main(argv) == 0
+    again = json.loads((tmp_path / "out" / "train_parity.json").read_text())
+    assert again["epochs"] == result["epochs"]
