@@ -70,10 +70,6 @@ def distill_from_config(
     config.check_distill_target()
     if strategy:  # --strategy: the section as if the YAML had said it
         config = replace(config, distill=replace(config.distill, strategy=strategy))
-    # `auto` becomes this machine's dtype once, here: the resume record and the export record it.
-    config = replace(
-        config, distill=replace(config.distill, dtype=engine.resolve_dtype(config.distill.dtype))
-    )
     names = [t.name for t in config.teachers]
     parsed = parse_strategy(config.distill.strategy, names)
     if not names and parsed.uses_fusion:
@@ -215,8 +211,8 @@ def resolve_stream_inputs(
 
 def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
     """The export's ``config.yaml``: every field of the run's config (with the strategy it ran,
-    e.g. from --strategy, and hub ids of models and datasets pinned to the commit they resolved
-    to), headed by the cache keys it read, so that ``polyfuse distill --config export/config.yaml``
+    e.g. from --strategy, the dtype `auto` resolved to, and hub ids of models and datasets pinned
+    to the commit they resolved to), headed by the cache keys it read, so that ``polyfuse distill --config export/config.yaml``
     reproduces the run."""
     import yaml
 
@@ -224,9 +220,13 @@ def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
         replace(s, dataset=resolve_dataset(s.dataset).pinned) if s.dataset is not None else s
         for s in config.corpus.sources
     ]
+    from stages.distill.engine import resolve_dtype
+
     resolved = replace(
         config,
         corpus=replace(config.corpus, sources=sources),
+        # `auto` as this machine resolves it, the dtype the recipe trains in (DistillRecipe).
+        distill=replace(config.distill, dtype=resolve_dtype(config.distill.dtype)),
         student=replace(config.student, path=resolve_model(config.student.path).pinned),
         teachers=[replace(t, path=resolve_model(t.path).pinned) for t in config.teachers],
     )

@@ -107,16 +107,12 @@ def export_changes(sub: Config, export: Path) -> list[str]:
     and teachers (hub ids pinned) and the corpus and teacher cache keys. Empty: the export is
     ``sub``'s result."""
     from pipeline.distillation import export_config_yaml, resolve_stream_inputs
-    from stages.distill.engine import resolve_dtype
     from stages.distill.run_state import resume_changes
 
     saved = export / "config.yaml"
     if not saved.is_file():
         return [f"{saved} (none: the export does not say how it was trained)"]
-    # An export records the dtype `auto` resolved to on its machine (distill_from_config).
-    sub = dataclasses.replace(
-        sub, distill=dataclasses.replace(sub.distill, dtype=resolve_dtype(sub.distill.dtype))
-    )
+    # Both sides resolve `auto` the same way (export_config_yaml).
     expected = export_config_yaml(sub, resolve_stream_inputs(sub, checksums=False))
     return resume_changes(_training_identity(saved.read_text(encoding="utf-8")), _training_identity(expected))
 

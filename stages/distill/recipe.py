@@ -125,7 +125,7 @@ class NonFiniteLossError(RuntimeError):
 
 class DistillRecipe:
     def __init__(self, settings: DistillSettings, run: RecipeRun, stream: BatchStream) -> None:
-        # `auto` is this machine's dtype (a no-op when distill_from_config resolved it already).
+        # `auto` is resolved here, once per run: the resume record and the log read self.cfg.
         self.cfg = settings = replace(settings, dtype=ds.resolve_dtype(settings.dtype))
         self.run = run
         self.stream = stream
