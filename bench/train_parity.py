@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from pipeline.config import load_config
-    from pipeline.curves import ARMS, _deltas, arm_folder, curves_dir, plan_curves, train_arm
+    from pipeline.curves import ARMS, _deltas, _timing, plan_curves, train_arm
     from pipeline.evaluation import evaluate_from_config
     from pipeline.extraction import run_extraction
     from stages.cpu_features import cpu_summary
@@ -74,8 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         exports = train_arm(sub, arm, plan)
         folders += exports
         labels += [f"{dtype}@{epoch}" for epoch in range(1, len(exports) + 1)]
-        timing_path = curves_dir(sub) / "arms" / arm_folder(arm, plan) / "timing.json"
-        timing[dtype] = json_or_empty(timing_path)
+        timing[dtype] = _timing(sub, arm, plan)
 
     evaluation = evaluate_from_config(config, folders, target=folders[0], labels=labels)
     scores = {
@@ -109,10 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "train_parity.md").write_text(render(results))
     print(render(results))
     return 0
-
-
-def json_or_empty(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def render(results: dict[str, Any]) -> str:

@@ -212,8 +212,8 @@ def resolve_stream_inputs(
 def export_config_yaml(config: Config, inputs: StreamInputs) -> str:
     """The export's ``config.yaml``: every field of the run's config (with the strategy it ran,
     e.g. from --strategy, the dtype `auto` resolved to, and hub ids of models and datasets pinned
-    to the commit they resolved to), headed by the cache keys it read, so that ``polyfuse distill --config export/config.yaml``
-    reproduces the run."""
+    to the commit they resolved to), headed by the cache keys it read, so that
+    ``polyfuse distill --config export/config.yaml`` reproduces the run."""
     import yaml
 
     sources = [
