@@ -1,15 +1,18 @@
 """bf16 training parity: one learning-curve arm trained in float32 and in a bf16 dtype on the same
 samples, every epoch's export scored on the same held-out documents, and each epoch's bf16 export
-paired per document with the float32 export of the same epoch. Writes
+paired per document with the float32 export of the same epoch. Beside it, the noise floor: the
+same float32 arm with another seed (the samples in another order each epoch), paired the same way,
+says how far two runs differ when nothing but chance changes. Writes
 bench/results/train_parity.{json,md}.
 
     .venv/bin/python -m bench.train_parity [--config configs/experiment.yaml] [--arm none]
-        [--epochs 4] [--lr 1e-4] [--dtype bfloat16]
+        [--epochs 4] [--lr 1e-4] [--dtype bfloat16] [--reshuffle-seed 1]
 
 The arms are `polyfuse curves` arms (pipeline/curves.py) in the same folders, so an arm the curves
 already trained is reused and a rerun trains and scores nothing. **Parity holds** when at every
 epoch the mean-over-domains Δ (bf16 − float32) is within 2 paired SE of zero, and at every epoch
-no domain's Δ is beyond 3 SE. The speed-up is the ratio of the two arms' training wall times
+no domain's Δ is beyond 3 SE. The reshuffled run is reported beside it, per epoch and at each run's
+best epoch, so a reader can tell a dtype's effect from the spread between seeds. The speed-up is the ratio of the two arms' training wall times
 (timing.json, with the load average before and after: one model job at a time, or it is not a
 measurement).
 """
@@ -27,16 +30,17 @@ from data_schemas.atomic import write_json_atomic
 from stages.evaluate.paired_delta import MEAN_BPB
 
 REFERENCE = "float32"
+RESHUFFLED = "float32-reshuffled"
 MEAN_SE_LIMIT = 2.0
 DOMAIN_SE_LIMIT = 3.0
 
 
-def with_dtype(config: Any, dtype: str) -> Any:
-    return dataclasses.replace(config, distill=dataclasses.replace(config.distill, dtype=dtype))
+def variant(config: Any, dtype: str, seed: int) -> Any:
+    return dataclasses.replace(config, seed=seed, distill=dataclasses.replace(config.distill, dtype=dtype))
 
 
 def parity(deltas: dict[str, dict[str, float]]) -> bool:
-    """One epoch's verdict from its `curves._deltas` table (unit → delta, se, z)."""
+    """One epoch's verdict from its `curves.delta_table` (unit → delta, se, z)."""
     return all(
         abs(d["z"]) <= (MEAN_SE_LIMIT if unit == MEAN_BPB else DOMAIN_SE_LIMIT) for unit, d in deltas.items()
     )
@@ -49,42 +53,63 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "bf16_mixed"])
+    parser.add_argument(
+        "--reshuffle-seed", type=int, default=1, help="the seed of the float32 noise-floor run (0: none)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
     from pipeline.config import load_config
-    from pipeline.curves import ARMS, _deltas, _timing, plan_curves, train_arm
+    from pipeline.curves import ARMS, arm_timing, delta_table, mean_bpb, plan_curves, scores_of, train_arm
     from pipeline.evaluation import evaluate_from_config
     from pipeline.extraction import run_extraction
     from stages.cpu_features import cpu_summary
     from stages.evaluate.paired_delta import compare_models
-    from stages.evaluate.unit_score import UnitScore
 
     if args.arm not in ARMS:
         parser.error(f"--arm {args.arm!r}: choose from {', '.join(ARMS)}")
     arm = ARMS[args.arm]
     config = load_config(args.config)
+    if args.reshuffle_seed == config.seed:
+        parser.error(
+            f"--reshuffle-seed {args.reshuffle_seed} is the config's seed: choose another, or 0 for none"
+        )
     run_extraction(config)
-    dtypes = (REFERENCE, args.dtype)
+    runs = {REFERENCE: (REFERENCE, config.seed), args.dtype: (args.dtype, config.seed)}
+    if args.reshuffle_seed:
+        runs[RESHUFFLED] = (REFERENCE, args.reshuffle_seed)
     folders, labels, timing = [Path(config.student.path)], ["untrained"], {}
-    for dtype in dtypes:
-        sub = with_dtype(config, dtype)
+    for name, (dtype, seed) in runs.items():
+        sub = variant(config, dtype, seed)
         plan = plan_curves(sub, epochs=args.epochs, lr=args.lr, teacher=None)
         exports = train_arm(sub, arm, plan)
         folders += exports
-        labels += [f"{dtype}@{epoch}" for epoch in range(1, len(exports) + 1)]
-        timing[dtype] = _timing(sub, arm, plan)
+        labels += [f"{name}@{epoch}" for epoch in range(1, len(exports) + 1)]
+        timing[name] = arm_timing(sub, arm, plan)
 
-    evaluation = evaluate_from_config(config, folders, target=folders[0], labels=labels)
-    scores = {
-        label: {u: UnitScore.from_dict(s) for u, s in entry["scores"].items()}
-        for label, entry in evaluation.payload["models"].items()
-    }
+    scores = scores_of(evaluate_from_config(config, folders, target=folders[0], labels=labels))
+
+    def against_reference(name: str, epoch: int, reference_epoch: int | None = None) -> dict:
+        return delta_table(
+            compare_models(scores[f"{name}@{epoch}"], scores[f"{REFERENCE}@{reference_epoch or epoch}"])
+        )
+
     epochs = []
     for epoch in range(1, args.epochs + 1):
-        deltas = _deltas(compare_models(scores[f"{args.dtype}@{epoch}"], scores[f"{REFERENCE}@{epoch}"]))
-        epochs.append({"epoch": epoch, "deltas": deltas, "parity": parity(deltas)})
-    seconds = {d: timing[d].get("seconds") for d in dtypes}
+        deltas = against_reference(args.dtype, epoch)
+        row = {"epoch": epoch, "deltas": deltas, "parity": parity(deltas)}
+        if RESHUFFLED in runs:
+            row["reshuffled"] = against_reference(RESHUFFLED, epoch)
+        epochs.append(row)
+    best = {
+        name: min(range(1, args.epochs + 1), key=lambda e: mean_bpb(scores[f"{name}@{e}"])) for name in runs
+    }
+    at_best = {
+        name: {"epoch": best[name], "deltas": against_reference(name, best[name], best[REFERENCE])}
+        for name in runs
+        if name != REFERENCE
+    }
+    seconds = {d: timing[d].get("seconds") for d in (REFERENCE, args.dtype)}
     results = {
         "arm": args.arm,
         "dtype": args.dtype,
@@ -95,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
             "teacher": plan.teacher,
             "steps_per_epoch": plan.steps_per_epoch,
         },
+        "seed": config.seed,
+        "reshuffle_seed": args.reshuffle_seed or None,
         "epochs": epochs,
         "parity": all(e["parity"] for e in epochs),
+        "best_epoch": best,
+        "at_best_epoch": at_best,
         "timing": timing,
         "speedup": seconds[REFERENCE] / seconds[args.dtype] if all(seconds.values()) else None,
         "machine": {**cpu_summary(), "load_at_report": list(os.getloadavg())},
         "command": f"python -m bench.train_parity --config {args.config} --arm {args.arm} "
-        f"--epochs {args.epochs} --lr {args.lr:g} --dtype {args.dtype}",
+        f"--epochs {args.epochs} --lr {args.lr:g} --dtype {args.dtype} --reshuffle-seed {args.reshuffle_seed}",
     }
     write_json_atomic(args.out / "train_parity.json", results)
     (args.out / "train_parity.md").write_text(render(results))
@@ -112,12 +141,13 @@ def main(argv: list[str] | None = None) -> int:
 def render(results: dict[str, Any]) -> str:
     m = results["machine"]
     dtype, ref = results["dtype"], results["reference"]
+    seed, reshuffle = results["seed"], results["reshuffle_seed"]
     lines = [
         f"# bf16 training parity: `{dtype}` against `{ref}`",
         "",
         f"Arm `{results['arm']}` of `polyfuse curves`, {results['plan']['epochs']} epochs × "
-        f"{results['plan']['steps_per_epoch']} steps, lr {results['plan']['lr']:g}; every epoch's "
-        f"export paired per held-out document with the {ref} export of the same epoch (Δ = {dtype} − {ref}, "
+        f"{results['plan']['steps_per_epoch']} steps, lr {results['plan']['lr']:g}, seed {seed}; every epoch's "
+        f"export paired per held-out document with the {ref} export of the same epoch (Δ = run − {ref}, "
         "bits per byte ± paired SE).",
         "",
         f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, native bf16: "
@@ -127,16 +157,31 @@ def render(results: dict[str, Any]) -> str:
     units = list(results["epochs"][0]["deltas"])
     lines += ["| epoch | " + " | ".join(units) + " | parity |", "|---" * (len(units) + 2) + "|"]
     for e in results["epochs"]:
-        cells = [f"{e['deltas'][u]['delta']:+.4f} ± {e['deltas'][u]['se']:.4f}" for u in units]
-        lines.append(f"| {e['epoch']} | " + " | ".join(cells) + f" | {'yes' if e['parity'] else 'no'} |")
+        lines.append(f"| {e['epoch']} | {_cells(e['deltas'], units)} | {'yes' if e['parity'] else 'no'} |")
     lines += [
         "",
         f"Parity (every epoch: |Δ mean| ≤ {MEAN_SE_LIMIT:g} SE, every domain ≤ {DOMAIN_SE_LIMIT:g} SE): "
         f"**{'holds' if results['parity'] else 'does not hold'}**.",
         "",
-        "| dtype | training wall time (s) | load before → after |",
-        "|---|---|---|",
     ]
+    if reshuffle:
+        lines += [
+            f"## The noise floor: {ref} with seed {reshuffle} (the samples in another order) − {ref} with seed {seed}",
+            "",
+            "| epoch | " + " | ".join(units) + " |",
+            "|---" * (len(units) + 1) + "|",
+        ]
+        lines += [f"| {e['epoch']} | {_cells(e['reshuffled'], units)} |" for e in results["epochs"]]
+        lines.append("")
+    lines += [
+        f"## Each run at its best epoch against {ref} at its best (epoch {results['best_epoch'][ref]})",
+        "",
+        "| run | best epoch | " + " | ".join(units) + " |",
+        "|---" * (len(units) + 2) + "|",
+    ]
+    for name, row in results["at_best_epoch"].items():
+        lines.append(f"| {name} | {row['epoch']} | {_cells(row['deltas'], units)} |")
+    lines += ["", "| run | training wall time (s) | load before → after |", "|---|---|---|"]
     for d, t in results["timing"].items():
         if t:
             lines.append(
@@ -146,6 +191,10 @@ def render(results: dict[str, Any]) -> str:
         lines += ["", f"Speed-up of {dtype} over {ref}: {results['speedup']:.2f}×."]
     lines += ["", f"Rebuild: `{results['command']}`", ""]
     return "\n".join(lines)
+
+
+def _cells(deltas: dict[str, dict[str, float]], units: list[str]) -> str:
+    return " | ".join(f"{deltas[u]['delta']:+.4f} ± {deltas[u]['se']:.4f}" for u in units)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ the data-limited regime (the same few samples repeated for several epochs).
        │
        ├─► each arm trains the same student on the same samples (the first `train_shards` corpus
        │   train shards, the ones every teacher covers) for `epochs` passes, an export after every
-       │   epoch                                  runs/<name>/arms/<arm>-lr<lr>-e<epochs>/exports/
+       │   epoch                                  runs/<name>/arms/<arm>-lr<lr>-e<epochs>-<dtype>/exports/
        ▼
     every epoch's export and the untrained student scored on the same held-out documents
        (scores cached per model)                                        runs/<name>/eval/
@@ -115,6 +115,8 @@ class Plan:
     steps_per_epoch: int
     dtype: str
     """The training dtype, resolved (`engine.resolve_dtype`): part of every arm's folder name."""
+    seed: int = 0
+    """The config's seed (the order of the samples in every epoch): in the folder name unless 0."""
 
 
 def plan_curves(config: Config, *, epochs: int, lr: float | None, teacher: str | None) -> Plan:
@@ -143,7 +145,8 @@ def plan_curves(config: Config, *, epochs: int, lr: float | None, teacher: str |
     from stages.distill.engine import resolve_dtype
 
     lr = config.distill.lr if lr is None else lr
-    return Plan(epochs, lr, teacher, shards, samples // per_step, resolve_dtype(config.distill.dtype))
+    dtype = resolve_dtype(config.distill.dtype)
+    return Plan(epochs, lr, teacher, shards, samples // per_step, dtype, config.seed)
 
 
 def strongest_teacher(inputs: Any) -> str:
@@ -161,8 +164,10 @@ def strongest_teacher(inputs: Any) -> str:
 
 def arm_folder(arm: Arm, plan: Plan) -> str:
     """The arm's run folder: its settings that vary between invocations are in the name, so a run
-    with another learning rate, length or dtype never reuses this one's exports."""
-    return f"{arm.name}-lr{plan.lr:g}-e{plan.epochs}-{plan.dtype}"
+    with another learning rate, length, dtype or seed never reuses this one's exports (seed 0, the
+    default, is left out of the name)."""
+    seed = f"-seed{plan.seed}" if plan.seed else ""
+    return f"{arm.name}-lr{plan.lr:g}-e{plan.epochs}-{plan.dtype}{seed}"
 
 
 def arm_config(config: Config, arm: Arm, plan: Plan) -> Config:
@@ -278,11 +283,7 @@ def run_curves(
         for epoch, path in enumerate(paths, start=1):
             folders.append(path)
             labels.append(f"{name}@{epoch}")
-    evaluation = evaluate_from_config(config, folders, target=target, labels=labels)
-    scores = {
-        label: {u: UnitScore.from_dict(s) for u, s in entry["scores"].items()}
-        for label, entry in evaluation.payload["models"].items()
-    }
+    scores = scores_of(evaluate_from_config(config, folders, target=target, labels=labels))
     results = curve_results(scores, [a.name for a in chosen], plan)
     results["arms"] = {
         a.name: {
@@ -290,7 +291,7 @@ def run_curves(
             "overrides": dict(a.overrides),
             "about": a.about.format(teacher=plan.teacher),
             "folder": str(Path(arm_config(config, a, plan).runs_dir) / arm_folder(a, plan)),
-            "timing": _timing(config, a, plan),
+            "timing": arm_timing(config, a, plan),
         }
         for a in chosen
     }
@@ -306,7 +307,16 @@ def run_curves(
     return results
 
 
-def _timing(config: Config, arm: Arm, plan: Plan) -> dict:
+def scores_of(evaluation: Any) -> dict[str, dict[str, UnitScore]]:
+    """label → unit → score, from an `evaluate_from_config` result."""
+    return {
+        label: {u: UnitScore.from_dict(s) for u, s in entry["scores"].items()}
+        for label, entry in evaluation.payload["models"].items()
+    }
+
+
+def arm_timing(config: Config, arm: Arm, plan: Plan) -> dict:
+    """The arm's training wall time and the load beside it (timing.json; {} when it was never timed)."""
     path = Path(arm_config(config, arm, plan).runs_dir) / arm_folder(arm, plan) / "timing.json"
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -322,7 +332,7 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
         for epoch in range(1, plan.epochs + 1):
             label = f"{arm}@{epoch}"
             deltas = compare_models(scores[label], untrained)
-            points.append({"epoch": epoch, "mean_bpb": mean_bpb(scores[label]), **_deltas(deltas)})
+            points.append({"epoch": epoch, "mean_bpb": mean_bpb(scores[label]), **delta_table(deltas)})
         curves[arm] = points
         best[arm] = min(points, key=lambda p: p["mean_bpb"])["epoch"]
     against_none = {}
@@ -332,12 +342,12 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
         final = scores[f"none@{plan.epochs}"]
         for arm in arms:
             if arm != "none":
-                against_none[arm] = _deltas(compare_models(scores[f"{arm}@{best[arm]}"], reference))
-                final_against_none[arm] = _deltas(compare_models(scores[f"{arm}@{plan.epochs}"], final))
+                against_none[arm] = delta_table(compare_models(scores[f"{arm}@{best[arm]}"], reference))
+                final_against_none[arm] = delta_table(compare_models(scores[f"{arm}@{plan.epochs}"], final))
     # Every other pair of arms at their best epochs (a − b): e.g. three teachers against one.
     others = [arm for arm in arms if arm != "none"]
     pairs = {
-        f"{a} − {b}": _deltas(compare_models(scores[f"{a}@{best[a]}"], scores[f"{b}@{best[b]}"]))
+        f"{a} − {b}": delta_table(compare_models(scores[f"{a}@{best[a]}"], scores[f"{b}@{best[b]}"]))
         for i, a in enumerate(others)
         for b in others[i + 1 :]
     }
@@ -351,7 +361,7 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
     }
 
 
-def _deltas(deltas: dict[str, PairedDelta]) -> dict[str, dict[str, float]]:
+def delta_table(deltas: dict[str, PairedDelta]) -> dict[str, dict[str, float]]:
     """unit (`mean bpb` or the domain) → {delta, se, z}."""
     return {
         (u if u == MEAN_BPB else u.removeprefix("bpb/")): {"delta": d.delta, "se": d.se, "z": d.z}
@@ -408,7 +418,7 @@ def curve_markdown(results: dict) -> str:
         "# Learning curves: distillation in the data-limited regime",
         "",
         f"`{results['command']}` — {plan['epochs']} epochs of {plan['steps_per_epoch']} steps over the first "
-        f"{plan['train_shards']} train shards, lr {plan['lr']:g}, teacher `{plan['teacher']}`. "
+        f"{plan['train_shards']} train shards, lr {plan['lr']:g}, seed {plan.get('seed', 0)}, teacher `{plan['teacher']}`. "
         f"Machine: {_machine(results['machine'])}.",
         "",
         "Held-out bits per byte: Δ against the untrained student (mean over domains, lower is better), ± "

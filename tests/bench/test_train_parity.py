@@ -1,6 +1,6 @@
 """bench/train_parity.py on the small distill world (tiny student, fake teachers): one curves arm in
-float32 and in bf16, each epoch paired per held-out document, the verdict, the speed-up, and a
-rerun that trains nothing."""
+float32 and in bf16, each epoch paired per held-out document, the verdict, the reshuffled float32
+noise floor, the speed-up, and a rerun that trains nothing."""
 
 import dataclasses
 import json
@@ -43,12 +43,20 @@ def test_parity_pairs_each_epoch_and_reuses_the_trained_arms(
     for epoch in result["epochs"]:
         assert {"mean bpb", "mixed"} <= epoch["deltas"].keys() and epoch["deltas"]["mean bpb"]["se"] > 0
         assert epoch["parity"] == train_parity.parity(epoch["deltas"])
+        assert epoch["reshuffled"].keys() == epoch["deltas"].keys()
+    # The first epoch reads the shards in order whatever the seed, and training is deterministic:
+    # the reshuffled run's first export is the reference's, to the bit.
+    assert result["epochs"][0]["reshuffled"]["mean bpb"]["delta"] == 0.0
     assert result["parity"] == all(e["parity"] for e in result["epochs"])
-    assert set(result["timing"]) == {"float32", "bf16_mixed"} and result["speedup"] > 0
-    assert result["machine"]["cpu"] and "| 2 |" in (tmp_path / "out" / "train_parity.md").read_text()
-    # Both arms are curves arms: their folders hold the dtype, and a rerun finds their exports.
+    assert set(result["timing"]) == {"float32", "bf16_mixed", "float32-reshuffled"} and result["speedup"] > 0
+    assert set(result["at_best_epoch"]) == {"bf16_mixed", "float32-reshuffled"}
+    assert result["best_epoch"]["float32"] in (1, 2)
+    markdown = (tmp_path / "out" / "train_parity.md").read_text()
+    assert result["machine"]["cpu"] and "| 2 |" in markdown and "seed 1" in markdown
+    # Every run is a curves arm: its folder names the dtype and a seed other than 0, and a rerun finds
+    # their exports.
     arms = sorted(p.name for p in (tmp_path / "runs" / "parity" / "arms").iterdir())
-    assert [a.rsplit("-", 1)[1] for a in arms] == ["bf16_mixed", "float32"]
+    assert [a.split("-", 3)[3] for a in arms] == ["bf16_mixed", "float32", "float32-seed1"]
 
     def no_training(*args, **kwargs):
         raise AssertionError("a rerun must not train")
