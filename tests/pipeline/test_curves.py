@@ -12,7 +12,16 @@ import pytest
 
 import pipeline.distillation
 from pipeline.config import EvaluateConfig
-from pipeline.curves import ARMS, arm_config, choose_arms, plan_curves, run_curves, strongest_teacher
+from pipeline.curves import (
+    ARMS,
+    arm_config,
+    choose_arms,
+    cross_fitted,
+    plan_curves,
+    run_curves,
+    strongest_teacher,
+)
+from stages.evaluate.unit_score import UnitScore
 from tests.stages.distill.fake_world import GEMMA, SMOLLM2, fake_world
 
 RUN_ARMS = ["none", "ce_chunk", "ce_exact_token"]
@@ -72,6 +81,8 @@ def test_curves_train_score_every_epoch_and_rerun_without_training(
     assert all(abs(p["mean bpb"]["delta"]) > 0 for points in results["curves"].values() for p in points)
     assert set(results["best_vs_none_best"]) == {"ce_chunk", "ce_exact_token"}
     assert list(results["best_pairs"]) == ["ce_chunk − ce_exact_token"]
+    assert set(results["crossfit_vs_none"]) == {"ce_chunk", "ce_exact_token"}
+    assert all(set(e) <= {1, 2} and len(e) == 2 for e in results["crossfit_best_epochs"].values())
     for name in ("curves.json", "curves.md", "curves.png"):
         assert (tmp_path / name).is_file() and (Path(config.runs_dir) / "curves" / "report" / name).is_file()
     markdown = (tmp_path / "curves.md").read_text()
@@ -99,3 +110,27 @@ def test_an_arm_trained_otherwise_is_refused_not_reused(config, tmp_path: Path) 
     changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, beta=0.25))
     with pytest.raises(ValueError, match=r"arm ce_chunk: .*\(distill\.beta 0\.5 → 0\.25\)"):
         run_curves(changed, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
+
+
+def _score(unit: str, bits: list[float]) -> UnitScore:
+    return UnitScore.from_observations(unit, "bpb", False, {f"d{i}": (b, 1.0) for i, b in enumerate(bits)})
+
+
+def test_cross_fitting_scores_each_half_by_the_epoch_the_other_half_chose() -> None:
+    # Documents d0, d2 form half 0 and d1, d3 half 1. On half 0 epoch 2 is best, on half 1 epoch 1:
+    # half 0's documents get epoch 1 (chosen by half 1) and half 1's get epoch 2 (chosen by half 0).
+    scores = {
+        "arm@1": {"bpb/code": _score("bpb/code", [1.0, 0.5, 1.0, 0.5])},
+        "arm@2": {"bpb/code": _score("bpb/code", [0.8, 0.7, 0.8, 0.7])},
+    }
+    crossed, epochs = cross_fitted(scores, "arm", 2)
+    assert epochs == [1, 2]
+    assert crossed["bpb/code"].observations == {
+        "d0": (1.0, 1.0),
+        "d1": (0.7, 1.0),
+        "d2": (1.0, 1.0),
+        "d3": (0.7, 1.0),
+    }
+    # On all documents the two epochs tie at 0.75; cross-fitting reports what each half's choice earns
+    # on the documents it did not see.
+    assert crossed["bpb/code"].value == pytest.approx(0.85)
