@@ -80,6 +80,17 @@ ARMS = {
             "CE + chunk matching against every teacher under the likelihood gate, λ = 0.5",
         ),
         Arm(
+            "ce_exact_token_gate",
+            "adaptive",
+            (
+                ("objective", "exact_token"),
+                ("lam", 0.5),
+                ("target", "residual"),
+                ("gate_objective", "likelihood"),
+            ),
+            "CE + exact-token KD from every teacher under the likelihood gate, λ = 0.5",
+        ),
+        Arm(
             "ce_chunk_no_sigma",
             "single:{teacher}",
             (("objective", "chunk"), ("lam", 0.5), ("chunk_space_threshold", None)),

@@ -437,10 +437,22 @@ def test_exact_token_objective_trains_on_the_rows_both_write_alike(world: FakeWo
         result = CliRunner().invoke(app, ["distill", "--config", str(path), "--strategy", "single:gemma"])
         assert result.exit_code == 0, result.output
         runs[objective] = read_metrics(tmp_path / "runs" / objective / "logs" / "metrics.jsonl")
-    for fusion, exact in zip(runs["fusion"], runs["exact_token"], strict=True):
+    # Every teacher under the likelihood gate (the `ce_exact_token_gate` arm of `polyfuse curves`).
+    config = world.config_for(
+        tmp_path / "runs", name="gate", objective="exact_token", gate_objective="likelihood", **common
+    )
+    result = CliRunner().invoke(
+        app, ["distill", "--config", str(write_config(config, tmp_path / "gate.yaml"))]
+    )
+    assert result.exit_code == 0, result.output
+    runs["gate"] = read_metrics(tmp_path / "runs" / "gate" / "logs" / "metrics.jsonl")
+    for fusion, exact, gate in zip(runs["fusion"], runs["exact_token"], runs["gate"], strict=True):
         assert "loss/exact_token" in exact and "loss/fusion" not in exact
         # Exact-token rows are a strict, non-empty subset of the offset-aligned rows.
         assert 0.0 < exact["exact_token/rate"] < fusion["fusion/fused_rate"]
+        # A row is a target where any present teacher writes the student's next token alike.
+        assert {"loss/exact_token", "loss/gate_nll"} <= gate.keys() and "loss/fusion" not in gate
+        assert gate["exact_token/rate"] >= exact["exact_token/rate"] and math.isfinite(gate["loss/total"])
 
 
 def test_exact_token_with_the_renormalised_target_is_refused(world: FakeWorld, tmp_path: Path) -> None:
