@@ -430,22 +430,20 @@ def test_sigma_correction_on_a_cache_without_sigma_names_the_extract_command(
 
 def test_exact_token_objective_trains_on_the_rows_both_write_alike(world: FakeWorld, tmp_path: Path) -> None:
     common = {"max_steps": 2, "target": "residual", "lam": 0.5}
+    # name → (distill settings, CLI arguments); "gate" is every teacher under the likelihood gate
+    # (the `ce_exact_token_gate` arm of `polyfuse curves`).
+    cases = {
+        "fusion": ({"objective": "fusion"}, ["--strategy", "single:gemma"]),
+        "exact_token": ({"objective": "exact_token"}, ["--strategy", "single:gemma"]),
+        "gate": ({"objective": "exact_token", "gate_objective": "likelihood"}, []),
+    }
     runs = {}
-    for objective in ("fusion", "exact_token"):
-        config = world.config_for(tmp_path / "runs", name=objective, objective=objective, **common)
-        path = write_config(config, tmp_path / f"{objective}.yaml")
-        result = CliRunner().invoke(app, ["distill", "--config", str(path), "--strategy", "single:gemma"])
+    for name, (settings, args) in cases.items():
+        config = world.config_for(tmp_path / "runs", name=name, **settings, **common)
+        path = write_config(config, tmp_path / f"{name}.yaml")
+        result = CliRunner().invoke(app, ["distill", "--config", str(path), *args])
         assert result.exit_code == 0, result.output
-        runs[objective] = read_metrics(tmp_path / "runs" / objective / "logs" / "metrics.jsonl")
-    # Every teacher under the likelihood gate (the `ce_exact_token_gate` arm of `polyfuse curves`).
-    config = world.config_for(
-        tmp_path / "runs", name="gate", objective="exact_token", gate_objective="likelihood", **common
-    )
-    result = CliRunner().invoke(
-        app, ["distill", "--config", str(write_config(config, tmp_path / "gate.yaml"))]
-    )
-    assert result.exit_code == 0, result.output
-    runs["gate"] = read_metrics(tmp_path / "runs" / "gate" / "logs" / "metrics.jsonl")
+        runs[name] = read_metrics(tmp_path / "runs" / name / "logs" / "metrics.jsonl")
     for fusion, exact, gate in zip(runs["fusion"], runs["exact_token"], runs["gate"], strict=True):
         assert "loss/exact_token" in exact and "loss/fusion" not in exact
         # Exact-token rows are a strict, non-empty subset of the offset-aligned rows.
