@@ -15,7 +15,8 @@ the data-limited regime (the same few samples repeated for several epochs).
                                         runs/<name>/report/curves.{md,json,png} (+ bench/results/)
 
 An arm is a strategy and the distill fields it changes (`ARMS`); every other setting is the
-config's, so the arms differ in what they distil alone. Arms that name `{teacher}` use the
+config's, so the arms differ in what they distil alone (an ablation arm may also set its own
+`lr`, which then names its folder; `arm_lr`). Arms that name `{teacher}` use the
 `--teacher` given (the strongest, by default the one with the lowest stored bits per byte).
 A rerun trains nothing that is exported and scores nothing that is cached.
 """
@@ -89,6 +90,13 @@ ARMS = {
                 ("gate_objective", "likelihood"),
             ),
             "CE + exact-token KD from every teacher under the likelihood gate, λ = 0.5",
+        ),
+        Arm(
+            "ce_exact_token_lr2e-4",
+            "single:{teacher}",
+            (("objective", "exact_token"), ("lam", 0.5), ("target", "residual"), ("lr", 2e-4)),
+            "ablation: `ce_exact_token` at twice the learning rate (does the teacher's anchor let it learn faster?)",
+            ablation=True,
         ),
         Arm(
             "ce_chunk_no_sigma",
@@ -173,21 +181,26 @@ def strongest_teacher(inputs: Any) -> str:
     return min(means, key=means.__getitem__)
 
 
+def arm_lr(arm: Arm, plan: Plan) -> float:
+    """The arm's peak learning rate: its own where it sets `lr` (an lr ablation), else the plan's."""
+    return dict(arm.overrides).get("lr", plan.lr)
+
+
 def arm_folder(arm: Arm, plan: Plan) -> str:
     """The arm's run folder: its settings that vary between invocations are in the name, so a run
     with another learning rate, length, dtype or seed never reuses this one's exports (seed 0, the
     default, is left out of the name)."""
     seed = f"-seed{plan.seed}" if plan.seed else ""
-    return f"{arm.name}-lr{plan.lr:g}-e{plan.epochs}-{plan.dtype}{seed}"
+    return f"{arm.name}-lr{arm_lr(arm, plan):g}-e{plan.epochs}-{plan.dtype}{seed}"
 
 
 def arm_config(config: Config, arm: Arm, plan: Plan) -> Config:
     """The config an arm trains with: its folder, strategy and overrides, the plan's schedule."""
     overrides = dict(arm.overrides)
+    overrides["lr"] = arm_lr(arm, plan)
     distill = dataclasses.replace(
         config.distill,
         strategy=arm.strategy.format(teacher=plan.teacher),
-        lr=plan.lr,
         dtype=plan.dtype,
         train_shards=plan.train_shards,
         max_steps=plan.epochs * plan.steps_per_epoch,

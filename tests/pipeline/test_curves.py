@@ -47,6 +47,9 @@ def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
     assert (d.strategy, d.objective, d.lam, d.train_shards) == ("single:gemma", "chunk", 0.5, 2)
     assert (d.max_steps, d.export_every, d.checkpoint_every) == (18, 6, 6)
     assert sub.name == f"ce_chunk-lr{config.distill.lr:g}-e3-{plan.dtype}" and d.dtype == plan.dtype
+    # An lr ablation keeps its own learning rate, and its folder says so.
+    fast = arm_config(config, ARMS["ce_exact_token_lr2e-4"], plan)
+    assert fast.distill.lr == 2e-4 and fast.name == f"ce_exact_token_lr2e-4-lr0.0002-e3-{plan.dtype}"
     with pytest.raises(ValueError, match="--teacher 'gpt'"):
         plan_curves(config, epochs=3, lr=None, teacher="gpt")
     with pytest.raises(ValueError, match="unknown arm"):
