@@ -32,14 +32,17 @@ def test_parity_pairs_each_epoch_and_reuses_the_trained_arms(
 ) -> None:
     world = fake_world(tmp_path_factory.getbasetemp() / "distill-world")
     evaluate = EvaluateConfig(max_samples_per_domain=3, max_tokens=256, batch_tokens=512, tasks=[], threads=1)
-    config = dataclasses.replace(world.config_for(tmp_path / "runs", name="parity"), evaluate=evaluate)
+    # Six samples a step: an epoch is two optimizer steps (one per train shard) rather than six. The
+    # seed orders whole shards, so the reshuffled run sees the same batches in its shard order.
+    runs = tmp_path / "runs"
+    config = dataclasses.replace(world.config_for(runs, name="parity", micro_batch_size=6), evaluate=evaluate)
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
     argv = ["--config", str(path), "--epochs", "2", "--dtype", "bf16_mixed", "--out", str(tmp_path / "out")]
 
     assert train_parity.main(argv) == 0
     result = json.loads((tmp_path / "out" / "train_parity.json").read_text())
-    assert [e["epoch"] for e in result["epochs"]] == [1, 2]
+    assert [e["epoch"] for e in result["epochs"]] == [1, 2] and result["plan"]["steps_per_epoch"] == 2
     for epoch in result["epochs"]:
         assert {"mean bpb", "mixed"} <= epoch["deltas"].keys() and epoch["deltas"]["mean bpb"]["se"] > 0
         assert epoch["parity"] == train_parity.parity(epoch["deltas"])

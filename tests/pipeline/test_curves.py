@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +37,19 @@ def config(tmp_path_factory: pytest.TempPathFactory):
     evaluate = EvaluateConfig(max_samples_per_domain=3, max_tokens=256, batch_tokens=512, tasks=[], threads=1)
     runs = tmp_path_factory.mktemp("curves")
     return dataclasses.replace(world.config_for(runs, name="curves"), evaluate=evaluate)
+
+
+@pytest.fixture(scope="module")
+def trained(config, tmp_path_factory: pytest.TempPathFactory) -> tuple[Any, dict, Path]:
+    """(config, results, results_dir) of RUN_ARMS trained for two epochs, once for the module's tests.
+
+    Six samples a step: an epoch is two optimizer steps (one per train shard) rather than six, each
+    at a non-zero learning rate (one warm-up step reaches the peak), so every epoch's export is still
+    a trained student of its own."""
+    config = dataclasses.replace(config, distill=dataclasses.replace(config.distill, micro_batch_size=6))
+    results_dir = tmp_path_factory.mktemp("curves-results")
+    results = run_curves(config, RUN_ARMS, epochs=2, teacher="gemma", progress=False, results_dir=results_dir)
+    return config, results, results_dir
 
 
 def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
@@ -70,9 +84,10 @@ def test_the_default_teacher_is_the_one_with_the_lowest_bits_per_byte(config) ->
 
 
 def test_curves_train_score_every_epoch_and_rerun_without_training(
-    config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    trained, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    results = run_curves(config, RUN_ARMS, epochs=2, teacher="gemma", progress=False, results_dir=tmp_path)
+    config, results, results_dir = trained
+    assert results["plan"]["steps_per_epoch"] == 2
     assert list(results["curves"]) == RUN_ARMS
     for arm, points in results["curves"].items():
         assert [p["epoch"] for p in points] == [1, 2]
@@ -87,8 +102,10 @@ def test_curves_train_score_every_epoch_and_rerun_without_training(
     assert set(results["crossfit_vs_none"]) == {"ce_chunk", "ce_exact_token"}
     assert all(set(e) <= {1, 2} and len(e) == 2 for e in results["crossfit_best_epochs"].values())
     for name in ("curves.json", "curves.md", "curves.png"):
-        assert (tmp_path / name).is_file() and (Path(config.runs_dir) / "curves" / "report" / name).is_file()
-    markdown = (tmp_path / "curves.md").read_text()
+        assert (results_dir / name).is_file() and (
+            Path(config.runs_dir) / "curves" / "report" / name
+        ).is_file()
+    markdown = (results_dir / "curves.md").read_text()
     assert "| ce_chunk |" in markdown and "best epoch" in markdown.lower()
     # The epoch exports are plain HF folders; the checkpoints are gone once the arm is done.
     arm_dir = Path(results["arms"]["ce_chunk"]["folder"])
@@ -105,11 +122,11 @@ def test_curves_train_score_every_epoch_and_rerun_without_training(
     assert json.dumps(again["curves"], sort_keys=True) == json.dumps(results["curves"], sort_keys=True)
 
 
-def test_an_arm_trained_otherwise_is_refused_not_reused(config, tmp_path: Path) -> None:
+def test_an_arm_trained_otherwise_is_refused_not_reused(trained) -> None:
     """The folder name holds the learning rate, length and dtype; any other setting that changed
-    since the arm was trained (here λ) makes its exports another run's, which are not reused."""
-    results = run_curves(config, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
-    assert results["curves"]["ce_chunk"]
+    since the arm was trained (here β) makes its exports another run's, which are not reused."""
+    config, results, _ = trained
+    assert (Path(results["arms"]["ce_chunk"]["folder"]) / "export" / "config.json").is_file()
     changed = dataclasses.replace(config, distill=dataclasses.replace(config.distill, beta=0.25))
     with pytest.raises(ValueError, match=r"arm ce_chunk: .*\(distill\.beta 0\.5 → 0\.25\)"):
         run_curves(changed, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
