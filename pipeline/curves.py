@@ -99,6 +99,13 @@ ARMS = {
             ablation=True,
         ),
         Arm(
+            "ce_exact_token_lam0.75",
+            "single:{teacher}",
+            (("objective", "exact_token"), ("lam", 0.75), ("target", "residual")),
+            "ablation: `ce_exact_token` with CE weighted 0.75 (does more CE keep math while the KD regularises?)",
+            ablation=True,
+        ),
+        Arm(
             "ce_chunk_no_sigma",
             "single:{teacher}",
             (("objective", "chunk"), ("lam", 0.5), ("chunk_space_threshold", None)),
