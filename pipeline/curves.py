@@ -106,6 +106,18 @@ ARMS = {
             ablation=True,
         ),
         Arm(
+            "ce_exact_token_gate_lam0.75",
+            "adaptive",
+            (
+                ("objective", "exact_token"),
+                ("lam", 0.75),
+                ("target", "residual"),
+                ("gate_objective", "likelihood"),
+            ),
+            "ablation: `ce_exact_token_gate` with CE weighted 0.75",
+            ablation=True,
+        ),
+        Arm(
             "ce_chunk_no_sigma",
             "single:{teacher}",
             (("objective", "chunk"), ("lam", 0.5), ("chunk_space_threshold", None)),
