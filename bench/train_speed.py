@@ -160,7 +160,8 @@ def distill_loop(
             progress=False,
             tensorboard=False,
         )
-        recipe = DistillRecipe(settings, run, ListStream(batches, teachers))
+        stream = ListStream(batches, teachers)
+        recipe = DistillRecipe(settings, run, stream)
         try:
             for name, fn in saved.items():
                 setattr(model_module, name, timers.wrap(name, fn))
@@ -178,16 +179,16 @@ def distill_loop(
             recipe.train()  # the warm-up step
             recipe.run = dataclasses.replace(run, stop_after_steps=steps + 1)
             timers.active = True
-            start = time.perf_counter()
+            first, start = stream.position, time.perf_counter()
             recipe.train()
             seconds = time.perf_counter() - start
+            served = range(first, stream.position)  # the measured steps' batches, after the warm-up's
         finally:
             for name, fn in saved.items():
                 setattr(model_module, name, fn)
             recipe.cleanup()
-    tokens = sum(
-        b.num_tokens for b in itertools.islice(itertools.cycle(batches), steps * settings.grad_accum_steps)
-    )
+    assert len(served) == steps * settings.grad_accum_steps, "one batch per micro-step"
+    tokens = sum(batches[i % len(batches)].num_tokens for i in served)
     parts = dict(timers.seconds)
     # stats.add contains the gate diagnostics: report them apart.
     parts["log_statistics"] = parts.get("log_statistics", 0.0) - parts.get("gate_diagnostics", 0.0)

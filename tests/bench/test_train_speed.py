@@ -22,6 +22,8 @@ def test_train_speed_compares_distill_with_the_bare_loop(tmp_path_factory, tmp_p
     none = result["cases"]["none"]
     assert none["bare/float32"]["tokens_per_s"] > 0 and none["distill/float32"]["tokens_per_s"] > 0
     assert 0 < result["ratios"]["none/float32"] < 10
+    # Both loops are timed over the same micro-batches (the ones after the warm-up step).
+    assert none["bare/float32"]["tokens"] == none["distill/float32"]["tokens"]
     shares = none["distill/float32"]["breakdown_share"]
     assert {"student_forward", "micro_batch_losses", "backward", "optimizer_step", "other"} <= shares.keys()
     assert abs(sum(shares.values()) - 1.0) < 1e-6 and result["machine"]
