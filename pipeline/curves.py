@@ -72,7 +72,8 @@ ARMS = {
             "ce_exact_token",
             "single:{teacher}",
             (("objective", "exact_token"), ("lam", 0.5), ("target", "residual")),
-            "CE + exact-token KD from {teacher} (rows whose next token is the same string), λ = 0.5",
+            "ablation: CE + exact-token KD from {teacher} (rows whose next token is the same string), λ = 0.5",
+            ablation=True,
         ),
         Arm(
             "ce_chunk_gate",
@@ -89,7 +90,8 @@ ARMS = {
                 ("target", "residual"),
                 ("gate_objective", "likelihood"),
             ),
-            "CE + exact-token KD from every teacher under the likelihood gate, λ = 0.5",
+            "ablation: CE + exact-token KD from every teacher under the likelihood gate, λ = 0.5",
+            ablation=True,
         ),
         Arm(
             "ce_exact_token_lr2e-4",
@@ -102,8 +104,7 @@ ARMS = {
             "ce_exact_token_lam0.75",
             "single:{teacher}",
             (("objective", "exact_token"), ("lam", 0.75), ("target", "residual")),
-            "ablation: `ce_exact_token` with CE weighted 0.75 (does more CE keep math while the KD regularises?)",
-            ablation=True,
+            "CE + exact-token KD from {teacher}, λ = 0.75 (the measured balance: README, Results)",
         ),
         Arm(
             "ce_exact_token_gate_lam0.75",
@@ -114,8 +115,7 @@ ARMS = {
                 ("target", "residual"),
                 ("gate_objective", "likelihood"),
             ),
-            "ablation: `ce_exact_token_gate` with CE weighted 0.75",
-            ablation=True,
+            "CE + exact-token KD from every teacher under the likelihood gate, λ = 0.75",
         ),
         Arm(
             "ce_chunk_no_sigma",

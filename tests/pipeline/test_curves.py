@@ -68,6 +68,10 @@ def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
         plan_curves(config, epochs=3, lr=None, teacher="gpt")
     with pytest.raises(ValueError, match="unknown arm"):
         choose_arms(["chunky"])
+    # By default the exact-token arms run at the measured balance λ = 0.75; λ = 0.5 is an ablation.
+    default = {a.name: dict(a.overrides).get("lam") for a in choose_arms(None)}
+    assert default["ce_exact_token_lam0.75"] == default["ce_exact_token_gate_lam0.75"] == 0.75
+    assert "ce_exact_token" not in default and ARMS["ce_exact_token"].ablation
 
 
 def test_the_default_teacher_is_the_one_with_the_lowest_bits_per_byte(config) -> None:
