@@ -16,7 +16,8 @@ the data-limited regime (the same few samples repeated for several epochs).
 
 An arm is a strategy and the distill fields it changes (`ARMS`); every other setting is the
 config's, so the arms differ in what they distil alone (an ablation arm may also set its own
-`lr`, which then names its folder; `arm_lr`). Arms that name `{teacher}` use the
+`lr`, which then names its folder, `arm_lr`, or leave out the teacher that is the student itself,
+`methods.method_teachers`). Arms that name `{teacher}` use the
 `--teacher` given (the strongest, by default the one with the lowest stored bits per byte).
 A rerun trains nothing that is exported and scores nothing that is cached.
 """
@@ -38,7 +39,7 @@ from typing import Any
 from data_schemas.atomic import atomic_open, write_json_atomic
 from pipeline.config import Config
 from pipeline.evaluation import evaluate_from_config
-from pipeline.methods import Method
+from pipeline.methods import Method, method_teachers
 from stages.evaluate.paired_delta import MEAN_BPB, PairedDelta, compare_models
 from stages.evaluate.unit_score import UnitScore
 
@@ -116,6 +117,19 @@ ARMS = {
                 ("gate_objective", "likelihood"),
             ),
             "CE + exact-token KD from every teacher under the likelihood gate, λ = 0.75",
+        ),
+        Arm(
+            "ce_exact_token_gate_lam0.75_no_self",
+            "adaptive",
+            (
+                ("objective", "exact_token"),
+                ("lam", 0.75),
+                ("target", "residual"),
+                ("gate_objective", "likelihood"),
+            ),
+            "ablation: `ce_exact_token_gate_lam0.75` without the teacher that is the student itself",
+            ablation=True,
+            without_student=True,
         ),
         Arm(
             "ce_chunk_no_sigma",
@@ -229,7 +243,11 @@ def arm_config(config: Config, arm: Arm, plan: Plan) -> Config:
     )
     distill.check()
     return dataclasses.replace(
-        config, name=arm_folder(arm, plan), runs_dir=str(curves_dir(config) / "arms"), distill=distill
+        config,
+        name=arm_folder(arm, plan),
+        runs_dir=str(curves_dir(config) / "arms"),
+        teachers=method_teachers(config, arm),
+        distill=distill,
     )
 
 

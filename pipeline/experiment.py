@@ -32,7 +32,7 @@ import pyarrow.parquet as pq
 from data_schemas.atomic import atomic_open, write_json_atomic
 from pipeline.config import Config
 from pipeline.evaluation import NONE_LABEL, PAIRED_NOTE, evaluate_from_config
-from pipeline.methods import BASELINES, METHODS, PROPOSED, Method
+from pipeline.methods import BASELINES, METHODS, PROPOSED, Method, method_teachers
 from stages.distill.model_card import heldout_frame, write_model_card
 from stages.distill.settings import canonical_strategy
 from stages.evaluate.interference import Interference, interference_reduction
@@ -66,7 +66,11 @@ def method_config(config: Config, method: Method) -> Config:
     distill = dataclasses.replace(config.distill, strategy=method.strategy, **dict(method.overrides))
     distill.check()
     return dataclasses.replace(
-        config, name=method.folder, runs_dir=str(experiment_dir(config) / "methods"), distill=distill
+        config,
+        name=method.folder,
+        runs_dir=str(experiment_dir(config) / "methods"),
+        teachers=method_teachers(config, method),
+        distill=distill,
     )
 
 

@@ -7,8 +7,12 @@ heavy imports so that ``polyfuse --help`` can list the methods without loading t
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pipeline.config import Config, TeacherConfig
 
 
 @dataclass(frozen=True)
@@ -22,11 +26,41 @@ class Method:
     about: str = ""
     ablation: bool = False
     """Run only when asked for by name (`--methods`), not in the default comparison."""
+    without_student: bool = False
+    """Leave out every teacher that is the student model itself (`method_teachers`)."""
 
     @property
     def folder(self) -> str:
         """The run folder's name under runs/<experiment>/methods/ (no `:` in paths)."""
         return self.name.replace(":", "_")
+
+
+def method_teachers(config: Config, method: Method) -> list[TeacherConfig]:
+    """The configured teachers a method reads. A `without_student` method drops every teacher whose
+    model is the student's own (the same folder, or the same hub id): its distribution is the
+    untrained student's, so under a gate it only pulls the target towards what the student already
+    writes. Raises ``ValueError`` when there is no such teacher (the method would repeat another)
+    or no other one."""
+    if not method.without_student:
+        return list(config.teachers)
+    kept = [t for t in config.teachers if not _same_model(t.path, config.student.path)]
+    if len(kept) == len(config.teachers):
+        raise ValueError(
+            f"{method.name} leaves out the teachers that are the student ({config.student.path}), but no "
+            f"teacher is: it would repeat the method with every teacher; run that one instead"
+        )
+    if not kept:
+        raise ValueError(
+            f"{method.name}: every teacher is the student ({config.student.path}): add another teacher"
+        )
+    return kept
+
+
+def _same_model(a: str, b: str) -> bool:
+    """Two model references name one model: the same local folder, else the same hub id."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return a == b
 
 
 METHODS = {

@@ -72,6 +72,16 @@ def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
     default = {a.name: dict(a.overrides).get("lam") for a in choose_arms(None)}
     assert default["ce_exact_token_lam0.75"] == default["ce_exact_token_gate_lam0.75"] == 0.75
     assert "ce_exact_token" not in default and ARMS["ce_exact_token"].ablation
+    # The gate without the teacher that is the student itself reads every other teacher; where no
+    # teacher is the student it is refused (it would repeat the gate arm).
+    no_self = ARMS["ce_exact_token_gate_lam0.75_no_self"]
+    mirror = dataclasses.replace(config, student=dataclasses.replace(config.student, path=str(SMOLLM2)))
+    sub = arm_config(mirror, no_self, plan)
+    assert [t.name for t in sub.teachers] == ["gemma"] and sub.distill.strategy == "adaptive"
+    every = arm_config(mirror, ARMS["ce_exact_token_gate_lam0.75"], plan)
+    assert [t.name for t in every.teachers] == ["smol", "gemma"]
+    with pytest.raises(ValueError, match="no teacher is"):
+        arm_config(config, no_self, plan)
 
 
 def test_the_default_teacher_is_the_one_with_the_lowest_bits_per_byte(config) -> None:
