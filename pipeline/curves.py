@@ -351,6 +351,9 @@ def run_curves(
             "strategy": a.strategy.format(teacher=plan.teacher),
             "overrides": dict(a.overrides),
             "about": a.about.format(teacher=plan.teacher),
+            "left_out": sorted(
+                {t.name for t in config.teachers} - {t.name for t in method_teachers(config, a)}
+            ),
             "folder": str(Path(arm_config(config, a, plan).runs_dir) / arm_folder(a, plan)),
             "timing": arm_timing(config, a, plan),
         }
@@ -567,7 +570,11 @@ def curve_markdown(results: dict) -> str:
         )
         lines.append(f"| {arm} | {info['strategy']} | {info['overrides']} | {seconds} | {load} |")
     lines.append("")
-    lines += [f"- `{arm}`: {info['about']}" for arm, info in results["arms"].items()]
+    lines += [
+        f"- `{arm}`: {info['about']}"
+        + (f" (teachers left out: {', '.join(info['left_out'])})" if info.get("left_out") else "")
+        for arm, info in results["arms"].items()
+    ]
     lines += [
         "",
         "The best epoch is chosen on the same held-out documents it is reported on (every arm gets the "
