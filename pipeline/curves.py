@@ -116,7 +116,9 @@ ARMS = {
                 ("target", "residual"),
                 ("gate_objective", "likelihood"),
             ),
-            "CE + exact-token KD from every teacher under the likelihood gate, λ = 0.75",
+            "ablation: CE + exact-token KD from every teacher under the likelihood gate, the student's own "
+            "model among them, λ = 0.75",
+            ablation=True,
         ),
         Arm(
             "ce_exact_token_gate_lam0.75_no_self",
@@ -127,8 +129,8 @@ ARMS = {
                 ("target", "residual"),
                 ("gate_objective", "likelihood"),
             ),
-            "ablation: `ce_exact_token_gate_lam0.75` without the teacher that is the student itself",
-            ablation=True,
+            "CE + exact-token KD from every teacher but the student's own model under the likelihood gate, "
+            "λ = 0.75",
             without_student=True,
         ),
         Arm(

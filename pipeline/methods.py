@@ -39,16 +39,11 @@ def method_teachers(config: Config, method: Method) -> list[TeacherConfig]:
     """The configured teachers a method reads. A `without_student` method drops every teacher whose
     model is the student's own (the same folder, or the same hub id): its distribution is the
     untrained student's, so under a gate it only pulls the target towards what the student already
-    writes. Raises ``ValueError`` when there is no such teacher (the method would repeat another)
-    or no other one."""
+    writes (measured: README, Results). Where no teacher is the student, it reads them all.
+    Raises ``ValueError`` when every teacher is the student."""
     if not method.without_student:
         return list(config.teachers)
     kept = [t for t in config.teachers if not _same_model(t.path, config.student.path)]
-    if len(kept) == len(config.teachers):
-        raise ValueError(
-            f"{method.name} leaves out the teachers that are the student ({config.student.path}), but no "
-            f"teacher is: it would repeat the method with every teacher; run that one instead"
-        )
     if not kept:
         raise ValueError(
             f"{method.name}: every teacher is the student ({config.student.path}): add another teacher"

@@ -70,18 +70,21 @@ def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
         choose_arms(["chunky"])
     # By default the exact-token arms run at the measured balance λ = 0.75; λ = 0.5 is an ablation.
     default = {a.name: dict(a.overrides).get("lam") for a in choose_arms(None)}
-    assert default["ce_exact_token_lam0.75"] == default["ce_exact_token_gate_lam0.75"] == 0.75
+    assert default["ce_exact_token_lam0.75"] == default["ce_exact_token_gate_lam0.75_no_self"] == 0.75
     assert "ce_exact_token" not in default and ARMS["ce_exact_token"].ablation
-    # The gate without the teacher that is the student itself reads every other teacher; where no
-    # teacher is the student it is refused (it would repeat the gate arm).
+    # The default gate arm reads every teacher but the one that is the student itself (all of them
+    # where none is); the gate over all of them is an ablation.
     no_self = ARMS["ce_exact_token_gate_lam0.75_no_self"]
+    assert no_self.name in default and ARMS["ce_exact_token_gate_lam0.75"].ablation
     mirror = dataclasses.replace(config, student=dataclasses.replace(config.student, path=str(SMOLLM2)))
     sub = arm_config(mirror, no_self, plan)
     assert [t.name for t in sub.teachers] == ["gemma"] and sub.distill.strategy == "adaptive"
     every = arm_config(mirror, ARMS["ce_exact_token_gate_lam0.75"], plan)
     assert [t.name for t in every.teachers] == ["smol", "gemma"]
-    with pytest.raises(ValueError, match="no teacher is"):
-        arm_config(config, no_self, plan)
+    assert [t.name for t in arm_config(config, no_self, plan).teachers] == ["smol", "gemma"]
+    only_self = dataclasses.replace(mirror, teachers=mirror.teachers[:1])
+    with pytest.raises(ValueError, match="every teacher is the student"):
+        arm_config(only_self, no_self, plan)
 
 
 def test_the_default_teacher_is_the_one_with_the_lowest_bits_per_byte(config) -> None:
