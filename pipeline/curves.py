@@ -348,19 +348,7 @@ def run_curves(
             labels.append(f"{name}@{epoch}")
     scores = scores_of(evaluate_from_config(config, folders, target=target, labels=labels))
     results = curve_results(scores, [a.name for a in chosen], plan)
-    results["arms"] = {
-        a.name: {
-            "strategy": a.strategy.format(teacher=plan.teacher),
-            "overrides": dict(a.overrides),
-            "about": a.about.format(teacher=plan.teacher),
-            "left_out": sorted(
-                {t.name for t in config.teachers} - {t.name for t in method_teachers(config, a)}
-            ),
-            "folder": str(Path(arm_config(config, a, plan).runs_dir) / arm_folder(a, plan)),
-            "timing": arm_timing(config, a, plan),
-        }
-        for a in chosen
-    }
+    results["arms"] = {a.name: arm_record(config, a, plan) for a in chosen}
     results["plan"] = dataclasses.asdict(plan)
     results["command"] = command or f"polyfuse curves --epochs {plan.epochs} --arms {','.join(exports)}"
     from stages.cpu_features import cpu_summary
@@ -378,6 +366,20 @@ def scores_of(evaluation: Any) -> dict[str, dict[str, UnitScore]]:
     return {
         label: {u: UnitScore.from_dict(s) for u, s in entry["scores"].items()}
         for label, entry in evaluation.payload["models"].items()
+    }
+
+
+def arm_record(config: Config, arm: Arm, plan: Plan) -> dict:
+    """What the report says of an arm: its strategy, overrides, description, the configured
+    teachers it leaves out, its run folder and its training time."""
+    sub = arm_config(config, arm, plan)
+    return {
+        "strategy": arm.strategy.format(teacher=plan.teacher),
+        "overrides": dict(arm.overrides),
+        "about": arm.about.format(teacher=plan.teacher),
+        "left_out": sorted({t.name for t in config.teachers} - {t.name for t in sub.teachers}),
+        "folder": str(Path(sub.runs_dir) / sub.name),
+        "timing": arm_timing(config, arm, plan),
     }
 
 

@@ -7,7 +7,6 @@ heavy imports so that ``polyfuse --help`` can list the methods without loading t
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -52,10 +51,14 @@ def method_teachers(config: Config, method: Method) -> list[TeacherConfig]:
 
 
 def _same_model(a: str, b: str) -> bool:
-    """Two model references name one model: the same local folder, else the same hub id."""
-    if os.path.exists(a) and os.path.exists(b):
-        return os.path.samefile(a, b)
-    return a == b
+    """Two model references name one model: they resolve to the same folder (`model_folder`: a
+    local path, or a hub id's snapshot, so `org/name` and its pinned commit are one model)."""
+    from stages.model_source import model_folder
+
+    first, second = model_folder(a), model_folder(b)
+    if first.exists() and second.exists():
+        return first.samefile(second)
+    return first == second
 
 
 METHODS = {
