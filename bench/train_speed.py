@@ -1,20 +1,28 @@
 """Training speed: a bare PyTorch loop against `distill` on the same student, batches and dtype,
-side by side in one run, with distill's time broken down. Writes bench/results/train_speed.{json,md}.
+side by side in one run, with both steps broken down. Writes bench/results/train_speed.{json,md}.
 
-    .venv/bin/python -m bench.train_speed [--config configs/experiment.yaml] [--steps 4] [--quick]
+    .venv/bin/python -m bench.train_speed [--config configs/experiment.yaml] [--steps 4] [--rounds 3] [--quick]
 
 **Bare loop**: the student, torch AdamW, next-token cross-entropy, gradient clipping; no DeepSpeed,
-no teachers. **distill**: the real `DistillRecipe` (DeepSpeed ZeRO-2, the loss terms, the log)
+no teachers. **distill**: the real `DistillRecipe` (DeepSpeed ZeRO, the loss terms, the log)
 over the same micro-batches, built beforehand by the real loader (so the loader's cost is
 measured on its own, in this process: `loader_s_per_batch`), with `loader_workers=0` and no
-checkpoint writes. Both run `--steps` optimizer steps after one warm-up step. The breakdown times
-the distill step's parts by wrapping them: the student's forward, the sample weights (strategy and
-gate), the loss terms, backward, the optimizer step, the log's statistics (with the gate
-diagnostics) and the log line; `other` is the rest of the loop.
+checkpoint writes. Each loop runs `--steps` optimizer steps after one warm-up step.
+
+**Rounds.** The speed of a shared 2-core VM drifts (2× within one session on the AMX Xeon), so a
+ratio is taken only between runs next to each other: each case and dtype runs `--rounds` pairs
+(bare loop, distill), the order alternating (bare first in odd rounds, distill first in even ones,
+so a steady drift cancels), and reports the median of the per-round ratios with their range.
+
+**Breakdown.** Both loops time the same parts by wrapping them: the student's forward, the loss
+terms (`micro_batch_losses`; the bare loop's cross-entropy), backward, the optimizer step
+(clipping included), and for distill the sample weights (strategy and gate), the log's statistics
+(with the gate diagnostics) and the log line; `other` is the rest of the loop. Seconds per
+optimizer step by part, side by side, locate distill's overhead.
 
 Dtypes: `float32`, `bf16_mixed` (fp32 weights, bf16 autocast, fp32 head and losses) and, for
-distill, DeepSpeed's `bfloat16` (bf16 weights, fp32 master copies). CPU model, flags and the load
-average go with every figure: machines of one kind differ.
+distill only, DeepSpeed's `bfloat16` (bf16 weights, fp32 master copies). CPU model, flags and the
+load average go with every figure: machines of one kind differ.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import dataclasses
 import gc
 import itertools
 import os
+import statistics
 import tempfile
 import time
 from collections import defaultdict
@@ -45,6 +54,8 @@ CASES = (
     ("adaptive_fusion", "adaptive", {"objective": "fusion", "gate_objective": "likelihood"}),
 )
 DTYPES = ("float32", "bf16_mixed", "bfloat16")
+BARE_DTYPES = ("float32", "bf16_mixed")
+"""The bare loop's dtypes: DeepSpeed's bf16 weights with fp32 master copies have no bare counterpart."""
 
 
 class ListStream(IterableDataset):
@@ -102,7 +113,7 @@ def build_batches(config: Any, count: int) -> tuple[list, float, tuple[str, ...]
 
 
 def bare_loop(config: Any, batches: list, dtype: str, steps: int) -> dict[str, Any]:
-    """tok/s of plain next-token training on the batches (one warm-up step)."""
+    """tok/s of plain next-token training on the batches (one warm-up step), with the breakdown."""
     from transformers import AutoModelForCausalLM
 
     from stages.distill import engine as ds
@@ -115,26 +126,43 @@ def bare_loop(config: Any, batches: list, dtype: str, steps: int) -> dict[str, A
     elif dtype != "float32":
         raise ValueError(f"the bare loop runs float32 or {ds.MIXED_DTYPE}, got {dtype}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(d.adam_beta1, d.adam_beta2))
+    timers = Timers()
+    model.forward = timers.wrap("student_forward", model.forward)
+
+    def next_token_loss(logits: torch.Tensor, batch: Any) -> torch.Tensor:
+        targets = batch.input_ids[:, 1:].masked_fill(~batch.loss_mask[:, :-1], -100)
+        return F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100)
+
+    def optimizer_step() -> None:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), d.grad_clip)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    loss_of = timers.wrap("micro_batch_losses", next_token_loss)
+    backward = timers.wrap("backward", torch.Tensor.backward)
+    step_of = timers.wrap("optimizer_step", optimizer_step)
     stream = itertools.cycle(batches)
     seconds, tokens = 0.0, 0
     for step in range(steps + 1):
+        timers.active = step > 0  # step 0 warms up
         start, step_tokens = time.perf_counter(), 0
         for _ in range(d.grad_accum_steps):
             batch = next(stream)
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
-            targets = batch.input_ids[:, 1:].masked_fill(~batch.loss_mask[:, :-1], -100)
-            loss = F.cross_entropy(logits[:, :-1].float().flatten(0, 1), targets.flatten(), ignore_index=-100)
-            (loss / d.grad_accum_steps).backward()
+            backward(loss_of(logits, batch) / d.grad_accum_steps)
             step_tokens += batch.num_tokens
-        torch.nn.utils.clip_grad_norm_(model.parameters(), d.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if step > 0:  # step 0 warms up
+        step_of()
+        if step > 0:
             seconds += time.perf_counter() - start
             tokens += step_tokens
-    del model, optimizer
-    gc.collect()
-    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+    return timed_result(tokens, seconds, timers)
+
+
+def timed_result(tokens: int, seconds: float, timers: Timers) -> dict[str, Any]:
+    """A loop's measurement: tokens, seconds, tok/s and the seconds of each part (`other`: the rest)."""
+    parts = dict(timers.seconds)
+    parts["other"] = seconds - sum(parts.values())
+    return {"tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds, "breakdown_s": parts}
 
 
 def distill_loop(
@@ -189,18 +217,9 @@ def distill_loop(
             recipe.cleanup()
     assert len(served) == steps * settings.grad_accum_steps, "one batch per micro-step"
     tokens = sum(batches[i % len(batches)].num_tokens for i in served)
-    parts = dict(timers.seconds)
     # stats.add contains the gate diagnostics: report them apart.
-    parts["log_statistics"] = parts.get("log_statistics", 0.0) - parts.get("gate_diagnostics", 0.0)
-    parts["other"] = seconds - sum(parts.values())
-    gc.collect()
-    return {
-        "tokens": tokens,
-        "seconds": seconds,
-        "tokens_per_s": tokens / seconds,
-        "breakdown_s": parts,
-        "breakdown_share": {k: v / seconds for k, v in parts.items()},
-    }
+    timers.seconds["log_statistics"] -= timers.seconds.get("gate_diagnostics", 0.0)
+    return timed_result(tokens, seconds, timers)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,19 +231,27 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/experiment.yaml")
-    parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per case")
-    parser.add_argument("--quick", action="store_true", help="one case, one step (a smoke test)")
+    parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per loop")
+    parser.add_argument("--rounds", type=int, default=3, help="(bare, distill) pairs per case and dtype")
+    parser.add_argument("--quick", action="store_true", help="one case, one step, one round (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ds.prepare_distributed_env()
     config = load_config(args.config)
     teacher = strongest_teacher(resolve_stream_inputs(config, checksums=False))
-    steps = 1 if args.quick else args.steps
+    steps, rounds = (1, 1) if args.quick else (args.steps, args.rounds)
     cases = CASES[:1] if args.quick else CASES
     dtypes = DTYPES if has_native_bf16() and not args.quick else ("float32",)
-    machine = cpu_summary()
-    results: dict[str, Any] = {"config": args.config, "machine": machine, "steps": steps, "cases": {}}
+    results: dict[str, Any] = {
+        "config": args.config,
+        "machine": cpu_summary(),
+        "steps": steps,
+        "rounds": rounds,
+        "cases": {},
+        "ratios": {},
+    }
+    started = time.perf_counter()
     for label, strategy, overrides in cases:
         distill = dataclasses.replace(config.distill, strategy=strategy.format(teacher=teacher), **overrides)
         case_config = dataclasses.replace(config, distill=distill)
@@ -236,36 +263,40 @@ def main(argv: list[str] | None = None) -> int:
             "loader_s_per_batch": loader_s,
         }
         for dtype in dtypes:
-            load = os.getloadavg()[0]
-            if label == "none" and dtype != "bfloat16":
-                case[f"bare/{dtype}"] = {**bare_loop(case_config, batches, dtype, steps), "load": load}
-            case[f"distill/{dtype}"] = {
-                **distill_loop(case_config, batches, teachers, dtype, steps),
-                "load": os.getloadavg()[0],
-            }
+            names = ["bare", "distill"] if dtype in BARE_DTYPES else ["distill"]
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+            for r in range(rounds):
+                for name in names if r % 2 == 0 else names[::-1]:
+                    if name == "bare":
+                        measured = bare_loop(case_config, batches, dtype, steps)
+                    else:
+                        measured = distill_loop(case_config, batches, teachers, dtype, steps)
+                    runs[name].append({**measured, "load": os.getloadavg()[0]})
+                    gc.collect()  # the loop's model and optimizer, before the next one is built
+            for name, measured in runs.items():
+                case[f"{name}/{dtype}"] = summarise(measured, steps)
+            if "bare" in runs:
+                per_round = [
+                    d["tokens_per_s"] / b["tokens_per_s"] for b, d in zip(runs["bare"], runs["distill"])
+                ]
+                results["ratios"][f"{label}/{dtype}"] = {
+                    "median": statistics.median(per_round),
+                    "rounds": per_round,
+                }
             print(
                 f"{label} {dtype}: "
-                + ", ".join(
-                    f"{k} {v['tokens_per_s']:.0f} tok/s"
-                    for k, v in case.items()
-                    if isinstance(v, dict) and "tokens_per_s" in v and k.endswith(dtype)
-                ),
+                + ", ".join(f"{n} {case[f'{n}/{dtype}']['tokens_per_s']:.0f} tok/s" for n in names),
                 flush=True,
             )
         results["cases"][label] = case
-    bare = results["cases"].get("none", {})
-    results["ratios"] = {
-        f"{label}/{dtype}": case[f"distill/{dtype}"]["tokens_per_s"] / bare[f"bare/{dtype}"]["tokens_per_s"]
-        for label, case in results["cases"].items()
-        for dtype in dtypes
-        if f"bare/{dtype}" in bare and f"distill/{dtype}" in case
-    }
     results["bf16_speedup"] = {
         f"{label}/{dtype}": case[f"distill/{dtype}"]["tokens_per_s"] / case["distill/float32"]["tokens_per_s"]
         for label, case in results["cases"].items()
         for dtype in dtypes
         if dtype != "float32"
     }
+    results["wall_s"] = time.perf_counter() - started
+    results["load_average_end"] = list(os.getloadavg())
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "train_speed.json", results)
     (args.out / "train_speed.md").write_text(render(results), encoding="utf-8")
@@ -273,15 +304,37 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def summarise(measured: list[dict[str, Any]], steps: int) -> dict[str, Any]:
+    """One loop's rounds: median tok/s, the rounds themselves, seconds per step and share by part."""
+    seconds = sum(m["seconds"] for m in measured)
+    parts: dict[str, float] = defaultdict(float)
+    for m in measured:
+        for part, s in m["breakdown_s"].items():
+            parts[part] += s
+    return {
+        "tokens": measured[0]["tokens"],
+        "tokens_per_s": statistics.median(m["tokens_per_s"] for m in measured),
+        "rounds": measured,
+        "step_s_by_part": {part: s / (steps * len(measured)) for part, s in parts.items()},
+        "breakdown_share": {part: s / seconds for part, s in parts.items()},
+        "load": max(m["load"] for m in measured),
+    }
+
+
 def render(results: dict[str, Any]) -> str:
+    machine = results["machine"]
     lines = [
         "# Training speed: bare loop vs distill",
         "",
-        f"Config `{results['config']}`, {results['steps']} measured optimizer steps per case after one "
-        f"warm-up step. Machine: {results['machine']}.",
+        f"Config `{results['config']}`; per case and dtype, {results['rounds']} rounds of (bare loop, "
+        f"distill) next to each other, the order alternating, each loop {results['steps']} measured "
+        f"optimizer steps after one warm-up step; {results.get('wall_s', 0.0):.0f} s in all.",
+        f"Machine: {machine['cpu']}, {machine['cores']} cores, {' '.join(machine['flags'])}; "
+        f"load {' / '.join(f'{x:.1f}' for x in machine['load_average'])} at the start, "
+        f"{' / '.join(f'{x:.1f}' for x in results.get('load_average_end', []))} at the end.",
         "",
-        "| case | loop | dtype | tok/s | vs bare loop (same dtype) | load |",
-        "|---|---|---|---|---|---|",
+        "| case | loop | dtype | tok/s (median) | rounds | distill / bare (median) | per round | max load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for label, case in results["cases"].items():
         for key, value in case.items():
@@ -289,45 +342,42 @@ def render(results: dict[str, Any]) -> str:
                 continue
             loop, dtype = key.split("/")
             ratio = results["ratios"].get(f"{label}/{dtype}") if loop == "distill" else None
+            median = "" if ratio is None else f"**{ratio['median']:.2f}**"
+            per_round = "" if ratio is None else ", ".join(f"{x:.2f}" for x in ratio["rounds"])
+            rounds = ", ".join(f"{r['tokens_per_s']:.0f}" for r in value["rounds"])
             lines.append(
-                f"| {label} | {loop} | {dtype} | {value['tokens_per_s']:.0f} | "
-                f"{'' if ratio is None else f'{ratio:.2f}'} | {value['load']:.1f} |"
+                f"| {label} | {loop} | {dtype} | {value['tokens_per_s']:.0f} | {rounds} | {median} | "
+                f"{per_round} | {value['load']:.1f} |"
             )
     lines += [
         "",
-        "bf16 speed-up of distill over its float32: "
+        "bf16 speed-up of distill over its float32 (medians, not paired): "
         + ", ".join(f"{k} {v:.2f}×" for k, v in results["bf16_speedup"].items()),
         "",
+        "## Seconds per optimizer step, by part (all rounds)",
+        "",
     ]
-    lines += ["## Where a distill step's time goes (share of wall time)", ""]
     for label, case in results["cases"].items():
         lines.append(
             f"- loader (in-process, before training), {label}: {case['loader_s_per_batch']:.3f} s per micro-batch"
         )
-    parts = sorted(
-        {
-            p
-            for case in results["cases"].values()
-            for k, v in case.items()
-            if k.startswith("distill/")
-            for p in v["breakdown_share"]
-        }
-    )
-    header = [
-        f"{label}/{k.split('/')[1]}"
+    columns = [
+        (f"{label} {key}", value["step_s_by_part"])
         for label, case in results["cases"].items()
-        for k in case
-        if k.startswith("distill/")
+        for key, value in case.items()
+        if isinstance(value, dict) and "step_s_by_part" in value
     ]
-    lines += ["", "| part | " + " | ".join(header) + " |", "|---|" + "---|" * len(header)]
-    for part in parts:
+    parts = sorted({part for _, by_part in columns for part in by_part})
+    lines += [
+        "",
+        "| part | " + " | ".join(name for name, _ in columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for part in [*parts, "total"]:
         cells = [
-            f"{case[k]['breakdown_share'].get(part, 0.0):.1%}"
-            for case in results["cases"].values()
-            for k in case
-            if k.startswith("distill/")
+            sum(by_part.values()) if part == "total" else by_part.get(part, 0.0) for _, by_part in columns
         ]
-        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+        lines.append(f"| {part} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     lines.append("")
     return "\n".join(lines)
 

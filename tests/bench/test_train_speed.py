@@ -1,5 +1,5 @@
 """Smoke test of bench/train_speed.py on the small distill world (tiny student, fake teachers):
-the bare loop and distill both run, the ratio and the breakdown are written, the machine recorded."""
+the bare loop and distill both run, the ratio and both breakdowns are written, the machine recorded."""
 
 import dataclasses
 import json
@@ -21,10 +21,17 @@ def test_train_speed_compares_distill_with_the_bare_loop(tmp_path_factory, tmp_p
     result = json.loads((tmp_path / "out" / "train_speed.json").read_text())
     none = result["cases"]["none"]
     assert none["bare/float32"]["tokens_per_s"] > 0 and none["distill/float32"]["tokens_per_s"] > 0
-    assert 0 < result["ratios"]["none/float32"] < 10
+    ratio = result["ratios"]["none/float32"]
+    assert 0 < ratio["median"] < 10 and len(ratio["rounds"]) == result["rounds"] == 1
     # Both loops are timed over the same micro-batches (the ones after the warm-up step).
     assert none["bare/float32"]["tokens"] == none["distill/float32"]["tokens"]
-    shares = none["distill/float32"]["breakdown_share"]
-    assert {"student_forward", "micro_batch_losses", "backward", "optimizer_step", "other"} <= shares.keys()
-    assert abs(sum(shares.values()) - 1.0) < 1e-6 and result["machine"]
+    common = {"student_forward", "micro_batch_losses", "backward", "optimizer_step", "other"}
+    for loop in ("bare", "distill"):
+        measured = none[f"{loop}/float32"]
+        assert common <= measured["breakdown_share"].keys()
+        assert abs(sum(measured["breakdown_share"].values()) - 1.0) < 1e-6
+        # Seconds per step by part add up to the loop's seconds per step.
+        step_s = measured["rounds"][0]["seconds"] / result["steps"]
+        assert abs(sum(measured["step_s_by_part"].values()) - step_s) < 1e-6
+    assert result["machine"]
     assert "| none | distill | float32 |" in (tmp_path / "out" / "train_speed.md").read_text()
