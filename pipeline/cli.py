@@ -296,6 +296,14 @@ def curves(
             "--teacher", help="The teacher of the single-teacher arms (default: the lowest bits per byte)."
         ),
     ] = None,
+    seeds: Annotated[
+        str | None,
+        typer.Option(
+            "--seeds",
+            help="Comma-separated seeds (orders of the samples): every arm trained once per seed, "
+            "compared per seed and over seeds (default: the config's seed).",
+        ),
+    ] = None,
     results: Annotated[
         Path | None, typer.Option("--results", help="Also write curves.{json,md,png} into this folder.")
     ] = None,
@@ -309,14 +317,30 @@ def curves(
 
     cfg = load_config(config, overrides)
     chosen = [a.strip() for a in arms.split(",") if a.strip()] if arms else None
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()] if seeds else None
+    except ValueError:
+        raise ValueError(
+            f"--seeds {seeds!r}: give whole numbers separated by commas, e.g. --seeds 0,1"
+        ) from None
     command = " ".join(
         ["polyfuse curves --config", shlex.quote(str(config)), f"--epochs {epochs}"]
         + ([f"--arms {shlex.quote(arms)}"] if arms else [])
+        + ([f"--seeds {shlex.quote(seeds)}"] if seeds else [])
         + ([f"--lr {lr:g}"] if lr is not None else [])
         + ([f"--teacher {shlex.quote(teacher)}"] if teacher else [])
         + [shlex.quote(o) for o in overrides or []]
     )
-    out = run_curves(cfg, chosen, epochs=epochs, lr=lr, teacher=teacher, results_dir=results, command=command)
+    out = run_curves(
+        cfg,
+        chosen,
+        epochs=epochs,
+        lr=lr,
+        teacher=teacher,
+        seeds=seed_list,
+        results_dir=results,
+        command=command,
+    )
     typer.echo(curve_markdown(out))
 
 

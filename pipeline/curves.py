@@ -322,35 +322,53 @@ def run_curves(
     epochs: int = 4,
     lr: float | None = None,
     teacher: str | None = None,
+    seeds: list[int] | None = None,
     progress: bool = True,
     results_dir: Path | None = None,
     command: str | None = None,
 ) -> dict:
     """Extract, train every arm, score every epoch, write the report (module docstring).
 
-    ``results_dir``: also write curves.{json,md,png} there (bench/results). Returns results.json."""
+    ``seeds``: train every arm once per seed (the order of the samples; default: the config's seed)
+    and add the comparisons over seeds (`seed_results`); the curves and tables of the first seed are
+    the report's main ones. ``results_dir``: also write curves.{json,md,png} there (bench/results).
+    Returns results.json."""
     from pipeline.extraction import run_extraction
 
     chosen = choose_arms(arms)
+    seeds = list(dict.fromkeys(seeds or [config.seed]))
     run_extraction(config, progress=progress)
-    plan = plan_curves(config, epochs=epochs, lr=lr, teacher=teacher)
+    configs = {seed: dataclasses.replace(config, seed=seed) for seed in seeds}
+    plans = {seed: plan_curves(configs[seed], epochs=epochs, lr=lr, teacher=teacher) for seed in seeds}
+    plan = plans[seeds[0]]
     logger.info(
-        "curves: %d arms × %d epochs of %d steps on the first %d train shards, lr %g, teacher %s",
-        len(chosen), plan.epochs, plan.steps_per_epoch, plan.train_shards, plan.lr, plan.teacher,
+        "curves: %d arms × %d epochs of %d steps on the first %d train shards, lr %g, teacher %s, seeds %s",
+        len(chosen), plan.epochs, plan.steps_per_epoch, plan.train_shards, plan.lr, plan.teacher, seeds,
     )  # fmt: skip
-    exports = {arm.name: train_arm(config, arm, plan, progress=progress) for arm in chosen}
-
     target = Path(config.student.path)
-    folders, labels = [target], [TARGET_LABEL]
-    for name, paths in exports.items():
-        for epoch, path in enumerate(paths, start=1):
-            folders.append(path)
-            labels.append(f"{name}@{epoch}")
+    folders, labels, owner = [target], [TARGET_LABEL], {}
+    for seed in seeds:
+        for arm in chosen:
+            paths = train_arm(configs[seed], arm, plans[seed], progress=progress)
+            for epoch, path in enumerate(paths, start=1):
+                label = f"{arm.name}@{epoch}"
+                labels.append(label if seed == seeds[0] else f"{label}/seed{seed}")
+                folders.append(path)
+                owner[labels[-1]] = (seed, label)
     scores = scores_of(evaluate_from_config(config, folders, target=target, labels=labels))
-    results = curve_results(scores, [a.name for a in chosen], plan)
+    by_seed = {seed: {TARGET_LABEL: scores[TARGET_LABEL]} for seed in seeds}
+    for label, (seed, short) in owner.items():
+        by_seed[seed][short] = scores[label]
+    names = [a.name for a in chosen]
+    results = curve_results(by_seed[seeds[0]], names, plan)
+    if len(seeds) > 1:
+        results["seeds"] = seed_results(by_seed, names, plan)
+        results["seeds"]["timing"] = {
+            str(seed): {a.name: arm_timing(configs[seed], a, plans[seed]) for a in chosen} for seed in seeds
+        }
     results["arms"] = {a.name: arm_record(config, a, plan) for a in chosen}
     results["plan"] = dataclasses.asdict(plan)
-    results["command"] = command or f"polyfuse curves --epochs {plan.epochs} --arms {','.join(exports)}"
+    results["command"] = command or f"polyfuse curves --epochs {plan.epochs} --arms {','.join(names)}"
     from stages.cpu_features import cpu_summary
 
     results["machine"] = cpu_summary()
@@ -436,6 +454,66 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
     }
 
 
+def seed_results(by_seed: dict[int, dict[str, dict[str, UnitScore]]], arms: list[str], plan: Plan) -> dict:
+    """The arms over several seeds (each seed another order of the same samples).
+
+    Every seed's arm is taken at its own best epoch. ``curves``: each seed's mean Δ against the
+    untrained student per epoch. ``vs_none``: each seed's best against that seed's `none` at its
+    best. ``pooled_vs_none`` and ``pooled_pairs``: per document, the mean over seeds of an arm's
+    bits (`seed_mean`), against `none`'s (or another arm's) mean — the seed's noise averaged out,
+    the standard error still over documents. ``seed_spread``: every later seed's best against the
+    first seed's best of the same arm, the noise floor a difference between arms must clear."""
+    first, seeds = next(iter(by_seed)), list(by_seed)
+    per_seed = {seed: curve_results(scores, arms, plan) for seed, scores in by_seed.items()}
+    best = {seed: per_seed[seed]["best_epoch"] for seed in seeds}
+    pooled = {arm: seed_mean([by_seed[seed][f"{arm}@{best[seed][arm]}"] for seed in seeds]) for arm in arms}
+    others = [arm for arm in arms if arm != "none"]
+    return {
+        "seeds": seeds,
+        "curves": {
+            str(seed): {
+                arm: [p[MEAN_BPB] for p in points] for arm, points in per_seed[seed]["curves"].items()
+            }
+            for seed in seeds
+        },
+        "best_epoch": {str(seed): epochs for seed, epochs in best.items()},
+        "vs_none": {str(seed): per_seed[seed]["best_vs_none_best"] for seed in seeds},
+        "pooled_vs_none": {
+            arm: delta_table(compare_models(pooled[arm], pooled["none"])) for arm in others if "none" in arms
+        },
+        "pooled_pairs": {
+            f"{a} − {b}": delta_table(compare_models(pooled[a], pooled[b]))
+            for i, a in enumerate(others)
+            for b in others[i + 1 :]
+        },
+        "seed_spread": {
+            f"{arm}: seed {seed} − seed {first}": delta_table(
+                compare_models(
+                    by_seed[seed][f"{arm}@{best[seed][arm]}"], by_seed[first][f"{arm}@{best[first][arm]}"]
+                )
+            )
+            for arm in arms
+            for seed in seeds[1:]
+        },
+    }
+
+
+def seed_mean(models: list[dict[str, UnitScore]]) -> dict[str, UnitScore]:
+    """Per unit, the model whose every observation is the mean of `models`' (the same documents:
+    bits averaged, bytes shared) — several seeds of one arm as one model for paired comparisons."""
+    out = {}
+    for unit, first in models[0].items():
+        keys = first.observations.keys()
+        if any(m[unit].observations.keys() != keys for m in models[1:]):
+            raise ValueError(f"{unit}: the seeds were scored on different documents; score them again")
+        observations = {
+            k: (sum(m[unit].observations[k][0] for m in models) / len(models), first.observations[k][1])
+            for k in keys
+        }
+        out[unit] = UnitScore.from_observations(unit, first.metric, first.higher_is_better, observations)
+    return out
+
+
 def cross_fitted(
     scores: dict[str, dict[str, UnitScore]], arm: str, epochs: int
 ) -> tuple[dict[str, UnitScore], list[int]]:
@@ -484,18 +562,29 @@ def write_curve_report(folder: Path, results: dict) -> None:
 
 
 def plot_curves(results: dict, path: Path) -> Path:
-    """Δ mean bits per byte against the untrained student per epoch, one line per arm, ± paired SE."""
+    """Δ mean bits per byte against the untrained student per epoch, one line per arm, ± paired SE
+    (the first seed's; every later seed's dashed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
     for arm, points in results["curves"].items():
         epochs = [0] + [p["epoch"] for p in points]
         deltas = [0.0] + [p[MEAN_BPB]["delta"] for p in points]
         errors = [0.0] + [p[MEAN_BPB]["se"] for p in points]
-        ax.errorbar(epochs, deltas, yerr=errors, marker="o", capsize=3, label=arm)
+        line = ax.errorbar(epochs, deltas, yerr=errors, marker="o", capsize=3, label=arm)
+        colours[arm] = line.lines[0].get_color()
+    # Later seeds (`seed_results`): the same arm's colour, dashed, without error bars.
+    for seed, curves in list(results.get("seeds", {}).get("curves", {}).items())[1:]:
+        for arm, points in curves.items():
+            epochs = range(len(points) + 1)
+            deltas = [0.0] + [p["delta"] for p in points]
+            ax.plot(
+                epochs, deltas, linestyle="--", marker=".", color=colours[arm], label=f"{arm} (seed {seed})"
+            )
     ax.axhline(0.0, color="grey", linewidth=0.8)
     ax.set_xlabel("epoch")
     ax.set_ylabel("Δ mean bits per byte vs untrained (lower is better)")
@@ -515,6 +604,69 @@ def _machine(machine: dict) -> str:
 def _cell(d: dict[str, float]) -> str:
     se = "nan" if math.isnan(d["se"]) else f"{d['se']:.4f}"
     return f"{d['delta']:+.4f} ± {se}"
+
+
+def seed_markdown(seeds: dict) -> list[str]:
+    """The report's section on several seeds (`seed_results`)."""
+    names = ", ".join(map(str, seeds["seeds"]))
+    lines = [
+        f"## Over seeds {names}",
+        "",
+        "Each seed trains every arm on the same samples in another order. Mean Δ against the untrained "
+        "student per epoch (the best epoch in bold):",
+        "",
+    ]
+    for seed, curves in seeds["curves"].items():
+        epochs = len(next(iter(curves.values())))
+        lines += [
+            f"| seed {seed} | " + " | ".join(f"epoch {e}" for e in range(1, epochs + 1)) + " |",
+            "|---|" + "---|" * epochs,
+        ]
+        for arm, points in curves.items():
+            best = seeds["best_epoch"][seed][arm]
+            cells = [f"**{_cell(p)}**" if e == best else _cell(p) for e, p in enumerate(points, start=1)]
+            lines.append(f"| {arm} | " + " | ".join(cells) + " |")
+        lines.append("")
+    tables = [
+        *(
+            (f"Seed {seed}: each arm at its best epoch against `none` at its best", table)
+            for seed, table in seeds["vs_none"].items()
+        ),
+        (
+            "Every seed: per document, the mean over seeds of each arm at its best epoch against `none`'s",
+            seeds["pooled_vs_none"],
+        ),
+        ("Every seed: pairs of arms, the same per-document means (a − b)", seeds["pooled_pairs"]),
+        ("The noise floor: the same arm with another seed, each at its best epoch", seeds["seed_spread"]),
+    ]
+    for title, table in tables:
+        if table:
+            lines += _delta_table(title, table, heading="###")
+    timing = seeds.get("timing", {})
+    if timing:
+        arms = list(next(iter(timing.values())))
+        lines += [
+            "### Training time per seed (s, load before → after)",
+            "",
+            "| seed | " + " | ".join(arms) + " |",
+            "|---|" + "---|" * len(arms),
+        ]
+        for seed, per_arm in timing.items():
+            cells = [
+                f"{t['seconds']:.0f} ({t['load_before'][0]:.1f} → {t['load_after'][0]:.1f})" if t else "—"
+                for t in per_arm.values()
+            ]
+            lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return lines
+
+
+def _delta_table(title: str, table: dict[str, dict[str, dict[str, float]]], *, heading: str) -> list[str]:
+    """A markdown table of paired Δs: one row per arm (or pair), one column per unit."""
+    units = list(next(iter(table.values())))
+    lines = [f"{heading} {title}", "", "| arm | " + " | ".join(units) + " |", "|---|" + "---|" * len(units)]
+    lines += [f"| {row} | " + " | ".join(_cell(d[u]) for u in units) + " |" for row, d in table.items()]
+    return [*lines, ""]
 
 
 def curve_markdown(results: dict) -> str:
@@ -550,13 +702,10 @@ def curve_markdown(results: dict) -> str:
         ),
         ("Pairs of arms, each at its best epoch (a − b)", "best_pairs"),
     ):
-        table = results.get(key)
-        if not table:
-            continue
-        units = list(next(iter(table.values())))
-        lines += [f"## {title}", "", "| arm | " + " | ".join(units) + " |", "|---|" + "---|" * len(units)]
-        lines += [f"| {arm} | " + " | ".join(_cell(d[u]) for u in units) + " |" for arm, d in table.items()]
-        lines.append("")
+        if results.get(key):
+            lines += _delta_table(title, results[key], heading="##")
+    if "seeds" in results:
+        lines += seed_markdown(results["seeds"])
     lines += [
         "## Arms",
         "",

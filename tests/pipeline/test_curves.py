@@ -15,11 +15,15 @@ import pipeline.distillation
 from pipeline.config import EvaluateConfig
 from pipeline.curves import (
     ARMS,
+    Plan,
     arm_config,
     choose_arms,
     cross_fitted,
+    curve_markdown,
     plan_curves,
     run_curves,
+    seed_mean,
+    seed_results,
     strongest_teacher,
 )
 from stages.evaluate.unit_score import UnitScore
@@ -149,6 +153,26 @@ def test_an_arm_trained_otherwise_is_refused_not_reused(trained) -> None:
         run_curves(changed, ["ce_chunk"], epochs=2, teacher="gemma", progress=False)
 
 
+def test_a_second_seed_trains_every_arm_again_and_is_compared_with_the_first(trained) -> None:
+    """`--seeds 0,4`: seed 0's arm is the one already trained (not trained again), seed 4's is new,
+    in its own folder; the report adds the comparisons over seeds. (A seed permutes the shard order of
+    epochs after the first; of the two train shards, seed 4 reverses them in epoch 2, seeds 1–3 do not.)"""
+    config, results, _ = trained
+    again = run_curves(config, ["none"], epochs=2, teacher="gemma", seeds=[0, 4], progress=False)
+    assert json.dumps(again["curves"], sort_keys=True) == json.dumps(
+        {"none": results["curves"]["none"]}, sort_keys=True
+    )
+    seeds = again["seeds"]
+    assert seeds["seeds"] == [0, 4] and set(seeds["curves"]) == {"0", "4"}
+    assert seeds["curves"]["0"]["none"] == [p["mean bpb"] for p in results["curves"]["none"]]
+    # The same first epoch; another order of the samples in the second trains another student.
+    first, other = seeds["curves"]["0"]["none"], seeds["curves"]["4"]["none"]
+    assert first[0] == other[0] and first[1] != other[1]
+    assert list(seeds["seed_spread"]) == ["none: seed 4 − seed 0"]
+    assert (Path(config.runs_dir) / "curves" / "arms" / "none-lr0.001-e2-float32-seed4" / "export").is_dir()
+    assert "## Over seeds 0, 4" in curve_markdown(again)
+
+
 def _score(unit: str, bits: list[float]) -> UnitScore:
     return UnitScore.from_observations(unit, "bpb", False, {f"d{i}": (b, 1.0) for i, b in enumerate(bits)})
 
@@ -171,3 +195,38 @@ def test_cross_fitting_scores_each_half_by_the_epoch_the_other_half_chose() -> N
     # On all documents the two epochs tie at 0.75; cross-fitting reports what each half's choice earns
     # on the documents it did not see.
     assert crossed["bpb/code"].value == pytest.approx(0.85)
+
+
+def test_over_seeds_each_document_is_the_mean_of_its_seeds_at_their_best_epochs() -> None:
+    # Seed 0: none is best at epoch 2, arm at epoch 1; seed 1: none at epoch 1, arm at epoch 2.
+    by_seed = {
+        0: {
+            "untrained": {"bpb/code": _score("bpb/code", [2.0, 2.0])},
+            "none@1": {"bpb/code": _score("bpb/code", [1.0, 1.0])},
+            "none@2": {"bpb/code": _score("bpb/code", [0.9, 0.9])},
+            "arm@1": {"bpb/code": _score("bpb/code", [0.8, 0.6])},
+            "arm@2": {"bpb/code": _score("bpb/code", [1.2, 1.2])},
+        },
+        1: {
+            "untrained": {"bpb/code": _score("bpb/code", [2.0, 2.0])},
+            "none@1": {"bpb/code": _score("bpb/code", [0.7, 0.7])},
+            "none@2": {"bpb/code": _score("bpb/code", [1.1, 1.1])},
+            "arm@1": {"bpb/code": _score("bpb/code", [1.3, 1.3])},
+            "arm@2": {"bpb/code": _score("bpb/code", [0.6, 0.4])},
+        },
+    }
+    plan = Plan(epochs=2, lr=1e-4, teacher="t", train_shards=1, steps_per_epoch=1, dtype="float32")
+    out = seed_results(by_seed, ["none", "arm"], plan)
+    assert out["best_epoch"] == {"0": {"none": 2, "arm": 1}, "1": {"none": 1, "arm": 2}}
+    # Per document: arm (0.8 + 0.6) / 2, (0.6 + 0.4) / 2 against none (0.9 + 0.7) / 2 twice.
+    pooled = out["pooled_vs_none"]["arm"]["code"]
+    assert pooled["delta"] == pytest.approx(((0.7 - 0.8) + (0.5 - 0.8)) / 2)
+    assert out["vs_none"]["0"]["arm"]["code"]["delta"] == pytest.approx(0.7 - 0.9)
+    assert out["vs_none"]["1"]["arm"]["code"]["delta"] == pytest.approx(0.5 - 0.7)
+    assert out["seed_spread"]["arm: seed 1 − seed 0"]["code"]["delta"] == pytest.approx(0.5 - 0.7)
+    assert out["seed_spread"]["none: seed 1 − seed 0"]["code"]["delta"] == pytest.approx(0.7 - 0.9)
+
+
+def test_seeds_scored_on_different_documents_are_not_averaged() -> None:
+    with pytest.raises(ValueError, match="different documents"):
+        seed_mean([{"bpb/code": _score("bpb/code", [1.0, 2.0])}, {"bpb/code": _score("bpb/code", [1.0])}])
