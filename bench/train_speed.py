@@ -1,7 +1,8 @@
 """Training speed: a bare PyTorch loop against `distill` on the same student, batches and dtype,
 side by side in one run, with both steps broken down. Writes bench/results/train_speed.{json,md}.
 
-    .venv/bin/python -m bench.train_speed [--config configs/experiment.yaml] [--steps 4] [--rounds 3] [--quick]
+    .venv/bin/python -m bench.train_speed [--config configs/experiment.yaml] [--steps 4] [--rounds 3]
+        [--cases none,chunk,adaptive_fusion] [--zero-stage N] [--quick]
 
 **Bare loop**: the student, torch AdamW, next-token cross-entropy, gradient clipping; no DeepSpeed,
 no teachers. **distill**: the real `DistillRecipe` (DeepSpeed ZeRO, the loss terms, the log)
@@ -233,18 +234,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", default="configs/experiment.yaml")
     parser.add_argument("--steps", type=int, default=4, help="measured optimizer steps per loop")
     parser.add_argument("--rounds", type=int, default=3, help="(bare, distill) pairs per case and dtype")
+    parser.add_argument(
+        "--cases", help=f"comma-separated cases (default: all of {', '.join(c[0] for c in CASES)})"
+    )
+    parser.add_argument(
+        "--zero-stage", type=int, choices=(0, 1, 2, 3), help="distill's ZeRO stage (default: the config's)"
+    )
     parser.add_argument("--quick", action="store_true", help="one case, one step, one round (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ds.prepare_distributed_env()
     config = load_config(args.config)
+    if args.zero_stage is not None:
+        config = dataclasses.replace(
+            config, distill=dataclasses.replace(config.distill, zero_stage=args.zero_stage)
+        )
     teacher = strongest_teacher(resolve_stream_inputs(config, checksums=False))
     steps, rounds = (1, 1) if args.quick else (args.steps, args.rounds)
-    cases = CASES[:1] if args.quick else CASES
+    wanted = args.cases.split(",") if args.cases else [c[0] for c in CASES]
+    if unknown := set(wanted) - {c[0] for c in CASES}:
+        parser.error(f"unknown case(s) {sorted(unknown)}: choose from {', '.join(c[0] for c in CASES)}")
+    cases = CASES[:1] if args.quick else [c for c in CASES if c[0] in wanted]
     dtypes = DTYPES if has_native_bf16() and not args.quick else ("float32",)
     results: dict[str, Any] = {
         "config": args.config,
+        "zero_stage": config.distill.zero_stage,
         "machine": cpu_summary(),
         "steps": steps,
         "rounds": rounds,
@@ -326,7 +341,7 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# Training speed: bare loop vs distill",
         "",
-        f"Config `{results['config']}`; per case and dtype, {results['rounds']} rounds of (bare loop, "
+        f"Config `{results['config']}`, distill at ZeRO stage {results.get('zero_stage', '?')}; per case and dtype, {results['rounds']} rounds of (bare loop, "
         f"distill) next to each other, the order alternating, each loop {results['steps']} measured "
         f"optimizer steps after one warm-up step; {results.get('wall_s', 0.0):.0f} s in all.",
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {' '.join(machine['flags'])}; "

@@ -435,6 +435,15 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
                 crossfit_against_none[arm] = delta_table(
                     compare_models(crossfit[arm][0], crossfit["none"][0])
                 )
+    # Every arm against `none` at the same epoch: the curves' differences with their paired errors.
+    by_epoch = {
+        arm: [
+            delta_table(compare_models(scores[f"{arm}@{e}"], scores[f"none@{e}"]))[MEAN_BPB]
+            for e in range(1, plan.epochs + 1)
+        ]
+        for arm in arms
+        if arm != "none" and "none" in arms
+    }
     # Every other pair of arms at their best epochs (a − b): e.g. three teachers against one.
     others = [arm for arm in arms if arm != "none"]
     pairs = {
@@ -447,6 +456,7 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
         "best_epoch": best,
         "best_vs_none_best": against_none,
         "best_pairs": pairs,
+        "vs_none_by_epoch": by_epoch,
         "final_vs_none_final": final_against_none,
         "crossfit_best_epochs": {arm: epochs for arm, (_, epochs) in crossfit.items()},
         "crossfit_vs_none": crossfit_against_none,
@@ -569,7 +579,9 @@ def plot_curves(results: dict, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    by_epoch = results.get("vs_none_by_epoch") or {}
+    fig, axes = plt.subplots(1, 2 if by_epoch else 1, figsize=(13 if by_epoch else 7, 4.5), squeeze=False)
+    ax = axes[0][0]
     colours = {}
     for arm, points in results["curves"].items():
         epochs = [0] + [p["epoch"] for p in points]
@@ -590,6 +602,20 @@ def plot_curves(results: dict, path: Path) -> Path:
     ax.set_ylabel("Δ mean bits per byte vs untrained (lower is better)")
     ax.set_title("Held-out learning curves (± paired SE over documents)")
     ax.legend(fontsize=8)
+    if by_epoch:
+        # The differences between arms are a few thousandths: against `none` at the same epoch they show.
+        right = axes[0][1]
+        for arm, points in by_epoch.items():
+            epochs = range(1, len(points) + 1)
+            right.errorbar(
+                epochs, [p["delta"] for p in points], yerr=[p["se"] for p in points], marker="o",
+                capsize=3, color=colours[arm], label=arm,
+            )  # fmt: skip
+        right.axhline(0.0, color=colours.get("none", "grey"), linewidth=0.8)
+        right.set_xlabel("epoch")
+        right.set_ylabel("Δ mean bits per byte vs `none` at the same epoch")
+        right.set_title("Against plain training (± paired SE over documents)")
+        right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -692,6 +718,16 @@ def curve_markdown(results: dict) -> str:
         cells = [_cell(p[MEAN_BPB]) for p in points]
         halves = "/".join(map(str, crossfit.get(arm, []))) or "—"
         lines.append(f"| {arm} | " + " | ".join(cells) + f" | {results['best_epoch'][arm]} | {halves} |")
+    by_epoch = results.get("vs_none_by_epoch") or {}
+    if by_epoch:
+        lines += [
+            "",
+            "Each arm against `none` at the same epoch (mean over domains, ± paired SE):",
+            "",
+            "| arm | " + " | ".join(f"epoch {e}" for e in range(1, plan["epochs"] + 1)) + " |",
+            "|---|" + "---|" * plan["epochs"],
+        ]
+        lines += [f"| {arm} | " + " | ".join(map(_cell, points)) + " |" for arm, points in by_epoch.items()]
     lines += ["", "![curves](curves.png)", ""]
     for title, key in (
         ("Each arm at its best epoch against `none` at its best", "best_vs_none_best"),

@@ -120,6 +120,13 @@ def test_curves_train_score_every_epoch_and_rerun_without_training(
     assert all(abs(p["mean bpb"]["delta"]) > 0 for points in results["curves"].values() for p in points)
     assert set(results["best_vs_none_best"]) == {"ce_chunk", "ce_exact_token"}
     assert list(results["best_pairs"]) == ["ce_chunk − ce_exact_token"]
+    by_epoch = results["vs_none_by_epoch"]
+    assert set(by_epoch) == {"ce_chunk", "ce_exact_token"} and all(len(p) == 2 for p in by_epoch.values())
+    # The same documents and bytes: against `none` is the difference of the two curves' points.
+    for arm, points in by_epoch.items():
+        for point, mine, none in zip(points, results["curves"][arm], results["curves"]["none"]):
+            assert point["delta"] == pytest.approx(mine["mean bpb"]["delta"] - none["mean bpb"]["delta"])
+            assert point["se"] > 0
     assert set(results["crossfit_vs_none"]) == {"ce_chunk", "ce_exact_token"}
     assert all(set(e) <= {1, 2} and len(e) == 2 for e in results["crossfit_best_epochs"].values())
     for name in ("curves.json", "curves.md", "curves.png"):
@@ -199,21 +206,13 @@ def test_cross_fitting_scores_each_half_by_the_epoch_the_other_half_chose() -> N
 
 def test_over_seeds_each_document_is_the_mean_of_its_seeds_at_their_best_epochs() -> None:
     # Seed 0: none is best at epoch 2, arm at epoch 1; seed 1: none at epoch 1, arm at epoch 2.
+    bits = {
+        0: {"untrained": [2.0, 2.0], "none@1": [1.0, 1.0], "none@2": [0.9, 0.9], "arm@1": [0.8, 0.6], "arm@2": [1.2, 1.2]},
+        1: {"untrained": [2.0, 2.0], "none@1": [0.7, 0.7], "none@2": [1.1, 1.1], "arm@1": [1.3, 1.3], "arm@2": [0.6, 0.4]},
+    }  # fmt: skip
     by_seed = {
-        0: {
-            "untrained": {"bpb/code": _score("bpb/code", [2.0, 2.0])},
-            "none@1": {"bpb/code": _score("bpb/code", [1.0, 1.0])},
-            "none@2": {"bpb/code": _score("bpb/code", [0.9, 0.9])},
-            "arm@1": {"bpb/code": _score("bpb/code", [0.8, 0.6])},
-            "arm@2": {"bpb/code": _score("bpb/code", [1.2, 1.2])},
-        },
-        1: {
-            "untrained": {"bpb/code": _score("bpb/code", [2.0, 2.0])},
-            "none@1": {"bpb/code": _score("bpb/code", [0.7, 0.7])},
-            "none@2": {"bpb/code": _score("bpb/code", [1.1, 1.1])},
-            "arm@1": {"bpb/code": _score("bpb/code", [1.3, 1.3])},
-            "arm@2": {"bpb/code": _score("bpb/code", [0.6, 0.4])},
-        },
+        seed: {label: {"bpb/code": _score("bpb/code", b)} for label, b in labels.items()}
+        for seed, labels in bits.items()
     }
     plan = Plan(epochs=2, lr=1e-4, teacher="t", train_shards=1, steps_per_epoch=1, dtype="float32")
     out = seed_results(by_seed, ["none", "arm"], plan)
