@@ -360,9 +360,10 @@ def run_curves(
     for label, (seed, short) in owner.items():
         by_seed[seed][short] = scores[label]
     names = [a.name for a in chosen]
-    results = curve_results(by_seed[seeds[0]], names, plan)
+    per_seed = {seed: curve_results(scores, names, plans[seed]) for seed, scores in by_seed.items()}
+    results = per_seed[seeds[0]]
     if len(seeds) > 1:
-        results["seeds"] = seed_results(by_seed, names, plan)
+        results["seeds"] = seed_results(by_seed, per_seed, names)
         results["seeds"]["timing"] = {
             str(seed): {a.name: arm_timing(configs[seed], a, plans[seed]) for a in chosen} for seed in seeds
         }
@@ -464,8 +465,11 @@ def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan
     }
 
 
-def seed_results(by_seed: dict[int, dict[str, dict[str, UnitScore]]], arms: list[str], plan: Plan) -> dict:
-    """The arms over several seeds (each seed another order of the same samples).
+def seed_results(
+    by_seed: dict[int, dict[str, dict[str, UnitScore]]], per_seed: dict[int, dict], arms: list[str]
+) -> dict:
+    """The arms over several seeds (each seed another order of the same samples), from each seed's
+    scores and its `curve_results`.
 
     Every seed's arm is taken at its own best epoch. ``curves``: each seed's mean Δ against the
     untrained student per epoch. ``vs_none``: each seed's best against that seed's `none` at its
@@ -474,7 +478,6 @@ def seed_results(by_seed: dict[int, dict[str, dict[str, UnitScore]]], arms: list
     the standard error still over documents. ``seed_spread``: every later seed's best against the
     first seed's best of the same arm, the noise floor a difference between arms must clear."""
     first, seeds = next(iter(by_seed)), list(by_seed)
-    per_seed = {seed: curve_results(scores, arms, plan) for seed, scores in by_seed.items()}
     best = {seed: per_seed[seed]["best_epoch"] for seed in seeds}
     pooled = {arm: seed_mean([by_seed[seed][f"{arm}@{best[seed][arm]}"] for seed in seeds]) for arm in arms}
     others = [arm for arm in arms if arm != "none"]

@@ -20,6 +20,7 @@ from pipeline.curves import (
     choose_arms,
     cross_fitted,
     curve_markdown,
+    curve_results,
     plan_curves,
     run_curves,
     seed_mean,
@@ -215,7 +216,8 @@ def test_over_seeds_each_document_is_the_mean_of_its_seeds_at_their_best_epochs(
         for seed, labels in bits.items()
     }
     plan = Plan(epochs=2, lr=1e-4, teacher="t", train_shards=1, steps_per_epoch=1, dtype="float32")
-    out = seed_results(by_seed, ["none", "arm"], plan)
+    per_seed = {seed: curve_results(scores, ["none", "arm"], plan) for seed, scores in by_seed.items()}
+    out = seed_results(by_seed, per_seed, ["none", "arm"])
     assert out["best_epoch"] == {"0": {"none": 2, "arm": 1}, "1": {"none": 1, "arm": 2}}
     # Per document: arm (0.8 + 0.6) / 2, (0.6 + 0.4) / 2 against none (0.9 + 0.7) / 2 twice.
     pooled = out["pooled_vs_none"]["arm"]["code"]
