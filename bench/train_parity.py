@@ -1,15 +1,20 @@
-"""bf16 training parity: one learning-curve arm trained in float32 and in a bf16 dtype on the same
-samples, every epoch's export scored on the same held-out documents, and each epoch's bf16 export
-paired per document with the float32 export of the same epoch. Beside it, the noise floor: the
+"""Training parity: one learning-curve arm trained as the config says (float32) and as a variant
+(a bf16 dtype, another ZeRO stage, or both) on the same samples, every epoch's export scored on the
+same held-out documents, and each epoch's variant export paired per document with the float32
+export of the same epoch. Beside it, the noise floor: the
 same float32 arm with another seed (the samples in another order each epoch), paired the same way,
 says how far two runs differ when nothing but chance changes. Writes
 bench/results/train_parity.{json,md}.
 
     .venv/bin/python -m bench.train_parity [--config configs/experiment.yaml] [--arm none]
-        [--epochs 4] [--lr 1e-4] [--dtype bfloat16] [--reshuffle-seed 1]
+        [--epochs 4] [--lr 1e-4] [--dtype bfloat16] [--zero-stage N] [--reshuffle-seed 1] [KEY=VALUE ...]
 
 The arms are `polyfuse curves` arms (pipeline/curves.py) in the same folders, so an arm the curves
-already trained is reused and a rerun trains and scores nothing. **Parity holds** when at every
+already trained is reused and a rerun trains and scores nothing. A variant at another ZeRO stage
+trains under `<name>-zero<N>`: an export's identity leaves the stage out (pipeline/experiment.py
+`export_changes`), so in the config's folder it would find the reference's exports. A reused arm
+may have been trained at another stage than the config's: the report gives the stage each run was
+trained at (its export's config.yaml). **Parity holds** when at every
 epoch the mean-over-domains Δ (bf16 − float32) is within 2 paired SE of zero, and at every epoch
 no domain's Δ is beyond 3 SE. The reshuffled run is reported beside it, per epoch and at each run's
 best epoch, so a reader can tell a dtype's effect from the spread between seeds. The speed-up is the ratio of the two arms' training wall times
@@ -35,8 +40,12 @@ MEAN_SE_LIMIT = 2.0
 DOMAIN_SE_LIMIT = 3.0
 
 
-def variant(config: Any, dtype: str, seed: int) -> Any:
-    return dataclasses.replace(config, seed=seed, distill=dataclasses.replace(config.distill, dtype=dtype))
+def variant(config: Any, dtype: str, seed: int, zero_stage: int | None = None) -> Any:
+    """``config`` trained in ``dtype`` with ``seed`` (and at ``zero_stage``, under its own name)."""
+    stage = config.distill.zero_stage if zero_stage is None else zero_stage
+    name = config.name if stage == config.distill.zero_stage else f"{config.name}-zero{stage}"
+    distill = dataclasses.replace(config.distill, dtype=dtype, zero_stage=stage)
+    return dataclasses.replace(config, name=name, seed=seed, distill=distill)
 
 
 def parity(deltas: dict[str, dict[str, float]]) -> bool:
@@ -52,11 +61,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arm", default="none", help="a `polyfuse curves` arm (pipeline/curves.py ARMS)")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-4)
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "bf16_mixed"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "bf16_mixed", REFERENCE])
+    parser.add_argument(
+        "--zero-stage",
+        type=int,
+        choices=[0, 1, 2, 3],
+        help="the variant's ZeRO stage (default: the config's)",
+    )
     parser.add_argument(
         "--reshuffle-seed", type=int, default=1, help="the seed of the float32 noise-floor run (0: none)"
     )
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("overrides", nargs="*", help="config overrides, key=value (as for `polyfuse`)")
     args = parser.parse_args(argv)
 
     from pipeline.config import load_config
@@ -69,18 +85,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.arm not in ARMS:
         parser.error(f"--arm {args.arm!r}: choose from {', '.join(ARMS)}")
     arm = ARMS[args.arm]
-    config = load_config(args.config)
-    if args.reshuffle_seed == config.seed:
+    config = load_config(args.config, args.overrides)
+    if args.reshuffle_seed and args.reshuffle_seed == config.seed:
         parser.error(
             f"--reshuffle-seed {args.reshuffle_seed} is the config's seed: choose another, or 0 for none"
         )
+    stage = config.distill.zero_stage
+    other_stage = args.zero_stage is not None and args.zero_stage != stage
+    tested = args.dtype + (f"-zero{args.zero_stage}" if other_stage else "")
+    if tested == REFERENCE:
+        parser.error(f"--dtype {REFERENCE} at the config's ZeRO stage {stage} is the reference: change one")
     run_extraction(config)
-    runs = {REFERENCE: (REFERENCE, config.seed), args.dtype: (args.dtype, config.seed)}
+    runs = {REFERENCE: (REFERENCE, config.seed, stage), tested: (args.dtype, config.seed, args.zero_stage)}
     if args.reshuffle_seed:
-        runs[RESHUFFLED] = (REFERENCE, args.reshuffle_seed)
+        runs[RESHUFFLED] = (REFERENCE, args.reshuffle_seed, stage)
     folders, labels, timing = [Path(config.student.path)], ["untrained"], {}
-    for name, (dtype, seed) in runs.items():
-        sub = variant(config, dtype, seed)
+    for name, (dtype, seed, zero_stage) in runs.items():
+        sub = variant(config, dtype, seed, zero_stage)
         plan = plan_curves(sub, epochs=args.epochs, lr=args.lr, teacher=None)
         exports = train_arm(sub, arm, plan)
         folders += exports
@@ -96,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
 
     epochs = []
     for epoch in range(1, args.epochs + 1):
-        deltas = against_reference(args.dtype, epoch)
+        deltas = against_reference(tested, epoch)
         row = {"epoch": epoch, "deltas": deltas, "parity": parity(deltas)}
         if RESHUFFLED in runs:
             row["reshuffled"] = against_reference(RESHUFFLED, epoch)
@@ -109,10 +130,16 @@ def main(argv: list[str] | None = None) -> int:
         for name in runs
         if name != REFERENCE
     }
-    seconds = {d: timing[d].get("seconds") for d in (REFERENCE, args.dtype)}
+    seconds = {d: timing[d].get("seconds") for d in (REFERENCE, tested)}
+    # Wall times compare only where each run was trained at the stage asked of it: the stage costs or
+    # saves whole seconds a step (bench/results/xeon_amx/train_speed.md), and a reused arm may have
+    # been trained at another.
+    stages = {REFERENCE: stage, tested: args.zero_stage if other_stage else stage}
+    comparable = all(seconds.values()) and all(timing[n].get("zero_stage") == stages[n] for n in stages)
     results = {
         "arm": args.arm,
-        "dtype": args.dtype,
+        "dtype": tested,
+        "zero_stage": stages,
         "reference": REFERENCE,
         "plan": {
             "epochs": args.epochs,
@@ -127,10 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         "best_epoch": best,
         "at_best_epoch": at_best,
         "timing": timing,
-        "speedup": seconds[REFERENCE] / seconds[args.dtype] if all(seconds.values()) else None,
+        "speedup": seconds[REFERENCE] / seconds[tested] if comparable else None,
+        "largest_abs_delta": max(abs(d["delta"]) for e in epochs for d in e["deltas"].values()),
         "machine": {**cpu_summary(), "load_at_report": list(os.getloadavg())},
         "command": f"python -m bench.train_parity --config {args.config} --arm {args.arm} "
-        f"--epochs {args.epochs} --lr {args.lr:g} --dtype {args.dtype} --reshuffle-seed {args.reshuffle_seed}",
+        f"--epochs {args.epochs} --lr {args.lr:g} --dtype {args.dtype}"
+        + (f" --zero-stage {args.zero_stage}" if other_stage else "")
+        + f" --reshuffle-seed {args.reshuffle_seed}"
+        + "".join(f" {o}" for o in args.overrides),
     }
     write_json_atomic(args.out / "train_parity.json", results)
     (args.out / "train_parity.md").write_text(render(results))
@@ -143,13 +174,18 @@ def render(results: dict[str, Any]) -> str:
     dtype, ref = results["dtype"], results["reference"]
     seed, reshuffle = results["seed"], results["reshuffle_seed"]
     lines = [
-        f"# bf16 training parity: `{dtype}` against `{ref}`",
+        f"# Training parity: `{dtype}` against `{ref}`",
         "",
         f"Arm `{results['arm']}` of `polyfuse curves`, {results['plan']['epochs']} epochs × "
         f"{results['plan']['steps_per_epoch']} steps, lr {results['plan']['lr']:g}, seed {seed}; every epoch's "
         f"export paired per held-out document with the {ref} export of the same epoch (Δ = run − {ref}, "
         "bits per byte ± paired SE).",
         "",
+        *(
+            [f"ZeRO stage: {ref} {stages[ref]}, `{dtype}` {stages[dtype]} (one rank).", ""]
+            if (stages := results.get("zero_stage", {})) and len(set(stages.values())) > 1
+            else []
+        ),
         f"Machine: {m['cpu']}, {m['cores']} cores, flags {' '.join(m['flags'])}, native bf16: "
         f"{m['native_bf16']}; load at report {', '.join(f'{x:.2f}' for x in m['load_at_report'])}.",
         "",
@@ -161,7 +197,8 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         f"Parity (every epoch: |Δ mean| ≤ {MEAN_SE_LIMIT:g} SE, every domain ≤ {DOMAIN_SE_LIMIT:g} SE): "
-        f"**{'holds' if results['parity'] else 'does not hold'}**.",
+        f"**{'holds' if results['parity'] else 'does not hold'}**. The largest |Δ| of any epoch and unit: "
+        f"{results['largest_abs_delta']:.1e} bits per byte.",
         "",
     ]
     if reshuffle:
@@ -181,20 +218,29 @@ def render(results: dict[str, Any]) -> str:
     ]
     for name, row in results["at_best_epoch"].items():
         lines.append(f"| {name} | {row['epoch']} | {_cells(row['deltas'], units)} |")
-    lines += ["", "| run | training wall time (s) | load before → after |", "|---|---|---|"]
+    lines += ["", "| run | ZeRO stage | training wall time (s) | load before → after |", "|---|---|---|---|"]
     for d, t in results["timing"].items():
-        if t:
+        if "seconds" in t:
             lines.append(
-                f"| {d} | {t['seconds']:.0f} | {t['load_before'][0]:.1f} → {t['load_after'][0]:.1f} |"
+                f"| {d} | {t['zero_stage']} | {t['seconds']:.0f} | "
+                f"{t['load_before'][0]:.1f} → {t['load_after'][0]:.1f} |"
             )
     if results["speedup"]:
         lines += ["", f"Speed-up of {dtype} over {ref}: {results['speedup']:.2f}×."]
+    else:
+        lines += ["", f"No speed-up: {dtype} or {ref} was trained at another ZeRO stage than the one above."]
     lines += ["", f"Rebuild: `{results['command']}`", ""]
     return "\n".join(lines)
 
 
 def _cells(deltas: dict[str, dict[str, float]], units: list[str]) -> str:
-    return " | ".join(f"{deltas[u]['delta']:+.4f} ± {deltas[u]['se']:.4f}" for u in units)
+    """Δ ± SE to four decimals, or in powers of ten where four decimals would print zeros."""
+    return " | ".join(
+        f"{d['delta']:+.4f} ± {d['se']:.4f}"
+        if abs(d["delta"]) >= 5e-5 or d["delta"] == 0
+        else f"{d['delta']:+.1e} ± {d['se']:.1e}"
+        for d in (deltas[u] for u in units)
+    )
 
 
 if __name__ == "__main__":

@@ -83,6 +83,14 @@ ARMS = {
             "CE + chunk matching against every teacher under the likelihood gate, λ = 0.5",
         ),
         Arm(
+            "ce_chunk_gate_no_self",
+            "adaptive",
+            (("objective", "chunk"), ("lam", 0.5), ("gate_objective", "likelihood")),
+            "ablation: `ce_chunk_gate` without the student's own model among the teachers",
+            ablation=True,
+            without_student=True,
+        ),
+        Arm(
             "ce_exact_token_gate",
             "adaptive",
             (
@@ -403,9 +411,19 @@ def arm_record(config: Config, arm: Arm, plan: Plan) -> dict:
 
 
 def arm_timing(config: Config, arm: Arm, plan: Plan) -> dict:
-    """The arm's training wall time and the load beside it (timing.json; {} when it was never timed)."""
-    path = Path(arm_config(config, arm, plan).runs_dir) / arm_folder(arm, plan) / "timing.json"
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The arm's training wall time, the load beside it (timing.json) and the ZeRO stage it was
+    trained at (its export's config.yaml: an export is reused whatever the stage asked for now);
+    {} when it was never timed."""
+    import yaml
+
+    run_dir = Path(arm_config(config, arm, plan).runs_dir) / arm_folder(arm, plan)
+    if not (run_dir / "timing.json").is_file():
+        return {}
+    export = yaml.safe_load((run_dir / "export" / "config.yaml").read_text(encoding="utf-8"))
+    return {
+        **json.loads((run_dir / "timing.json").read_text()),
+        "zero_stage": export["distill"]["zero_stage"],
+    }
 
 
 def curve_results(scores: dict[str, dict[str, UnitScore]], arms: list[str], plan: Plan) -> dict:
@@ -748,19 +766,20 @@ def curve_markdown(results: dict) -> str:
     lines += [
         "## Arms",
         "",
-        "| arm | strategy | overrides | training time (s) | load before → after |",
-        "|---|---|---|---|---|",
+        "| arm | strategy | overrides | training time (s) | ZeRO stage | load before → after |",
+        "|---|---|---|---|---|---|",
     ]
     for arm, info in results["arms"].items():
         timing = info["timing"]
         seconds = f"{timing['seconds']:.0f}" if timing else "—"
+        stage = timing.get("zero_stage", "—")
         load = (
             f"{timing['load_before'][0]:.1f} → {timing['load_after'][0]:.1f}"
             + (" (resumed)" if timing.get("resumed") else "")
             if timing
             else "—"
         )
-        lines.append(f"| {arm} | {info['strategy']} | {info['overrides']} | {seconds} | {load} |")
+        lines.append(f"| {arm} | {info['strategy']} | {info['overrides']} | {seconds} | {stage} | {load} |")
     lines.append("")
     lines += [
         f"- `{arm}`: {info['about']}"

@@ -224,7 +224,9 @@ def test_a_finished_export_is_reused_only_with_the_settings_and_caches_it_was_tr
     message = str(err.value)
     assert "none (distill.lam 0.9 → 0.5, distill.max_steps 1 → 2)" in message
     assert f"rm -rf {export.parent}" in message
-    # The same settings, or ones that decide no weights (the log cadence), keep the export.
+    # The same settings, or ones that decide no weights (the log cadence, the ZeRO stage), keep the
+    # export.
     experiment.refuse_stale_exports(config, [METHODS["none"]])
-    relogged = dataclasses.replace(config, distill=dataclasses.replace(config.distill, log_every=7))
-    experiment.refuse_stale_exports(relogged, [METHODS["none"]])
+    for field, value in (("log_every", 7), ("zero_stage", 0)):
+        other = dataclasses.replace(config, distill=dataclasses.replace(config.distill, **{field: value}))
+        experiment.refuse_stale_exports(other, [METHODS["none"]])
