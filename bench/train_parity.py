@@ -40,9 +40,9 @@ MEAN_SE_LIMIT = 2.0
 DOMAIN_SE_LIMIT = 3.0
 
 
-def variant(config: Any, dtype: str, seed: int, zero_stage: int | None = None) -> Any:
-    """``config`` trained in ``dtype`` with ``seed`` (and at ``zero_stage``, under its own name)."""
-    stage = config.distill.zero_stage if zero_stage is None else zero_stage
+def variant(config: Any, dtype: str, seed: int, stage: int) -> Any:
+    """``config`` trained in ``dtype`` with ``seed`` at ZeRO ``stage`` (under its own name where that is
+    not the config's)."""
     name = config.name if stage == config.distill.zero_stage else f"{config.name}-zero{stage}"
     distill = dataclasses.replace(config.distill, dtype=dtype, zero_stage=stage)
     return dataclasses.replace(config, name=name, seed=seed, distill=distill)
@@ -91,12 +91,13 @@ def main(argv: list[str] | None = None) -> int:
             f"--reshuffle-seed {args.reshuffle_seed} is the config's seed: choose another, or 0 for none"
         )
     stage = config.distill.zero_stage
-    other_stage = args.zero_stage is not None and args.zero_stage != stage
-    tested = args.dtype + (f"-zero{args.zero_stage}" if other_stage else "")
+    tested_stage = stage if args.zero_stage is None else args.zero_stage
+    other_stage = tested_stage != stage
+    tested = args.dtype + (f"-zero{tested_stage}" if other_stage else "")
     if tested == REFERENCE:
         parser.error(f"--dtype {REFERENCE} at the config's ZeRO stage {stage} is the reference: change one")
     run_extraction(config)
-    runs = {REFERENCE: (REFERENCE, config.seed, stage), tested: (args.dtype, config.seed, args.zero_stage)}
+    runs = {REFERENCE: (REFERENCE, config.seed, stage), tested: (args.dtype, config.seed, tested_stage)}
     if args.reshuffle_seed:
         runs[RESHUFFLED] = (REFERENCE, args.reshuffle_seed, stage)
     folders, labels, timing = [Path(config.student.path)], ["untrained"], {}
@@ -134,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     # Wall times compare only where each run was trained at the stage asked of it: the stage costs or
     # saves whole seconds a step (bench/results/xeon_amx/train_speed.md), and a reused arm may have
     # been trained at another.
-    stages = {REFERENCE: stage, tested: args.zero_stage if other_stage else stage}
+    stages = {REFERENCE: stage, tested: tested_stage}
     comparable = all(seconds.values()) and all(timing[n].get("zero_stage") == stages[n] for n in stages)
     results = {
         "arm": args.arm,
@@ -159,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {**cpu_summary(), "load_at_report": list(os.getloadavg())},
         "command": f"python -m bench.train_parity --config {args.config} --arm {args.arm} "
         f"--epochs {args.epochs} --lr {args.lr:g} --dtype {args.dtype}"
-        + (f" --zero-stage {args.zero_stage}" if other_stage else "")
+        + (f" --zero-stage {tested_stage}" if other_stage else "")
         + f" --reshuffle-seed {args.reshuffle_seed}"
         + "".join(f" {o}" for o in args.overrides),
     }
@@ -228,7 +229,7 @@ def render(results: dict[str, Any]) -> str:
     if results["speedup"]:
         lines += ["", f"Speed-up of {dtype} over {ref}: {results['speedup']:.2f}×."]
     else:
-        lines += ["", f"No speed-up: {dtype} or {ref} was trained at another ZeRO stage than the one above."]
+        lines += ["", f"No speed-up: {dtype} and {ref} were not both timed at the ZeRO stages asked of them."]
     lines += ["", f"Rebuild: `{results['command']}`", ""]
     return "\n".join(lines)
 

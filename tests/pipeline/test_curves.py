@@ -88,9 +88,8 @@ def test_the_plan_covers_the_shards_every_teacher_has(config) -> None:
     assert [t.name for t in every.teachers] == ["smol", "gemma"]
     assert [t.name for t in arm_config(config, no_self, plan).teachers] == ["smol", "gemma"]
     chunk_no_self = arm_config(mirror, ARMS["ce_chunk_gate_no_self"], plan)
-    assert [t.name for t in chunk_no_self.teachers] == [
-        "gemma"
-    ] and chunk_no_self.distill.objective == "chunk"
+    assert [t.name for t in chunk_no_self.teachers] == ["gemma"]
+    assert chunk_no_self.distill.objective == "chunk"
     only_self = dataclasses.replace(mirror, teachers=mirror.teachers[:1])
     with pytest.raises(ValueError, match="every teacher is the student"):
         arm_config(only_self, no_self, plan)
