@@ -62,28 +62,25 @@ def student_chunk_loglik(
     return out.scatter_add(1, torch.where(inside, row_chunk, num_chunks), values)[:, :num_chunks]
 
 
-def student_space_logprob(
-    logits: torch.Tensor, lse: torch.Tensor, end_row: torch.Tensor, space_mask: torch.Tensor
-) -> torch.Tensor:
+def space_rows(end_row: torch.Tensor, length: int) -> torch.Tensor:
+    """`[N]` int64 the flat rows (`b·T + row`) of every chunk end with a σ correction, in `end_row`'s
+    row-major order; `end_row`: `[B, S]` the student row after each chunk, −1: no correction."""
+    batch = torch.arange(end_row.shape[0], device=end_row.device).unsqueeze(1)
+    return (batch * length + end_row.clamp_min(0))[end_row >= 0]
+
+
+def student_space_logprob(space_lse: torch.Tensor, lse: torch.Tensor, end_row: torch.Tensor) -> torch.Tensor:
     """`[B, S]` log σ_S at each chunk's end row: log Σ_{v in the space mask} q(v) (differentiable);
     0 where `end_row` is −1.
 
     Args:
-        logits: `[B, T, V]`; lse: `[B, T]` its log-normaliser.
+        space_lse: `[N]` log Σ_{v in the space mask} exp(z_v) at `space_rows(end_row, T)`
+            (`losses.student_normaliser`).
+        lse: `[B, T]` the log-normaliser.
         end_row: `[B, S]` int64 the student row after each chunk, −1: no correction.
-        space_mask: `[V]` bool, the student's ids that start a new word (whitespace or special).
     """
-    batch, chunks = end_row.shape
-    used = end_row >= 0
-    flat = (torch.arange(batch, device=end_row.device).unsqueeze(1) * logits.shape[1] + end_row.clamp_min(0))[
-        used
-    ]
-    rows = logits.reshape(-1, logits.shape[-1]).index_select(0, flat)  # [N, V], N = used ends
-    dtype = lse.dtype
-    masked = rows.to(dtype).masked_fill(~space_mask.to(rows.device), float("-inf"))
-    values = torch.logsumexp(masked, dim=-1) - lse.reshape(-1).index_select(0, flat)
-    out = lse.new_zeros(batch, chunks)
-    return out.masked_scatter(used, values)
+    values = space_lse - lse.reshape(-1).index_select(0, space_rows(end_row, lse.shape[1]))
+    return lse.new_zeros(end_row.shape).masked_scatter(end_row >= 0, values.to(lse.dtype))
 
 
 def mixture_chunk_loglik(

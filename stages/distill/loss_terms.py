@@ -2,7 +2,7 @@
 
 A term reads `TermInputs` (the batch, the student's logits and what every term shares: one
 logsumexp over the vocabulary, one gather of the logits at the next tokens and at the teachers'
-supports, the sample weights w) and returns a `TermValue`: its scalar loss and the sums it logs.
+supports, the σ correction at the chunk ends, all with one gradient buffer; the sample weights w) and returns a `TermValue`: its scalar loss and the sums it logs.
 `term_weights` decides once which terms a run computes and their weights:
 
     L = λ·L_clm + (1 − λ)·L_objective + β·L_feedback [+ L_gate_nll]
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from stages.distill.batch import FusionBatch
-from stages.distill.chunk_loss import chunk_distillation_loss, student_space_logprob
+from stages.distill.chunk_loss import chunk_distillation_loss
 from stages.distill.fusion import fuse_position_weights, fusion_cross_entropy
 from stages.distill.gate_objective import mixture_span_nll
 from stages.distill.losses import clm_loss, feedback_loss
@@ -58,8 +58,9 @@ class TermInputs:
     """`[K]` the importance the feedback loss sees (`FusionModule.feedback_importance`)."""
     settings: DistillSettings
     """The run's `distill` settings: each term reads its own (e.g. `chunk_temperature`)."""
-    space_mask: torch.Tensor | None = None
-    """`[V]` bool, the student ids that start a new word (the chunk loss's σ correction)."""
+    student_space: torch.Tensor | None = None
+    """`[B, S]` log σ_S at each chunk's end (the chunk loss's σ correction; 0 where none applies);
+    None where no chunk of the batch is corrected or no term reads it."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,8 @@ class LossTerm:
     window (`micro_batches`, `samples`, `student_rows`, `tokens`)."""
     reads_supports: bool = False
     """Whether the term reads `support_logits` (the shared gather then includes the supports)."""
+    reads_space: bool = False
+    """Whether the term reads `student_space` (the step's normaliser then computes it)."""
 
 
 def clm_term(x: TermInputs) -> TermValue:
@@ -128,9 +131,6 @@ def chunk_term(x: TermInputs) -> TermValue:
     assert x.weights is not None, "the chunk term needs sample weights"
     b = x.batch
     next_logprobs = x.target_logits.to(x.lse.dtype) - x.lse
-    corrected = bool((b.chunk_end_row >= 0).any())
-    if corrected and x.space_mask is None:
-        raise RuntimeError("the batch asks for the σ correction but the run has no student space mask")
     loss, chunks, rows = chunk_distillation_loss(
         next_logprobs,
         b.row_chunk,
@@ -139,10 +139,8 @@ def chunk_term(x: TermInputs) -> TermValue:
         x.weights,
         b.present,
         x.settings.chunk_temperature,
-        student_space=student_space_logprob(x.logits, x.lse, b.chunk_end_row, x.space_mask)
-        if corrected
-        else None,
-        teacher_space=b.chunk_space if corrected else None,
+        student_space=x.student_space,
+        teacher_space=None if x.student_space is None else b.chunk_space,
     )
     unchunked = (b.present.any(dim=-1) & ~b.span_mask.any(dim=-1)).sum()
     return TermValue(
@@ -186,6 +184,7 @@ TERMS: dict[str, LossTerm] = {
             "chunk/rows_per_chunk": ("rows", "chunks"),
             "chunk/unchunked_rate": ("unchunked_samples", "samples"),
         },
+        reads_space=True,
     ),
 }
 """Every loss term by name; `term_weights` says which a run computes."""

@@ -29,31 +29,47 @@ def loss_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
-class _ChunkedLogSumExp(torch.autograd.Function):
-    """logsumexp over the last dim in fp32, a chunk of rows at a time, in both passes.
+class _StudentNormaliser(torch.autograd.Function):
+    """Everything the loss terms read of the `[B, T, V]` logits, with one gradient buffer.
 
-    Saves the logits in their own dtype and the [N] result; backward rebuilds softmax·grad chunk
-    by chunk into the gradient buffer. `torch.logsumexp(logits.float())` would instead keep an
-    fp32 [B, T, V] copy alive until backward (bf16 students) and allocate a full-size temporary.
+    Forward: the logsumexp over V per position in fp32, a chunk of rows at a time; the logits at
+    `index` (the next tokens and the teachers' supports); and, for the chunk loss's σ correction,
+    the logsumexp over the ids of `space_mask` at the flat rows `space_rows`. Backward writes
+    softmax·grad chunk by chunk into one buffer and adds the gather's and the σ rows' gradients to
+    it in place. Taken one at a time, autograd would instead keep an fp32 [B, T, V] copy alive
+    until backward (bf16 students), zero a dense [B, T, V] buffer for the gather and another for
+    the σ rows, and add the three: the chunk loss's backward then cost 0.7–1.0 s a step more than
+    the bare loop's, and now costs 0.2 s (bench/results/train_speed.md against
+    bench/results/xeon_amx/zero0_distill_terms/).
     """
 
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, chunk_rows: int) -> torch.Tensor:  # type: ignore[override]
+    def forward(  # type: ignore[override]
+        ctx,
+        logits: torch.Tensor,
+        index: torch.Tensor,
+        space_rows: torch.Tensor,
+        space_mask: torch.Tensor,
+        chunk_rows: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         flat = logits.reshape(-1, logits.shape[-1])
-        out = torch.empty(flat.shape[0], dtype=loss_dtype(logits.dtype), device=logits.device)
+        lse = torch.empty(flat.shape[0], dtype=loss_dtype(logits.dtype), device=logits.device)
         for start in range(0, flat.shape[0], chunk_rows):
             rows = slice(start, start + chunk_rows)
-            out[rows] = torch.logsumexp(flat[rows].to(out.dtype), dim=-1)
-        ctx.save_for_backward(logits, out)
+            lse[rows] = torch.logsumexp(flat[rows].to(lse.dtype), dim=-1)
+        space = torch.logsumexp(_space_logits(flat, space_rows, space_mask, lse.dtype), dim=-1)
+        ctx.save_for_backward(logits, lse, index, space_rows, space_mask, space)
         ctx.chunk_rows = chunk_rows
-        return out.view(logits.shape[:-1])
+        return lse.view(logits.shape[:-1]), logits.gather(-1, index), space
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_out: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
-        logits, lse = ctx.saved_tensors
+    def backward(  # type: ignore[override]
+        ctx, grad_lse: torch.Tensor, grad_gathered: torch.Tensor, grad_space: torch.Tensor
+    ) -> tuple[torch.Tensor, None, None, None, None]:
+        logits, lse, index, space_rows, space_mask, space = ctx.saved_tensors
         flat = logits.reshape(-1, logits.shape[-1])
-        grad_flat = grad_out.reshape(-1, 1).to(lse.dtype)
+        grad_flat = grad_lse.reshape(-1, 1).to(lse.dtype)
         lse = lse.unsqueeze(-1)
         grad = torch.empty_like(flat)
         for start in range(0, flat.shape[0], ctx.chunk_rows):
@@ -61,7 +77,49 @@ class _ChunkedLogSumExp(torch.autograd.Function):
             # One chunk-size temporary, updated in place: d lse / d z = softmax(z).
             softmax = flat[rows].to(lse.dtype) - lse[rows]
             grad[rows] = softmax.exp_().mul_(grad_flat[rows])
-        return grad.view_as(logits), None
+        grad.view_as(logits).scatter_add_(-1, index, grad_gathered.to(grad.dtype))
+        if space_rows.numel():
+            # d space / d z = the softmax restricted to the space ids (0 elsewhere: exp(−inf)).
+            masked = _space_logits(flat, space_rows, space_mask, lse.dtype).sub_(space.unsqueeze(-1))
+            grad.index_add_(0, space_rows, masked.exp_().mul_(grad_space.unsqueeze(-1)).to(grad.dtype))
+        return grad.view_as(logits), None, None, None, None
+
+
+def _space_logits(
+    flat: torch.Tensor, rows: torch.Tensor, space_mask: torch.Tensor, dtype: torch.dtype
+) -> torch.Tensor:
+    """`[N, V]` the logits of `rows` in `dtype`, −inf outside `space_mask`."""
+    return flat.index_select(0, rows).to(dtype).masked_fill_(~space_mask, float("-inf"))
+
+
+def student_normaliser(
+    logits: torch.Tensor,
+    index: torch.Tensor,
+    space_rows: torch.Tensor | None = None,
+    space_mask: torch.Tensor | None = None,
+    chunk_elements: int = LOGSUMEXP_CHUNK_ELEMENTS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The log-normaliser, the logits at `index` and the σ rows' log-sum-exp, differentiable, with
+    a single `[B, T, V]` gradient buffer among them (`_StudentNormaliser`).
+
+    Args:
+        logits: `[B, T, V]` student logits, any float dtype.
+        index: `[B, T, M]` int64 vocabulary ids to gather at every position.
+        space_rows: `[N]` int64 rows of `logits.reshape(-1, V)` to take the σ log-sum-exp at;
+            None: none.
+        space_mask: `[V]` bool, the ids σ sums over (needed with `space_rows`).
+        chunk_elements: at most this many logits are upcast at once (a memory knob only).
+
+    Returns:
+        `[B, T]` log Σ_v exp(z_v) in at least fp32; `[B, T, M]` the logits at `index` in their
+        own dtype; `[N]` log Σ_{v in space_mask} exp(z_v) at `space_rows` in the lse dtype.
+    """
+    if space_rows is None:
+        space_rows = index.new_zeros(0)
+        space_mask = torch.ones(logits.shape[-1], dtype=torch.bool, device=logits.device)
+    assert space_mask is not None, "space rows need the space mask"
+    chunk_rows = max(1, chunk_elements // logits.shape[-1])
+    return _StudentNormaliser.apply(logits, index, space_rows, space_mask.to(logits.device), chunk_rows)
 
 
 def position_logsumexp(logits: torch.Tensor, chunk_elements: int = LOGSUMEXP_CHUNK_ELEMENTS) -> torch.Tensor:
@@ -72,11 +130,11 @@ def position_logsumexp(logits: torch.Tensor, chunk_elements: int = LOGSUMEXP_CHU
         chunk_elements: at most this many logits are upcast at once (a memory knob only).
 
     Returns:
-        `[B, T]` log-normaliser; compute it once per micro-batch and pass it to `clm_loss` and
-        `fusion_cross_entropy` so the step has a single logsumexp over the vocabulary.
+        `[B, T]` log-normaliser. A training step takes it from `student_normaliser` together with
+        the logits every term gathers (one logsumexp and one gradient buffer per micro-batch).
     """
-    chunk_rows = max(1, chunk_elements // logits.shape[-1])
-    return _ChunkedLogSumExp.apply(logits, chunk_rows)
+    index = torch.zeros(*logits.shape[:-1], 0, dtype=torch.int64, device=logits.device)
+    return student_normaliser(logits, index, chunk_elements=chunk_elements)[0]
 
 
 def next_token_ids(input_ids: torch.Tensor) -> torch.Tensor:

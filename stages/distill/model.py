@@ -15,10 +15,11 @@ import torch.distributed as dist
 from torch import nn
 
 from stages.distill.batch import FusionBatch
+from stages.distill.chunk_loss import space_rows, student_space_logprob
 from stages.distill.fusion import flat_support_ids
 from stages.distill.gating import SelectionGate
 from stages.distill.loss_terms import TERMS, StepLosses, TermInputs, compute_terms, term_weights
-from stages.distill.losses import importance, next_token_ids, position_logsumexp
+from stages.distill.losses import importance, next_token_ids, student_normaliser
 from stages.distill.settings import DistillSettings
 from stages.distill.strategies import Strategy, sample_weights
 
@@ -164,17 +165,22 @@ def micro_batch_losses(
         feedback_importance: `[K]` importance for the feedback loss; default: that of
             `gate_weights` (`FusionModule.feedback_importance` gives the step-scope one).
     """
-    lse = position_logsumexp(logits)  # the step's single logsumexp over the vocabulary
     gate_weights = weights if gate_weights is None else gate_weights
     if feedback_importance is None and gate_weights is not None:
         feedback_importance = importance(gate_weights)
-    # One gather for the next tokens and, when a term reads them, all K·k supports: autograd
-    # then builds a single sparse [B, T, V] gradient buffer for every term instead of one each.
+    # One normaliser for every term: the logsumexp over the vocabulary, one gather of the next
+    # tokens and (when a term reads them) all K·k supports, and the σ rows of the chunk loss, with
+    # a single [B, T, V] gradient buffer among them (losses.student_normaliser).
     index = next_token_ids(batch.input_ids).unsqueeze(-1)
     supports = any(TERMS[name].reads_supports for name in terms)
     if supports:
         index = torch.cat([index, flat_support_ids(batch.support_ids)], -1)
-    gathered = logits.gather(-1, index)
+    rows = None
+    if any(TERMS[name].reads_space for name in terms) and bool((batch.chunk_end_row >= 0).any()):
+        if space_mask is None:
+            raise RuntimeError("the batch asks for the σ correction but the run has no student space mask")
+        rows = space_rows(batch.chunk_end_row, logits.shape[1])
+    lse, gathered, space_lse = student_normaliser(logits, index, rows, space_mask)
     inputs = TermInputs(
         batch=batch,
         logits=logits,
@@ -185,7 +191,7 @@ def micro_batch_losses(
         gate_weights=gate_weights,
         feedback_importance=feedback_importance,
         settings=settings,
-        space_mask=space_mask,
+        student_space=None if rows is None else student_space_logprob(space_lse, lse, batch.chunk_end_row),
     )
     losses = compute_terms(terms, inputs)
     shown = batch.scores.new_zeros(batch.scores.shape) if gate_weights is None else gate_weights.detach()

@@ -14,9 +14,11 @@ from stages.distill.chunk_loss import (
     chunk_distillation_loss,
     log1mexp,
     mixture_chunk_loglik,
+    space_rows,
     student_chunk_loglik,
     student_space_logprob,
 )
+from stages.distill.losses import student_normaliser
 
 B, T, V, S, K = 2, 6, 7, 3, 2
 
@@ -154,10 +156,11 @@ def test_binary_ce_is_finite_at_certainty() -> None:
 
 def test_student_space_logprob_by_hand() -> None:
     logits, *_ = example()
-    lse = torch.logsumexp(logits, -1)
     mask = torch.tensor([True, False, True, False, False, False, True])
     end_row = torch.tensor([[2, -1, 4], [0, 5, -1]])
-    got = student_space_logprob(logits, lse, end_row, mask)
+    index = torch.zeros(*logits.shape[:-1], 0, dtype=torch.int64)
+    lse, _, space_lse = student_normaliser(logits, index, space_rows(end_row, logits.shape[1]), mask)
+    got = student_space_logprob(space_lse, lse, end_row)
     probs = torch.softmax(logits, -1)[..., mask].sum(-1)  # [B, T]
     expected = torch.tensor(
         [

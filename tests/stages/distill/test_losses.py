@@ -12,6 +12,7 @@ from stages.distill.losses import (
     feedback_loss,
     importance,
     position_logsumexp,
+    student_normaliser,
 )
 
 
@@ -25,6 +26,40 @@ def test_chunked_logsumexp_matches_torch_value_and_grad(chunk_elements: int) -> 
     (expected_grad,) = torch.autograd.grad(expected, logits, upstream)
     torch.testing.assert_close(got, expected)
     torch.testing.assert_close(got_grad, expected_grad)
+
+
+@pytest.mark.parametrize("chunk_elements", [1, 4 * 6, 1 << 24])
+def test_student_normaliser_matches_autograd_of_its_parts(chunk_elements: int) -> None:
+    # lse, a gather with repeated ids (the next token may also be a support) and the σ rows, one
+    # row twice: every gradient reaches the one buffer and adds up as autograd's separate ops do.
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 6, dtype=torch.float64, requires_grad=True)
+    index = torch.randint(0, 6, (2, 5, 3))
+    index[0, 0, 1] = index[0, 0, 0]
+    rows = torch.tensor([0, 4, 4, 9])
+    mask = torch.tensor([True, False, True, True, False, False])
+    lse, gathered, space = student_normaliser(logits, index, rows, mask, chunk_elements=chunk_elements)
+    up = [torch.randn_like(t) for t in (lse, gathered, space)]
+    got = torch.autograd.grad([lse, gathered, space], logits, up)[0]
+
+    flat = logits.reshape(-1, 6)
+    expected_parts = (
+        torch.logsumexp(logits, -1),
+        logits.gather(-1, index),
+        torch.logsumexp(flat[rows][:, mask], -1),
+    )
+    expected = torch.autograd.grad(expected_parts, logits, up)[0]
+    for value, reference in zip((lse, gathered, space), expected_parts, strict=True):
+        torch.testing.assert_close(value, reference)
+    torch.testing.assert_close(got, expected)
+
+
+def test_student_normaliser_without_space_rows_gives_none_of_them() -> None:
+    logits = torch.randn(2, 3, 4, requires_grad=True)
+    lse, gathered, space = student_normaliser(logits, torch.zeros(2, 3, 1, dtype=torch.int64))
+    assert space.shape == (0,) and gathered.shape == (2, 3, 1)
+    (lse.sum() + gathered.sum()).backward()
+    torch.testing.assert_close(logits.grad.sum(-1), torch.full((2, 3), 2.0))
 
 
 def test_logsumexp_of_bf16_is_fp32_and_grad_is_bf16() -> None:
