@@ -24,6 +24,11 @@ optimizer step by part, side by side, locate distill's overhead.
 Dtypes: `float32`, `bf16_mixed` (fp32 weights, bf16 autocast, fp32 head and losses) and, for
 distill only, DeepSpeed's `bfloat16` (bf16 weights, fp32 master copies). CPU model, flags and the
 load average go with every figure: machines of one kind differ.
+
+**Parity.** A bf16 speed-up counts only with its parity result: the report lists every bf16
+`bench.train_parity` report under `--parity-root` (bench/results by default; the parity runs
+train whole learning curves, an hour and more, so they are not repeated here) with its verdict,
+which `distill.dtype: auto` follows (stages/distill/engine.py: `resolve_dtype`).
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import argparse
 import dataclasses
 import gc
 import itertools
+import json
 import os
 import statistics
 import tempfile
@@ -242,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--quick", action="store_true", help="one case, one step, one round (a smoke test)")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument(
+        "--parity-root", type=Path, default=RESULTS, help="where to look for bf16 train_parity.json reports"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ds.prepare_distributed_env()
@@ -312,11 +321,39 @@ def main(argv: list[str] | None = None) -> int:
     }
     results["wall_s"] = time.perf_counter() - started
     results["load_average_end"] = list(os.getloadavg())
+    results["parity"] = bf16_parity_reports(args.parity_root, args.out)
     args.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(args.out / "train_speed.json", results)
     (args.out / "train_speed.md").write_text(render(results), encoding="utf-8")
     print(render(results))
     return 0
+
+
+def bf16_parity_reports(root: Path, out: Path) -> list[dict[str, Any]]:
+    """The verdict of every `bench.train_parity` report of a bf16 dtype under `root` (float32 ones
+    compare ZeRO stages, not dtypes): arm, machine, Δ mean bits per byte by epoch, the seed noise
+    floor at the best epoch, the largest |Δ| and whether parity holds."""
+    reports = []
+    for path in sorted(root.rglob("train_parity.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if report["dtype"] not in DTYPES[1:]:
+            continue
+        floor = report.get("at_best_epoch", {}).get(f"{report['reference']}-reshuffled")
+        reports.append(
+            {
+                "path": Path(os.path.relpath(path, out)).as_posix(),  # as the report in `out` links it
+                "dtype": report["dtype"],
+                "arm": report["arm"],
+                "cpu": report["machine"]["cpu"],
+                "delta_by_epoch": [e["deltas"]["mean bpb"] for e in report["epochs"]],
+                "noise_floor": None if floor is None else floor["deltas"]["mean bpb"],
+                "largest_abs_delta": max(
+                    abs(d["delta"]) for e in report["epochs"] for d in e["deltas"].values()
+                ),
+                "parity": report["parity"],
+            }
+        )
+    return reports
 
 
 def summarise(measured: list[dict[str, Any]], steps: int) -> dict[str, Any]:
@@ -369,6 +406,7 @@ def render(results: dict[str, Any]) -> str:
         "bf16 speed-up of distill over its float32 (medians, not paired): "
         + ", ".join(f"{k} {v:.2f}×" for k, v in results["bf16_speedup"].items()),
         "",
+        *render_parity(results.get("parity", [])),
         "## Seconds per optimizer step, by part (all rounds)",
         "",
     ]
@@ -395,6 +433,40 @@ def render(results: dict[str, Any]) -> str:
         lines.append(f"| {part} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
     lines.append("")
     return "\n".join(lines)
+
+
+def render_parity(reports: list[dict[str, Any]]) -> list[str]:
+    """The bf16 parity section: each report's Δ against float32 by epoch and its verdict."""
+    lines = ["## bf16 parity (`bench.train_parity`: held-out bits per byte, paired per document)", ""]
+    if not reports:
+        return [*lines, "No bf16 parity report was found: `distill.dtype: auto` keeps float32 on CPUs.", ""]
+    lines += [
+        "| report | dtype | arm | CPU | Δ mean bpb by epoch (± paired SE) | seed noise floor | largest \\|Δ\\| | parity |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in reports:
+        deltas = ", ".join(f"{d['delta']:+.4f} ± {d['se']:.4f}" for d in r["delta_by_epoch"])
+        floor = (
+            ""
+            if r["noise_floor"] is None
+            else f"{r['noise_floor']['delta']:+.4f} ± {r['noise_floor']['se']:.4f}"
+        )
+        lines.append(
+            f"| [{r['path'].replace('.json', '.md')}]({r['path'].replace('.json', '.md')}) | {r['dtype']} | {r['arm']} | {r['cpu']} | "
+            f"{deltas} | {floor} | {r['largest_abs_delta']:.4f} | {'holds' if r['parity'] else '**does not hold**'} |"
+        )
+    lines += [
+        "",
+        "Parity (every epoch |Δ mean| ≤ 2 paired SE, every domain ≤ 3 SE) is what `distill.dtype: auto` "
+        "asks of bf16 before choosing it on a CPU; "
+        + (
+            "it holds in every report."
+            if all(r["parity"] for r in reports)
+            else "where it does not hold, `auto` trains in float32 and bf16 stays one setting away."
+        ),
+        "",
+    ]
+    return lines
 
 
 if __name__ == "__main__":

@@ -34,4 +34,14 @@ def test_train_speed_compares_distill_with_the_bare_loop(tmp_path_factory, tmp_p
         step_s = measured["rounds"][0]["seconds"] / result["steps"]
         assert abs(sum(measured["step_s_by_part"].values()) - step_s) < 1e-6
     assert result["machine"]
-    assert "| none | distill | float32 |" in (tmp_path / "out" / "train_speed.md").read_text()
+    report = (tmp_path / "out" / "train_speed.md").read_text()
+    assert "| none | distill | float32 |" in report
+    # The bf16 parity verdicts of the repository's own parity reports come with the speed-up, linked
+    # from where the report lies; the float32 stage comparison is not a bf16 verdict.
+    parity = {Path(r["path"]).parent.name: r for r in result["parity"]}
+    assert {"bf16_mixed_parity"} <= parity.keys() and "zero0_parity" not in parity
+    mixed = parity["bf16_mixed_parity"]
+    assert (mixed["dtype"], mixed["parity"], len(mixed["delta_by_epoch"])) == ("bf16_mixed", False, 3)
+    assert 0 < mixed["largest_abs_delta"] < 0.01
+    assert ((tmp_path / "out") / mixed["path"]).is_file()
+    assert "bf16_mixed | ce_exact_token_lam0.75 |" in report and "**does not hold**" in report
