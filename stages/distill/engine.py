@@ -70,10 +70,12 @@ layer and every loss in fp32 (`autocast_student`)."""
 
 def resolve_dtype(dtype: TrainingDtype) -> TrainingDtype:
     """The concrete training dtype for `distill.dtype`: ``auto`` is ``bfloat16`` on a GPU and
-    float32 on a CPU. On this project's CPUs bf16 does not pay enough to take unchecked: on a
-    2-core AMD EPYC with AVX512_BF16, `bf16_mixed` trained 0.95–1.13× as fast as float32 and
-    DeepSpeed's `bfloat16` 1.20–1.36× (bench/results/train_speed.md), and an AVX2-only CPU emulates
-    bf16 several times slower; either bf16 mode stays one setting away."""
+    float32 on a CPU. bf16 pays on CPUs with native bf16 (distill 1.46–1.53× as fast under
+    `bf16_mixed`, 1.72–1.78× in `bfloat16` on a 2-core AMX Xeon: bench/results/train_speed.md),
+    but neither mode passes the paired parity check against float32 (held-out bits per byte
+    within 2 paired SE at every epoch; the same page), and an AVX2-only CPU emulates bf16 several
+    times slower; so a CPU run trains in float32 unless the config asks for bf16.
+    """
     if dtype != "auto":
         return dtype
     return "bfloat16" if torch.cuda.is_available() else "float32"

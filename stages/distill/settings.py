@@ -156,7 +156,7 @@ class DistillSettings:
     ``bfloat16``: DeepSpeed's bf16 (bf16 weights, fp32 master copies in the optimizer);
     ``bf16_mixed``: fp32 weights, the student's matmuls under bf16 autocast, its output layer in
     fp32 (stages/distill/engine.py); ``auto``: bfloat16 on a GPU, float32 on a CPU (the measured
-    bf16 gains there: bench/results/train_speed.md) — resolved once when the run starts, and the
+    bf16 gains and parity there: bench/results/train_speed.md) — resolved once when the run starts, and the
     resolved one is what the export's config.yaml records."""
     loader_workers: int = 2
     """DataLoader worker processes that read and align shards."""
