@@ -54,6 +54,31 @@ def test_student_normaliser_matches_autograd_of_its_parts(chunk_elements: int) -
     torch.testing.assert_close(got, expected)
 
 
+def test_student_normaliser_of_bf16_logits_computes_in_fp32_and_returns_a_bf16_gradient() -> None:
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7).bfloat16().requires_grad_()
+    index = torch.randint(0, 7, (2, 5, 2))
+    rows = torch.tensor([1, 6])
+    mask = torch.tensor([True, True, False, True, False, False, True])
+    lse, gathered, space = student_normaliser(logits, index, rows, mask, chunk_elements=14)
+    assert (lse.dtype, gathered.dtype, space.dtype) == (torch.float32, torch.bfloat16, torch.float32)
+    (lse.sum() + gathered.float().sum() + space.sum()).backward()
+    assert logits.grad.dtype == torch.bfloat16
+
+    reference = logits.detach().float().requires_grad_()
+    flat = reference.reshape(-1, 7)
+    parts = (
+        torch.logsumexp(reference, -1),
+        reference.gather(-1, index),
+        torch.logsumexp(flat[rows][:, mask], -1),
+    )
+    torch.testing.assert_close(lse, parts[0])
+    torch.testing.assert_close(space, parts[2])
+    sum(part.sum() for part in parts).backward()
+    # The one bf16 buffer holds the sum of the three gradients, rounded to bf16 at each addition.
+    torch.testing.assert_close(logits.grad.float(), reference.grad, atol=1e-2, rtol=1e-2)
+
+
 def test_student_normaliser_without_space_rows_gives_none_of_them() -> None:
     logits = torch.randn(2, 3, 4, requires_grad=True)
     lse, gathered, space = student_normaliser(logits, torch.zeros(2, 3, 1, dtype=torch.int64))
