@@ -2,7 +2,7 @@
 side by side in one run, with both steps broken down. Writes bench/results/train_speed.{json,md}.
 
     .venv/bin/python -m bench.train_speed [--config configs/experiment.yaml] [--steps 4] [--rounds 3]
-        [--cases none,chunk,adaptive_fusion] [--zero-stage N] [--quick]
+        [--cases none,chunk,adaptive_fusion] [--zero-stage N] [--quick] [--refresh-parity]
 
 **Bare loop**: the student, torch AdamW, next-token cross-entropy, gradient clipping; no DeepSpeed,
 no teachers. **distill**: the real `DistillRecipe` (DeepSpeed ZeRO, the loss terms, the log)
@@ -28,7 +28,9 @@ load average go with every figure: machines of one kind differ.
 **Parity.** A bf16 speed-up counts only with its parity result: the report lists every bf16
 `bench.train_parity` report under `--parity-root` (bench/results by default; the parity runs
 train whole learning curves, an hour and more, so they are not repeated here) with its verdict,
-which `distill.dtype: auto` follows (stages/distill/engine.py: `resolve_dtype`).
+which `distill.dtype: auto` follows (stages/distill/engine.py: `resolve_dtype`). A parity run
+that lands after the speed run is added with `--refresh-parity`: it rewrites the parity section of
+`--out`'s report and keeps the speeds as they were measured.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import itertools
 import json
 import os
 import statistics
+import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -251,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--parity-root", type=Path, default=RESULTS, help="where to look for bf16 train_parity.json reports"
     )
+    parser.add_argument(
+        "--refresh-parity", action="store_true", help="only rewrite the parity section of --out's report"
+    )
     args = parser.parse_args(argv)
+    if args.refresh_parity:
+        return refresh_parity(args.out, args.parity_root)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     ds.prepare_distributed_env()
     config = load_config(args.config)
@@ -329,6 +337,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def refresh_parity(out: Path, parity_root: Path) -> int:
+    """Rewrite the parity section of the report in `out` from the parity reports under
+    `parity_root` now; the measured speeds stay as they are."""
+    path = out / "train_speed.json"
+    if not path.is_file():
+        print(
+            f"error: --refresh-parity needs a measured {path}: run `python -m bench.train_speed` first",
+            file=sys.stderr,
+        )
+        return 2
+    results = json.loads(path.read_text(encoding="utf-8"))
+    results["parity"] = bf16_parity_reports(parity_root, out)
+    write_json_atomic(path, results)
+    (out / "train_speed.md").write_text(render(results), encoding="utf-8")
+    print("\n".join(render_parity(results["parity"])))
+    return 0
+
+
 def bf16_parity_reports(root: Path, out: Path) -> list[dict[str, Any]]:
     """The verdict of every `bench.train_parity` report of a bf16 dtype under `root` (float32 ones
     compare ZeRO stages, not dtypes): arm, machine, Δ mean bits per byte by epoch, the seed noise
@@ -373,6 +399,22 @@ def summarise(measured: list[dict[str, Any]], steps: int) -> dict[str, Any]:
     }
 
 
+def in_order(cases: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The measured cases in `CASES` order (a JSON round trip sorts them by name)."""
+    order = [label for label, _, _ in CASES]
+    return sorted(cases.items(), key=lambda item: order.index(item[0]))
+
+
+def loop_results(case: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """A case's measured loops, `loop/dtype` → summary, by dtype (`DTYPES` order), bare first."""
+    return [
+        (f"{loop}/{dtype}", case[f"{loop}/{dtype}"])
+        for dtype in DTYPES
+        for loop in ("bare", "distill")
+        if f"{loop}/{dtype}" in case
+    ]
+
+
 def render(results: dict[str, Any]) -> str:
     machine = results["machine"]
     lines = [
@@ -388,10 +430,8 @@ def render(results: dict[str, Any]) -> str:
         "| case | loop | dtype | tok/s (median) | rounds | distill / bare (median) | per round | max load |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for label, case in results["cases"].items():
-        for key, value in case.items():
-            if not (isinstance(value, dict) and "tokens_per_s" in value):
-                continue
+    for label, case in in_order(results["cases"]):
+        for key, value in loop_results(case):
             loop, dtype = key.split("/")
             ratio = results["ratios"].get(f"{label}/{dtype}") if loop == "distill" else None
             median = "" if ratio is None else f"**{ratio['median']:.2f}**"
@@ -404,21 +444,25 @@ def render(results: dict[str, Any]) -> str:
     lines += [
         "",
         "bf16 speed-up of distill over its float32 (medians, not paired): "
-        + ", ".join(f"{k} {v:.2f}×" for k, v in results["bf16_speedup"].items()),
+        + ", ".join(
+            f"{label}/{dtype} {results['bf16_speedup'][f'{label}/{dtype}']:.2f}×"
+            for label, _ in in_order(results["cases"])
+            for dtype in DTYPES
+            if f"{label}/{dtype}" in results["bf16_speedup"]
+        ),
         "",
         *render_parity(results.get("parity", [])),
         "## Seconds per optimizer step, by part (all rounds)",
         "",
     ]
-    for label, case in results["cases"].items():
+    for label, case in in_order(results["cases"]):
         lines.append(
             f"- loader (in-process, before training), {label}: {case['loader_s_per_batch']:.3f} s per micro-batch"
         )
     columns = [
         (f"{label} {key}", value["step_s_by_part"])
-        for label, case in results["cases"].items()
-        for key, value in case.items()
-        if isinstance(value, dict) and "step_s_by_part" in value
+        for label, case in in_order(results["cases"])
+        for key, value in loop_results(case)
     ]
     parts = sorted({part for _, by_part in columns for part in by_part})
     lines += [

@@ -45,3 +45,24 @@ def test_train_speed_compares_distill_with_the_bare_loop(tmp_path_factory, tmp_p
     assert 0 < mixed["largest_abs_delta"] < 0.01
     assert ((tmp_path / "out") / mixed["path"]).is_file()
     assert "bf16_mixed | ce_exact_token_lam0.75 |" in report and "**does not hold**" in report
+
+    # A parity run that lands later is added without measuring again: the speeds stay, the parity
+    # section is the new root's.
+    root = tmp_path / "parity"
+    (root / "chunk").mkdir(parents=True)
+    source = Path(train_speed.RESULTS) / "xeon_amx" / "chunk_bf16_mixed_parity"
+    for name in ("train_parity.json", "train_parity.md"):
+        (root / "chunk" / name).write_bytes((source / name).read_bytes())
+    out = tmp_path / "out"
+    assert train_speed.main(["--refresh-parity", "--out", str(out), "--parity-root", str(root)]) == 0
+    refreshed = json.loads((out / "train_speed.json").read_text())
+    assert refreshed["cases"] == result["cases"] and refreshed["ratios"] == result["ratios"]
+    assert [(r["arm"], r["dtype"]) for r in refreshed["parity"]] == [("ce_chunk", "bf16_mixed")]
+    refreshed_report = (out / "train_speed.md").read_text()
+    assert "| ce_chunk |" in refreshed_report
+    assert refreshed_report.split("## bf16 parity")[0] == report.split("## bf16 parity")[0]
+
+
+def test_refresh_parity_without_a_measured_report_exits_2(tmp_path: Path, capsys) -> None:
+    assert train_speed.main(["--refresh-parity", "--out", str(tmp_path)]) == 2
+    assert "run `python -m bench.train_speed` first" in capsys.readouterr().err
