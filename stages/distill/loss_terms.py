@@ -2,7 +2,8 @@
 
 A term reads `TermInputs` (the batch, the student's logits and what every term shares: one
 logsumexp over the vocabulary, one gather of the logits at the next tokens and at the teachers'
-supports, the σ correction at the chunk ends, all with one gradient buffer; the sample weights w) and returns a `TermValue`: its scalar loss and the sums it logs.
+supports, the σ correction at the chunk ends, all with one gradient buffer; the sample weights
+w) and returns a `TermValue`: its scalar loss and the sums it logs.
 `term_weights` decides once which terms a run computes and their weights:
 
     L = λ·L_clm + (1 − λ)·L_objective + β·L_feedback [+ L_gate_nll]
