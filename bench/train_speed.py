@@ -3,6 +3,7 @@ side by side in one run, with both steps broken down. Writes bench/results/train
 
     .venv/bin/python -m bench.train_speed [--config configs/experiment.yaml] [--steps 4] [--rounds 3]
         [--cases none,chunk,adaptive_fusion] [--zero-stage N] [--quick] [--refresh-parity]
+        [--save-batches FILE | --batches FILE] [--student PATH] [--note TEXT]
 
 **Bare loop**: the student, torch AdamW, next-token cross-entropy, gradient clipping; no DeepSpeed,
 no teachers. **distill**: the real `DistillRecipe` (DeepSpeed ZeRO, the loss terms, the log)
@@ -24,6 +25,15 @@ optimizer step by part, side by side, locate distill's overhead.
 Dtypes: `float32`, `bf16_mixed` (fp32 weights, bf16 autocast, fp32 head and losses) and, for
 distill only, DeepSpeed's `bfloat16` (bf16 weights, fp32 master copies). CPU model, flags and the
 load average go with every figure: machines of one kind differ.
+
+**GPU.** Where CUDA is available both loops train there, as `distill` does: the bare loop moves
+its model and each batch to the GPU, and every timer synchronises the device before it reads the
+clock (a CUDA call returns before its work is done). A GPU machine that has no teacher cache or no
+model weights (an offline box) still measures the real loops: `--save-batches FILE` writes the
+micro-batches of every case, built by the real loader from this machine's cache, and
+`--batches FILE` trains on them there; `--student PATH` names a student folder with the same
+config and tokenizer (the weights may be a random initialisation: a step's arithmetic does not
+depend on them), and `--note` says so in the report.
 
 **Parity.** A bf16 speed-up counts only with its parity result: the report lists every bf16
 `bench.train_parity` report under `--parity-root` (bench/results by default; the parity runs
@@ -88,22 +98,35 @@ class ListStream(IterableDataset):
         self.position = state["batches"]
 
 
+def train_device() -> torch.device:
+    """Where both loops train: the GPU when CUDA is available, as `distill` itself decides."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def clock(device: torch.device) -> float:
+    """`time.perf_counter()` once the device's queued work is done (CUDA calls are asynchronous)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 class Timers:
     """Seconds spent inside wrapped callables, by name."""
 
-    def __init__(self) -> None:
+    def __init__(self, device: torch.device) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
         self.active = False
+        self.device = device
 
     def wrap(self, name: str, fn: Callable) -> Callable:
         def timed(*args: Any, **kwargs: Any) -> Any:
             if not self.active:
                 return fn(*args, **kwargs)
-            start = time.perf_counter()
+            start = clock(self.device)
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.seconds[name] += time.perf_counter() - start
+                self.seconds[name] += clock(self.device) - start
 
         return timed
 
@@ -122,6 +145,27 @@ def build_batches(config: Any, count: int) -> tuple[list, float, tuple[str, ...]
     return batches, (time.perf_counter() - start) / count, stream.teacher_names
 
 
+def save_batches(path: Path, payload: dict[str, Any]) -> None:
+    """`payload` (the teacher, each case's batches, loader seconds and teacher names) to `path`,
+    atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+
+
+def saved_batches_problem(
+    saved: dict[str, Any], labels: list[str], steps: int, grad_accum: int
+) -> str | None:
+    """Why `saved` (from `--save-batches`) cannot serve these cases and steps, or None."""
+    if missing := [label for label in labels if label not in saved["cases"]]:
+        return f"no batches of case(s) {missing}: rerun --save-batches with them"
+    needed = (steps + 1) * grad_accum
+    if short := [label for label in labels if len(saved["cases"][label][0]) < needed]:
+        return f"fewer than the {needed} micro-batches {steps} steps need for {short}: rerun --save-batches with --steps {steps}"
+    return None
+
+
 def bare_loop(config: Any, batches: list, dtype: str, steps: int) -> dict[str, Any]:
     """tok/s of plain next-token training on the batches (one warm-up step), with the breakdown."""
     from transformers import AutoModelForCausalLM
@@ -129,14 +173,15 @@ def bare_loop(config: Any, batches: list, dtype: str, steps: int) -> dict[str, A
     from stages.distill import engine as ds
 
     d = config.distill
+    device = train_device()
     torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_pretrained(config.student.path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(config.student.path, dtype=torch.float32).to(device)
     if dtype == ds.MIXED_DTYPE:
-        ds.autocast_student(model, "cpu")
+        ds.autocast_student(model, device.type)
     elif dtype != "float32":
         raise ValueError(f"the bare loop runs float32 or {ds.MIXED_DTYPE}, got {dtype}")
     optimizer = torch.optim.AdamW(model.parameters(), lr=d.lr, betas=(d.adam_beta1, d.adam_beta2))
-    timers = Timers()
+    timers = Timers(device)
     model.forward = timers.wrap("student_forward", model.forward)
 
     def next_token_loss(logits: torch.Tensor, batch: Any) -> torch.Tensor:
@@ -155,15 +200,15 @@ def bare_loop(config: Any, batches: list, dtype: str, steps: int) -> dict[str, A
     seconds, tokens = 0.0, 0
     for step in range(steps + 1):
         timers.active = step > 0  # step 0 warms up
-        start, step_tokens = time.perf_counter(), 0
+        start, step_tokens = clock(device), 0
         for _ in range(d.grad_accum_steps):
-            batch = next(stream)
+            batch = next(stream).to(device)  # as the recipe moves it
             logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
             backward(loss_of(logits, batch) / d.grad_accum_steps)
             step_tokens += batch.num_tokens
         step_of()
         if step > 0:
-            seconds += time.perf_counter() - start
+            seconds += clock(device) - start
             tokens += step_tokens
     return timed_result(tokens, seconds, timers)
 
@@ -185,7 +230,8 @@ def distill_loop(
     from stages.world import World
 
     settings = dataclasses.replace(config.distill, dtype=dtype, loader_workers=0, max_steps=steps + 1)
-    timers = Timers()
+    device = train_device()
+    timers = Timers(device)
     saved = {name: getattr(model_module, name) for name in ("micro_batch_losses", "sample_weights")}
     with tempfile.TemporaryDirectory() as tmp:
         run = RecipeRun(
@@ -217,9 +263,9 @@ def distill_loop(
             recipe.train()  # the warm-up step
             recipe.run = dataclasses.replace(run, stop_after_steps=steps + 1)
             timers.active = True
-            first, start = stream.position, time.perf_counter()
+            first, start = stream.position, clock(device)
             recipe.train()
-            seconds = time.perf_counter() - start
+            seconds = clock(device) - start
             served = range(first, stream.position)  # the measured steps' batches, after the warm-up's
         finally:
             for name, fn in saved.items():
@@ -234,8 +280,6 @@ def distill_loop(
 
 def main(argv: list[str] | None = None) -> int:
     from pipeline.config import load_config
-    from pipeline.curves import strongest_teacher
-    from pipeline.distillation import resolve_stream_inputs
     from stages.cpu_features import cpu_summary, has_native_bf16
     from stages.distill import engine as ds
 
@@ -257,6 +301,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--refresh-parity", action="store_true", help="only rewrite the parity section of --out's report"
     )
+    parser.add_argument(
+        "--save-batches",
+        type=Path,
+        metavar="FILE",
+        help="build every case's micro-batches from this machine's cache into FILE, then stop",
+    )
+    parser.add_argument(
+        "--batches",
+        type=Path,
+        metavar="FILE",
+        help="train on the micro-batches --save-batches wrote (a pickle: only a file you made) "
+        "instead of building them; no teacher cache is read",
+    )
+    parser.add_argument("--student", help="the student folder (default: the config's)")
+    parser.add_argument("--note", default="", help="a line for the report: what differs from the config")
     args = parser.parse_args(argv)
     if args.refresh_parity:
         return refresh_parity(args.out, args.parity_root)
@@ -267,17 +326,50 @@ def main(argv: list[str] | None = None) -> int:
         config = dataclasses.replace(
             config, distill=dataclasses.replace(config.distill, zero_stage=args.zero_stage)
         )
-    teacher = strongest_teacher(resolve_stream_inputs(config, checksums=False))
+    if args.student:
+        config = dataclasses.replace(config, student=dataclasses.replace(config.student, path=args.student))
     steps, rounds = (1, 1) if args.quick else (args.steps, args.rounds)
     wanted = args.cases.split(",") if args.cases else [c[0] for c in CASES]
     if unknown := set(wanted) - {c[0] for c in CASES}:
         parser.error(f"unknown case(s) {sorted(unknown)}: choose from {', '.join(c[0] for c in CASES)}")
     cases = CASES[:1] if args.quick else [c for c in CASES if c[0] in wanted]
-    dtypes = DTYPES if has_native_bf16() and not args.quick else ("float32",)
+    if args.batches:
+        saved = torch.load(args.batches, weights_only=False)
+        if problem := saved_batches_problem(
+            saved, [c[0] for c in cases], steps, config.distill.grad_accum_steps
+        ):
+            print(f"error: --batches {args.batches}: {problem}", file=sys.stderr)
+            return 2
+        teacher = saved["teacher"]
+    else:  # the cache's modules (and polars, for its statistics) only where the cache is read
+        from pipeline.curves import strongest_teacher
+        from pipeline.distillation import resolve_stream_inputs
+
+        teacher = strongest_teacher(resolve_stream_inputs(config, checksums=False))
+
+    def config_of(strategy: str, overrides: dict[str, Any]) -> Any:
+        distill = dataclasses.replace(config.distill, strategy=strategy.format(teacher=teacher), **overrides)
+        return dataclasses.replace(config, distill=distill)
+
+    count = (steps + 1) * config.distill.grad_accum_steps
+    if args.save_batches:
+        built = {label: build_batches(config_of(s, o), count) for label, s, o in cases}
+        save_batches(args.save_batches, {"config": args.config, "teacher": teacher, "cases": built})
+        print(f"{args.save_batches}: {count} micro-batches of each of {', '.join(built)}")
+        return 0
+    device = train_device()
+    machine = cpu_summary()
+    machine["torch"] = torch.__version__
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    dtypes = DTYPES if (device.type == "cuda" or has_native_bf16()) and not args.quick else ("float32",)
     results: dict[str, Any] = {
         "config": args.config,
         "zero_stage": config.distill.zero_stage,
-        "machine": cpu_summary(),
+        "machine": machine,
+        "device": device.type,
+        "student": config.student.path,
+        "note": args.note,
         "steps": steps,
         "rounds": rounds,
         "cases": {},
@@ -285,10 +377,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     started = time.perf_counter()
     for label, strategy, overrides in cases:
-        distill = dataclasses.replace(config.distill, strategy=strategy.format(teacher=teacher), **overrides)
-        case_config = dataclasses.replace(config, distill=distill)
-        count = (steps + 1) * distill.grad_accum_steps
-        batches, loader_s, teachers = build_batches(case_config, count)
+        case_config = config_of(strategy, overrides)
+        distill = case_config.distill
+        if args.batches:
+            batches, loader_s, teachers = saved["cases"][label]
+        else:
+            batches, loader_s, teachers = build_batches(case_config, count)
         case: dict[str, Any] = {
             "strategy": distill.strategy,
             "overrides": overrides,
@@ -426,6 +520,12 @@ def render(results: dict[str, Any]) -> str:
         f"Machine: {machine['cpu']}, {machine['cores']} cores, {' '.join(machine['flags'])}; "
         f"load {' / '.join(f'{x:.1f}' for x in machine['load_average'])} at the start, "
         f"{' / '.join(f'{x:.1f}' for x in results.get('load_average_end', []))} at the end.",
+        *(
+            [f"Both loops on the GPU: {machine['gpu']} (torch {machine['torch']})."]
+            if "gpu" in machine
+            else []
+        ),
+        *([f"Note: {results['note']}"] if results.get("note") else []),
         "",
         "| case | loop | dtype | tok/s (median) | rounds | distill / bare (median) | per round | max load |",
         "|---|---|---|---|---|---|---|---|",

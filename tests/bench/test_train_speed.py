@@ -66,3 +66,36 @@ def test_train_speed_compares_distill_with_the_bare_loop(tmp_path_factory, tmp_p
 def test_refresh_parity_without_a_measured_report_exits_2(tmp_path: Path, capsys) -> None:
     assert train_speed.main(["--refresh-parity", "--out", str(tmp_path)]) == 2
     assert "run `python -m bench.train_speed` first" in capsys.readouterr().err
+
+
+def test_saved_batches_train_where_there_is_no_teacher_cache(
+    tmp_path_factory, tmp_path: Path, capsys
+) -> None:
+    """`--save-batches` on the machine with the cache, `--batches` on one without (an offline GPU
+    box): the same loops run on the saved micro-batches, the student named by `--student`."""
+    world = fake_world(tmp_path_factory.getbasetemp() / "distill-world")
+    settings = dataclasses.asdict(world.config_for(tmp_path / "runs"))
+    with_cache, without = tmp_path / "with_cache.yaml", tmp_path / "without.yaml"
+    with_cache.write_text(yaml.safe_dump(settings, sort_keys=False))
+    student = settings["student"]["path"]
+    settings["cache_dir"], settings["student"]["path"] = str(tmp_path / "no-cache"), str(tmp_path / "absent")
+    without.write_text(yaml.safe_dump(settings, sort_keys=False))
+    saved = tmp_path / "batches.pt"
+    assert train_speed.main(["--config", str(with_cache), "--quick", "--save-batches", str(saved)]) == 0
+    assert saved.is_file() and not (tmp_path / "out").exists()
+
+    out = tmp_path / "out"
+    argv = ["--config", str(without), "--batches", str(saved), "--student", student, "--out", str(out)]
+    assert train_speed.main([*argv, "--quick", "--note", "random weights"]) == 0
+    assert not (tmp_path / "no-cache").exists()
+    result = json.loads((out / "train_speed.json").read_text())
+    assert result["student"] == student and result["note"] == "random weights"
+    assert result["cases"]["none"]["distill/float32"]["tokens_per_s"] > 0
+    assert "Note: random weights" in (out / "train_speed.md").read_text()
+
+    # Cases the file does not hold, or too few batches for the steps: exit 2 with the fix.
+    capsys.readouterr()
+    assert train_speed.main([*argv, "--cases", "chunk", "--steps", "1", "--rounds", "1"]) == 2
+    assert "no batches of case(s) ['chunk']: rerun --save-batches" in capsys.readouterr().err
+    assert train_speed.main([*argv, "--cases", "none", "--steps", "5", "--rounds", "1"]) == 2
+    assert "rerun --save-batches with --steps 5" in capsys.readouterr().err
