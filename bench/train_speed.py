@@ -541,14 +541,21 @@ def render(results: dict[str, Any]) -> str:
                 f"| {label} | {loop} | {dtype} | {value['tokens_per_s']:.0f} | {rounds} | {median} | "
                 f"{per_round} | {value['load']:.1f} |"
             )
+    speedups = [
+        f"{label}/{dtype} {results['bf16_speedup'][f'{label}/{dtype}']:.2f}×"
+        for label, _ in in_order(results["cases"])
+        for dtype in DTYPES
+        if f"{label}/{dtype}" in results["bf16_speedup"]
+    ]
     lines += [
         "",
-        "bf16 speed-up of distill over its float32 (medians, not paired): "
-        + ", ".join(
-            f"{label}/{dtype} {results['bf16_speedup'][f'{label}/{dtype}']:.2f}×"
-            for label, _ in in_order(results["cases"])
-            for dtype in DTYPES
-            if f"{label}/{dtype}" in results["bf16_speedup"]
+        "bf16 speed-up of distill over its float32 (medians, not paired): " + ", ".join(speedups)
+        if speedups
+        else "bf16 was not measured: "
+        + (
+            "this CPU has no native bf16 (AMX or AVX512_BF16), it would be emulated."
+            if "gpu" not in machine and not machine.get("native_bf16", True)
+            else "a --quick run measures float32 only."
         ),
         "",
         *render_parity(results.get("parity", [])),

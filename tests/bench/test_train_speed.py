@@ -36,6 +36,7 @@ def test_train_speed_compares_distill_with_the_bare_loop(tmp_path_factory, tmp_p
     assert result["machine"]
     report = (tmp_path / "out" / "train_speed.md").read_text()
     assert "| none | distill | float32 |" in report
+    assert "bf16 was not measured: " in report  # --quick: float32 only, and the report says why
     # The bf16 parity verdicts of the repository's own parity reports come with the speed-up, linked
     # from where the report lies; the float32 stage comparison is not a bf16 verdict.
     parity = {Path(r["path"]).parent.name: r for r in result["parity"]}
