@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from bench.distill_bench import RESULTS
-from data_schemas.atomic import write_json_atomic
+from data_schemas.atomic import atomic_path, write_json_atomic
 
 CASES = (
     # (label, strategy, distill overrides)
@@ -145,22 +145,11 @@ def build_batches(config: Any, count: int) -> tuple[list, float, tuple[str, ...]
     return batches, (time.perf_counter() - start) / count, stream.teacher_names
 
 
-def save_batches(path: Path, payload: dict[str, Any]) -> None:
-    """`payload` (the teacher, each case's batches, loader seconds and teacher names) to `path`,
-    atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
-
-
-def saved_batches_problem(
-    saved: dict[str, Any], labels: list[str], steps: int, grad_accum: int
-) -> str | None:
-    """Why `saved` (from `--save-batches`) cannot serve these cases and steps, or None."""
+def saved_batches_problem(saved: dict[str, Any], labels: list[str], needed: int, steps: int) -> str | None:
+    """Why `saved` (from `--save-batches`) cannot serve these cases with `needed` micro-batches
+    (`steps` measured steps and the warm-up), or None."""
     if missing := [label for label in labels if label not in saved["cases"]]:
         return f"no batches of case(s) {missing}: rerun --save-batches with them"
-    needed = (steps + 1) * grad_accum
     if short := [label for label in labels if len(saved["cases"][label][0]) < needed]:
         return f"fewer than the {needed} micro-batches {steps} steps need for {short}: rerun --save-batches with --steps {steps}"
     return None
@@ -333,11 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     if unknown := set(wanted) - {c[0] for c in CASES}:
         parser.error(f"unknown case(s) {sorted(unknown)}: choose from {', '.join(c[0] for c in CASES)}")
     cases = CASES[:1] if args.quick else [c for c in CASES if c[0] in wanted]
+    count = (steps + 1) * config.distill.grad_accum_steps  # micro-batches of a loop, warm-up included
     if args.batches:
         saved = torch.load(args.batches, weights_only=False)
-        if problem := saved_batches_problem(
-            saved, [c[0] for c in cases], steps, config.distill.grad_accum_steps
-        ):
+        if problem := saved_batches_problem(saved, [c[0] for c in cases], count, steps):
             print(f"error: --batches {args.batches}: {problem}", file=sys.stderr)
             return 2
         teacher = saved["teacher"]
@@ -351,10 +339,10 @@ def main(argv: list[str] | None = None) -> int:
         distill = dataclasses.replace(config.distill, strategy=strategy.format(teacher=teacher), **overrides)
         return dataclasses.replace(config, distill=distill)
 
-    count = (steps + 1) * config.distill.grad_accum_steps
     if args.save_batches:
         built = {label: build_batches(config_of(s, o), count) for label, s, o in cases}
-        save_batches(args.save_batches, {"config": args.config, "teacher": teacher, "cases": built})
+        with atomic_path(args.save_batches) as tmp:
+            torch.save({"config": args.config, "teacher": teacher, "cases": built}, tmp)
         print(f"{args.save_batches}: {count} micro-batches of each of {', '.join(built)}")
         return 0
     device = train_device()
